@@ -1,0 +1,150 @@
+"""An incremental, bounded server-sent events decoder (sans-I/O).
+
+It follows WHATWG HTML, section 9.2.6 "Interpreting an event stream":
+https://html.spec.whatwg.org/multipage/server-sent-events.html#event-stream-interpretation
+
+Lines are split on the raw bytes. CR and LF never occur inside a UTF-8
+multi-byte sequence, so a character split across two reads needs no
+incremental text decoder: each complete line is decoded on its own.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from sse_adapter.errors import EventTooLarge
+
+__all__ = ["Event", "SSEDecoder"]
+
+_BOM = b"\xef\xbb\xbf"
+_EOL = re.compile(rb"\r\n|\r|\n")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One dispatched event, as the spec defines it."""
+
+    data: str
+    event: str = "message"
+    last_event_id: str = ""
+
+
+class SSEDecoder:
+    """Feed it bytes as they arrive; it returns the events they complete.
+
+    ``max_event_bytes`` bounds everything held between two dispatches (the
+    unfinished line plus the data lines gathered so far); past it
+    :class:`EventTooLarge` is raised, so no input can grow memory unbounded.
+    """
+
+    def __init__(self, max_event_bytes: int = 16 * 1024 * 1024) -> None:
+        self.max_event_bytes = max_event_bytes
+        self.retry: int | None = None
+        self._head = b""  # the first bytes, until we know whether they hold a BOM
+        self._started = False
+        self._after_cr = False  # the last read ended in CR: a following LF is its pair
+        self._fragments: list[bytes] = []  # the unfinished line, joined once when it ends
+        self._held = 0  # bytes in _fragments and _data, for the bound
+        self._data: list[str] = []
+        self._event = ""
+        self._last_event_id = ""
+
+    def feed(self, chunk: bytes) -> list[Event]:
+        """Decode one read; the events it completes, in order."""
+        chunk = self._strip_bom(chunk)
+        if not chunk:
+            return []
+        if self._after_cr and chunk[:1] == b"\n":
+            chunk = chunk[1:]
+        self._after_cr = chunk.endswith(b"\r")
+        events: list[Event] = []
+        try:
+            start = 0
+            for match in _EOL.finditer(chunk):
+                self._line(self._take_line(chunk[start : match.start()]), events)
+                start = match.end()
+            if start < len(chunk):
+                self._hold(chunk[start:])
+        except EventTooLarge as exc:
+            exc.completed = events
+            raise
+        return events
+
+    def flush(self) -> list[Event]:
+        """End of input: the event still open, if it has data.
+
+        The spec drops an event the stream ended inside of, because a browser
+        will reconnect and be sent it again. A relay gets no second chance, so
+        the last line and event are kept rather than lose the final tokens.
+        """
+        events: list[Event] = []
+        if self._fragments:
+            self._line(self._take_line(b""), events)
+        self._line(b"", events)
+        return events
+
+    def _strip_bom(self, chunk: bytes) -> bytes:
+        if self._started:
+            return chunk
+        head = self._head + chunk
+        if len(head) < len(_BOM) and _BOM.startswith(head):
+            self._head = head  # too short to tell yet
+            return b""
+        self._started = True
+        self._head = b""
+        return head[len(_BOM) :] if head.startswith(_BOM) else head
+
+    def _hold(self, fragment: bytes) -> None:
+        self._held += len(fragment)
+        if self._held > self.max_event_bytes:
+            self._fragments.clear()  # drop what was held: memory stays bounded
+            self._reset_event()
+            raise EventTooLarge(
+                f"an upstream event exceeded {self.max_event_bytes} bytes without ending; "
+                "raise --max-event-bytes if the model server really sends events this large"
+            )
+        self._fragments.append(fragment)
+
+    def _take_line(self, tail: bytes) -> bytes:
+        if self._held + len(tail) > self.max_event_bytes:
+            self._hold(tail)  # raises EventTooLarge
+        if not self._fragments:
+            return tail
+        line = b"".join(self._fragments) + tail
+        self._held -= len(line) - len(tail)
+        self._fragments.clear()
+        return line
+
+    def _line(self, raw: bytes, events: list[Event]) -> None:
+        if not raw:
+            self._dispatch(events)
+            return
+        line = raw.decode("utf-8", "replace")
+        name, colon, value = line.partition(":")
+        if not name and colon:
+            return  # a comment
+        if value.startswith(" "):
+            value = value[1:]
+        if name == "data":
+            self._data.append(value)
+            self._held += len(raw)
+        elif name == "event":
+            self._event = value
+        elif name == "id":
+            if "\0" not in value:
+                self._last_event_id = value
+        elif name == "retry":
+            if value.isascii() and value.isdigit():
+                self.retry = int(value)
+        # any other field name is ignored, as the spec says
+
+    def _dispatch(self, events: list[Event]) -> None:
+        if self._data:
+            events.append(Event("\n".join(self._data), self._event or "message", self._last_event_id))
+        self._reset_event()
+
+    def _reset_event(self) -> None:
+        self._data.clear()
+        self._event = ""
+        self._held = 0  # no line is open when an event ends
