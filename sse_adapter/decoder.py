@@ -131,12 +131,10 @@ class SSEDecoder:
             self._held += len(raw)
         elif name == "event":
             self._event = value
-        elif name == "id":
-            if "\0" not in value:
-                self._last_event_id = value
-        elif name == "retry":
-            if value.isascii() and value.isdigit():
-                self.retry = int(value)
+        elif name == "id" and "\0" not in value:
+            self._last_event_id = value
+        elif name == "retry" and value.isascii() and value.isdigit():
+            self.retry = int(value)
         # any other field name is ignored, as the spec says
 
     def _dispatch(self, events: list[Event]) -> None:

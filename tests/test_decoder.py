@@ -26,16 +26,15 @@ CASES = [
     pytest.param(b"data: a\r\rdata: b\r\r", [Event("a"), Event("b")], id="cr-only"),
     pytest.param(b"data: a\r\ndata: b\r\n\n", [Event("a\nb")], id="mixed-endings"),
     pytest.param(b"\xef\xbb\xbfdata: x\n\n", [Event("x")], id="bom-stripped"),
-    pytest.param(
-        b"\xef\xbb\xbf\xef\xbb\xbfdata: x\n\ndata: y\n\n", [Event("y")], id="only-one-bom-stripped"
-    ),
+    pytest.param(b"\xef\xbb\xbf\xef\xbb\xbfdata: x\n\ndata: y\n\n", [Event("y")], id="only-one-bom-stripped"),
     pytest.param(b": ping - 2024-01-01\r\n\r\ndata: x\n\n", [Event("x")], id="comment-ignored"),
     pytest.param(b":\n\ndata: x\n\n", [Event("x")], id="empty-comment"),
     pytest.param(
         b"event: add\ndata: x\n\ndata: y\n\n", [Event("x", "add"), Event("y")], id="event-type-resets"
     ),
     pytest.param(
-        b"id: 7\ndata: x\n\ndata: y\n\n", [Event("x", last_event_id="7"), Event("y", last_event_id="7")],
+        b"id: 7\ndata: x\n\ndata: y\n\n",
+        [Event("x", last_event_id="7"), Event("y", last_event_id="7")],
         id="id-persists",
     ),
     pytest.param(b"id: 1\x002\ndata: x\n\n", [Event("x")], id="id-with-nul-ignored"),
@@ -114,9 +113,10 @@ def test_a_line_arriving_in_pieces_is_bounded_too() -> None:
 
 def test_many_data_lines_of_one_event_are_bounded_together() -> None:
     decoder = SSEDecoder(max_event_bytes=1024)
+    for _ in range(9):
+        decoder.feed(b"data: " + b"x" * 100 + b"\n")
     with pytest.raises(EventTooLarge):
-        for _ in range(20):
-            decoder.feed(b"data: " + b"x" * 100 + b"\n")
+        decoder.feed(b"data: " + b"x" * 100 + b"\n")
 
 
 def test_the_bound_resets_with_each_event() -> None:

@@ -1,0 +1,3 @@
+from sse_adapter.cli import main
+
+main()

@@ -1,0 +1,171 @@
+"""The web layer: routes that wire upstream -> relay -> client, and nothing more."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from functools import partial
+
+import anyio
+import httpx
+import uvicorn
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from sse_starlette import EventSourceResponse
+from starlette.background import BackgroundTask
+from starlette.exceptions import HTTPException
+
+from sse_adapter.chunks import Kind, StreamIdentity, heartbeat_chunk
+from sse_adapter.dialects import RequestFields, StreamRepairer
+from sse_adapter.encoder import comment, frame
+from sse_adapter.errors import AdapterError
+from sse_adapter.relay import StreamRelay, is_event_stream
+from sse_adapter.settings import HeartbeatMode, Settings
+from sse_adapter.upstream import Upstream, forwardable
+
+__all__ = ["create_app", "run_server"]
+
+_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+_OWN_HEADERS = frozenset({"date", "server"})  # uvicorn writes its own
+
+
+def create_app(settings: Settings) -> FastAPI:
+    gateway = _Gateway(settings)
+    app = FastAPI(
+        title="sse-adapter",
+        lifespan=gateway.lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.add_api_route("/healthz", gateway.healthz, methods=["GET"])
+    app.add_api_route("/v1/chat/completions", gateway.chat_completions, methods=["POST"])
+    app.add_api_route("/v1/completions", gateway.completions, methods=["POST"])
+    app.add_api_route("/v1/{path:path}", gateway.passthrough, methods=_METHODS)
+    app.add_exception_handler(AdapterError, _adapter_error)  # type: ignore[arg-type]
+    app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
+    return app
+
+
+def run_server(settings: Settings) -> None:
+    config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, lifespan="on")
+    uvicorn.Server(config).run()
+
+
+class _Gateway:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._upstream: Upstream | None = None
+
+    @asynccontextmanager
+    async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
+        async with Upstream(self.settings) as upstream:
+            self._upstream = upstream
+            yield
+            self._upstream = None
+
+    @property
+    def upstream(self) -> Upstream:
+        if self._upstream is None:
+            raise RuntimeError("the app was started without its lifespan")
+        return self._upstream
+
+    async def healthz(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    async def chat_completions(self, request: Request) -> Response:
+        return await self._relay(request, Kind.CHAT)
+
+    async def completions(self, request: Request) -> Response:
+        return await self._relay(request, Kind.COMPLETION)
+
+    async def passthrough(self, request: Request) -> Response:
+        return _passthrough(await self._open(request, await request.body()))
+
+    async def _relay(self, request: Request, kind: Kind) -> Response:
+        body = await request.body()
+        fields = RequestFields.parse(body)
+        if not fields.stream:
+            return _passthrough(await self._open(request, body))
+        started = anyio.current_time()
+        opening = asyncio.ensure_future(self._open(request, body))
+        # Wait one interval for the upstream's answer, so a fast error keeps its
+        # real status; past that, commit the 200 and keep the client alive.
+        try:
+            await asyncio.wait(
+                {opening}, timeout=self.settings.heartbeat_interval if self.settings.heartbeats else None
+            )
+        except BaseException:
+            opening.cancel()
+            raise
+        if opening.done() and not is_event_stream(response := opening.result()):
+            return _passthrough(response)
+        identity = StreamIdentity(kind, fields.model, int(time.time()))
+        relay = StreamRelay(
+            opening,
+            self.upstream.url(request.url.path, request.url.query),
+            StreamRepairer(identity),
+            heartbeat=self._heartbeat(identity),
+            interval=self.settings.heartbeat_interval,
+            max_event_bytes=self.settings.max_event_bytes,
+            started=started,
+        )
+        return _event_stream(relay)
+
+    async def _open(self, request: Request, body: bytes) -> httpx.Response:
+        url = request.url
+        return await self.upstream.open(request.method, url.path, url.query, request.headers.items(), body)
+
+    def _heartbeat(self, identity: StreamIdentity) -> Callable[[], bytes] | None:
+        mode = self.settings.heartbeat_mode
+        if mode is HeartbeatMode.CHUNK:
+            return lambda: frame(heartbeat_chunk(identity))
+        if mode is HeartbeatMode.COMMENT:
+            return partial(comment, "keep-alive")
+        return None
+
+
+def _event_stream(relay: StreamRelay) -> Response:
+    sender, receiver = anyio.create_memory_object_stream[bytes](0)
+    response = EventSourceResponse(
+        receiver,
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"},
+        ping=0,  # its pings run on a fixed timer; ours are idle-based, in the relay
+        sep="\n",
+        data_sender_callable=partial(relay.run, sender),
+        background=BackgroundTask(relay.close),
+    )
+    # sse-starlette forces this hop-by-hop header, which HTTP/2 forbids (shared/keepalive.md).
+    del response.headers["connection"]
+    return response
+
+
+def _passthrough(response: httpx.Response) -> Response:
+    headers = {
+        name: value
+        for name, value in forwardable(response.headers.multi_items())
+        if name.lower() not in _OWN_HEADERS
+    }
+    return StreamingResponse(
+        response.aiter_raw(),
+        status_code=response.status_code,
+        headers=headers,
+        background=BackgroundTask(response.aclose),
+    )
+
+
+async def _adapter_error(request: Request, error: AdapterError) -> JSONResponse:
+    return JSONResponse(error.to_openai(), status_code=error.http_status)
+
+
+async def _http_error(request: Request, error: HTTPException) -> JSONResponse:
+    message = (
+        f"{error.detail}: {request.method} {request.url.path} is not served here; "
+        "sse-adapter serves /v1/* and /healthz"
+    )
+    body = {
+        "error": {"message": message, "type": "invalid_request_error", "code": f"http_{error.status_code}"}
+    }
+    return JSONResponse(body, status_code=error.status_code, headers=error.headers)

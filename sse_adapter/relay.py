@@ -1,0 +1,159 @@
+"""One stream, from the upstream's bytes to the client's frames, and its clock.
+
+A stream is two tasks writing whole frames to one channel: the pump (read,
+decode, repair, encode; one write per upstream read) and the keep-alive,
+which writes a heartbeat whenever the client side has been idle for an
+interval. The channel carries whole frames, so the two never interleave
+inside one; the keep-alive is stopped before the last frames are written, so
+nothing follows ``[DONE]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import anyio
+import httpx
+from anyio.abc import ObjectSendStream
+
+from sse_adapter.chunks import error_chunk
+from sse_adapter.decoder import Event, SSEDecoder
+from sse_adapter.dialects import StreamRepairer, error_message
+from sse_adapter.encoder import DONE, frame
+from sse_adapter.errors import AdapterError, EventTooLarge, InternalError, UpstreamStatus
+from sse_adapter.upstream import map_errors
+
+__all__ = ["StreamRelay", "is_event_stream"]
+
+log = logging.getLogger(__name__)
+
+_ERROR_BODY_LIMIT = 64 * 1024  # enough for any error message, bounded against a runaway body
+
+
+def is_event_stream(response: httpx.Response) -> bool:
+    content_type = response.headers.get("content-type", "")
+    return response.is_success and content_type.split(";")[0].strip().lower() == "text/event-stream"
+
+
+async def read_error(response: httpx.Response, url: str) -> UpstreamStatus:
+    """The error an upstream answer that is no event stream stands for."""
+    body = bytearray()
+    with map_errors(url):
+        async for part in response.aiter_bytes():
+            body += part
+            if len(body) >= _ERROR_BODY_LIMIT:
+                break
+    status = response.status_code
+    kind = response.headers.get("content-type", "no content type")
+    message = error_message(bytes(body))
+    if response.is_success:
+        message = f"the upstream answered {status} with {kind} instead of an event stream: {message}"
+    else:
+        message = f"the upstream answered {status}: {message}"
+    return UpstreamStatus(message, status)
+
+
+class StreamRelay:
+    """Relays one upstream stream; ``run`` is the whole life of it."""
+
+    def __init__(
+        self,
+        opening: asyncio.Future[httpx.Response],
+        url: str,
+        repairer: StreamRepairer,
+        *,
+        heartbeat: Callable[[], bytes] | None,
+        interval: float,
+        max_event_bytes: int,
+        started: float,
+    ) -> None:
+        self._opening = opening
+        self._url = url
+        self._repairer = repairer
+        self._heartbeat = heartbeat
+        self._interval = interval
+        self._max_event_bytes = max_event_bytes
+        self._last_write = started  # the client has waited since its request came in
+        self.heartbeats = 0
+
+    async def run(self, out: ObjectSendStream[bytes]) -> None:
+        try:
+            async with out:
+                async with anyio.create_task_group() as keep_alive:
+                    if self._heartbeat is not None:
+                        keep_alive.start_soon(self._keep_alive, out, self._heartbeat)
+                    last = await self._relay(out)
+                    keep_alive.cancel_scope.cancel()
+                await out.send(last + DONE)
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        """Release the upstream, so no generation goes on for nobody. Idempotent."""
+        with anyio.move_on_after(5, shield=True):
+            self._opening.cancel()
+            try:
+                response = await self._opening
+            except (asyncio.CancelledError, Exception):
+                return  # it never opened: nothing to close
+            await response.aclose()
+
+    async def _keep_alive(self, out: ObjectSendStream[bytes], heartbeat: Callable[[], bytes]) -> None:
+        # One timer per stream: it wakes once per interval at most, and sends
+        # only when nothing else was written since.
+        while True:
+            await anyio.sleep_until(self._last_write + self._interval)
+            if anyio.current_time() >= self._last_write + self._interval:
+                await self._write(out, heartbeat())
+                self.heartbeats += 1
+
+    async def _write(self, out: ObjectSendStream[bytes], frames: bytes) -> None:
+        await out.send(frames)
+        self._last_write = anyio.current_time()
+
+    async def _relay(self, out: ObjectSendStream[bytes]) -> bytes:
+        """Everything up to the last frames, which it returns: an error or nothing."""
+        identity = self._repairer.identity
+        try:
+            await self._pump(out)
+        except AdapterError as error:
+            log.warning("stream %s ended in error: %s", identity.id or "(no id yet)", error.message)
+            return frame(error_chunk(identity, error))
+        except Exception:
+            log.exception("stream %s failed inside sse-adapter", identity.id or "(no id yet)")
+            return frame(
+                error_chunk(identity, InternalError("sse-adapter failed on this stream; see its log"))
+            )
+        return b""
+
+    async def _pump(self, out: ObjectSendStream[bytes]) -> None:
+        response = await self._opening
+        if not is_event_stream(response):
+            raise await read_error(response, self._url)
+        decoder = SSEDecoder(self._max_event_bytes)
+        with map_errors(self._url):
+            async for raw in response.aiter_bytes():
+                try:
+                    events = decoder.feed(raw)
+                except EventTooLarge as error:
+                    await self._forward(out, error.completed)
+                    raise
+                await self._forward(out, events)
+                if self._repairer.finished:
+                    return
+        await self._forward(out, decoder.flush())
+
+    async def _forward(self, out: ObjectSendStream[bytes], events: list[Event]) -> None:
+        """Write all frames of one read at once, even when a later event fails."""
+        frames = bytearray()
+        try:
+            for event in events:
+                for payload in self._repairer.repair(event):
+                    frames += frame(payload)
+                if self._repairer.finished:
+                    break
+        finally:
+            if frames:
+                await self._write(out, bytes(frames))

@@ -1,0 +1,112 @@
+"""The one HTTP client to the model server, and the boundary where its
+failures become our error tree (shared/keepalive.md: no 5 s read timeout)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from types import TracebackType
+
+import httpx
+
+from sse_adapter.errors import (
+    UpstreamDisconnected,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
+from sse_adapter.settings import Settings
+
+__all__ = ["Upstream", "forwardable", "map_errors"]
+
+# RFC 9110, section 7.6.1: meaningful for one connection only. Host and the
+# body's length are set again for the upstream connection by httpx.
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+    }
+)
+
+
+def forwardable(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The end-to-end headers of a message, for the next hop."""
+    pairs = list(headers)
+    named = {
+        token.strip().lower()
+        for name, value in pairs
+        if name.lower() == "connection"
+        for token in value.split(",")
+    }
+    return [(name, value) for name, value in pairs if name.lower() not in _HOP_BY_HOP | named]
+
+
+@contextmanager
+def map_errors(url: str) -> Iterator[None]:
+    """Turn httpx's failures into ours, each saying what to check."""
+    try:
+        yield
+    except httpx.TimeoutException as exc:
+        raise UpstreamTimeout(
+            f"the upstream at {url} did not answer in time ({type(exc).__name__}); "
+            "check that the model server is up and not overloaded"
+        ) from exc
+    except (httpx.ConnectError, httpx.UnsupportedProtocol) as exc:
+        raise UpstreamUnreachable(
+            f"cannot connect to the upstream at {url} ({exc or type(exc).__name__}); "
+            "check that the model server is running and that --upstream points at it"
+        ) from exc
+    except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+        raise UpstreamDisconnected(
+            f"the upstream at {url} broke off the response ({exc or type(exc).__name__}); "
+            "the answer is incomplete: check the model server's logs"
+        ) from exc
+    except httpx.HTTPError as exc:
+        raise UpstreamError(
+            f"the request to the upstream at {url} failed: {exc or type(exc).__name__}"
+        ) from exc
+
+
+class Upstream:
+    """The model server: one pooled client for the app's whole life."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.base_url = settings.upstream
+        # No read timeout: a reasoning model may think for minutes before its
+        # first token. Stalls are the relay's business, not the socket's.
+        timeout = httpx.Timeout(connect=settings.connect_timeout, read=None, write=60.0, pool=None)
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
+        self.client = httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False)
+
+    async def __aenter__(self) -> Upstream:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.client.aclose()
+
+    def url(self, path: str, query: str) -> str:
+        return self.base_url + path + (f"?{query}" if query else "")
+
+    async def open(
+        self, method: str, path: str, query: str, headers: Iterable[tuple[str, str]], body: bytes
+    ) -> httpx.Response:
+        """Send a request; the response comes back with its body unread."""
+        url = self.url(path, query)
+        forwarded = forwardable(headers)
+        if not any(name.lower() == "accept-encoding" for name, _ in forwarded):
+            # else httpx would ask for gzip on behalf of a client that never did
+            forwarded.append(("accept-encoding", "identity"))
+        request = self.client.build_request(method, url, headers=forwarded, content=body)
+        with map_errors(url):
+            return await self.client.send(request, stream=True)

@@ -1,0 +1,120 @@
+"""The ``sse-adapter`` command as a user runs it: a real process."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from sse_adapter.settings import HeartbeatMode, Settings, SettingsError
+
+ENV = {key: value for key, value in os.environ.items() if not key.startswith("SSE_ADAPTER_")}
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sse_adapter", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**ENV, **(env or {})},
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "needle"),
+    [
+        ((), {}, "Missing option '--upstream'"),
+        (("--upstream", "localhost:8080"), {}, "--upstream must be an http:// or https:// URL"),
+        (("--upstream", "http://x", "--heartbeat-mode", "loud"), {}, "'loud' is not one of"),
+        (
+            ("--upstream", "http://x", "--heartbeat-interval", "0"),
+            {},
+            "--heartbeat-interval must be more than 0",
+        ),
+        (
+            ("--upstream", "http://x"),
+            {"SSE_ADAPTER_HEARTBEAT_INTERVAL": "soon"},
+            "SSE_ADAPTER_HEARTBEAT_INTERVAL",
+        ),
+        (("--upstream", "http://x", "--port", "70000"), {}, "--port must be between 1 and 65535"),
+    ],
+    ids=["missing-upstream", "bad-url", "bad-mode", "zero-interval", "bad-env", "bad-port"],
+)
+def test_a_bad_value_is_one_line_and_exit_code_2(
+    args: tuple[str, ...], env: dict[str, str], needle: str
+) -> None:
+    result = run("serve", *args, env=env)
+    assert result.returncode == 2
+    assert needle in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def test_serve_reads_env_and_the_flag_wins() -> None:
+    port = free_port()
+    env = {
+        "SSE_ADAPTER_UPSTREAM": "http://127.0.0.1:9",
+        "SSE_ADAPTER_PORT": "1",
+        "SSE_ADAPTER_HOST": "127.0.0.1",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sse_adapter", "serve", "--port", str(port)],
+        env={**ENV, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                reply = httpx.get(f"http://127.0.0.1:{port}/healthz")
+                break
+            except httpx.TransportError:
+                assert process.poll() is None, process.stdout.read() if process.stdout else ""
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        assert reply.json() == {"status": "ok"}
+        unreachable = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json={"model": "m"})
+        assert unreachable.status_code == 502
+        assert "http://127.0.0.1:9" in unreachable.json()["error"]["message"]
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def test_settings_defaults_match_the_documented_interface() -> None:
+    settings = Settings(upstream="http://127.0.0.1:8080")
+    assert (settings.host, settings.port) == ("127.0.0.1", 8000)
+    assert settings.heartbeat_interval == 10.0
+    assert settings.heartbeat_mode is HeartbeatMode.CHUNK
+
+
+@pytest.mark.parametrize(
+    ("given", "base"),
+    [
+        ("http://tgi:80", "http://tgi:80"),
+        ("http://tgi:80/", "http://tgi:80"),
+        ("http://tgi:80/v1", "http://tgi:80"),
+        ("https://host/prefix/v1/", "https://host/prefix"),
+    ],
+)
+def test_the_upstream_base_url_is_normalised(given: str, base: str) -> None:
+    assert Settings(upstream=given).upstream == base
+
+
+def test_settings_refuse_an_unknown_mode() -> None:
+    with pytest.raises(SettingsError, match="--heartbeat-mode must be one of chunk, comment, off"):
+        Settings(upstream="http://x", heartbeat_mode="loud")  # type: ignore[arg-type]

@@ -1,0 +1,99 @@
+"""Everything that is not a stream passes through as it is: status, body, content type."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from sse_adapter.settings import Settings
+from tests.adapter_server import run_adapter
+from tests.upstream_fake import Received, Writer, fake_upstream
+
+pytestmark = pytest.mark.anyio
+
+
+def answer(status: int, body: bytes, content_type: str = "application/json") -> object:
+    async def handler(request: Received, out: Writer) -> None:
+        headers = [("Content-Type", content_type), ("Content-Length", str(len(body))), ("X-Upstream", "yes")]
+        await out.start(status, headers, chunked=False)
+        await out.raw(body)
+
+    return handler
+
+
+COMPLETION = (
+    b'{"id":"chatcmpl-1","object":"chat.completion","choices":[{"index":0,'
+    b'"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}]}'
+)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/v1/chat/completions", {"model": "m", "messages": []}),
+        ("POST", "/v1/chat/completions", {"model": "m", "messages": [], "stream": False}),
+        ("POST", "/v1/completions", {"model": "m", "prompt": "x"}),
+        ("GET", "/v1/models", None),
+        ("POST", "/v1/embeddings", {"model": "e", "input": "x"}),
+    ],
+    ids=["chat", "chat-stream-false", "completions", "models", "embeddings"],
+)
+async def test_non_streaming_requests_pass_through(method: str, path: str, body: object) -> None:
+    async with fake_upstream(answer(200, COMPLETION)) as upstream:  # type: ignore[arg-type]
+        async with run_adapter(Settings(upstream=upstream.url)) as adapter, httpx.AsyncClient() as client:
+            reply = await client.request(
+                method, adapter + path + "?trace=1", json=body, headers={"Authorization": "Bearer sk-chan"}
+            )
+    assert reply.status_code == 200
+    assert reply.content == COMPLETION
+    assert reply.headers["content-type"] == "application/json"
+    assert reply.headers["x-upstream"] == "yes"
+    [received] = upstream.requests
+    assert (received.method, received.target) == (method, path + "?trace=1")
+    assert received.headers["authorization"] == "Bearer sk-chan"
+    if body is not None:
+        assert received.json() == body
+
+
+async def test_an_upstream_error_status_passes_through() -> None:
+    body = b'{"object":"error","message":"model not found","type":"NotFoundError","code":404}'
+    async with fake_upstream(answer(404, body)) as upstream:  # type: ignore[arg-type]
+        async with run_adapter(Settings(upstream=upstream.url)) as adapter, httpx.AsyncClient() as client:
+            reply = await client.post(adapter + "/v1/chat/completions", json={"model": "x", "messages": []})
+    assert reply.status_code == 404
+    assert reply.content == body
+
+
+async def test_a_base_url_ending_in_v1_is_not_doubled() -> None:
+    async with fake_upstream(answer(200, b'{"data":[]}')) as upstream:  # type: ignore[arg-type]
+        async with (
+            run_adapter(Settings(upstream=upstream.url + "/v1/")) as adapter,
+            httpx.AsyncClient() as client,
+        ):
+            await client.get(adapter + "/v1/models")
+    assert upstream.requests[0].target == "/v1/models"
+
+
+async def test_hop_by_hop_headers_are_not_forwarded() -> None:
+    async with fake_upstream(answer(200, b"{}")) as upstream:  # type: ignore[arg-type]
+        async with run_adapter(Settings(upstream=upstream.url)) as adapter, httpx.AsyncClient() as client:
+            await client.get(
+                adapter + "/v1/models", headers={"Connection": "X-Secret", "X-Secret": "1", "TE": "x"}
+            )
+    received = upstream.requests[0].headers
+    assert "x-secret" not in received
+    assert "te" not in received
+    assert received["host"] == f"127.0.0.1:{upstream.port}"
+
+
+async def test_healthz_and_unknown_paths() -> None:
+    async with fake_upstream(answer(200, b"{}")) as upstream:  # type: ignore[arg-type]
+        async with run_adapter(Settings(upstream=upstream.url)) as adapter, httpx.AsyncClient() as client:
+            health = await client.get(adapter + "/healthz")
+            unknown = await client.get(adapter + "/admin")
+            docs = await client.get(adapter + "/docs")
+    assert (health.status_code, health.json()) == (200, {"status": "ok"})
+    assert unknown.status_code == 404
+    assert unknown.json()["error"]["type"] == "invalid_request_error"
+    assert docs.status_code == 404
+    assert upstream.requests == []

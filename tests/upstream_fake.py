@@ -1,0 +1,142 @@
+"""A fake model server on 127.0.0.1 that writes exactly the bytes a test gives it.
+
+Raw asyncio, no HTTP framework: each body piece goes out as one chunk of a
+chunked response, so a test controls the framing byte for byte, and the fake
+records when its peer hangs up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+
+import orjson
+
+
+@dataclass
+class Received:
+    method: str
+    target: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> object:
+        return orjson.loads(self.body)
+
+
+class Writer:
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self._writer = writer
+
+    async def start(
+        self, status: int = 200, headers: Iterable[tuple[str, str]] = (), chunked: bool = True
+    ) -> None:
+        # One request per connection keeps the hang-up watch exact.
+        lines = [f"HTTP/1.1 {status} X", "Connection: close"]
+        lines += [f"{name}: {value}" for name, value in headers]
+        if chunked:
+            lines.append("Transfer-Encoding: chunked")
+        self._writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        await self._writer.drain()
+
+    async def chunk(self, data: bytes) -> None:
+        if data:
+            self._writer.write(b"%x\r\n%s\r\n" % (len(data), data))
+            await self._writer.drain()
+
+    async def end(self) -> None:
+        self._writer.write(b"0\r\n\r\n")
+        await self._writer.drain()
+
+    async def raw(self, data: bytes) -> None:
+        self._writer.write(data)
+        await self._writer.drain()
+
+
+Handler = Callable[[Received, Writer], Awaitable[None]]
+
+SSE_HEADERS = (("Content-Type", "text/event-stream"),)
+
+
+def sse(
+    pieces: Iterable[bytes], delay: float = 0.0, headers: Iterable[tuple[str, str]] = SSE_HEADERS
+) -> Handler:
+    """A 200 event stream of the given pieces, one chunk each, ``delay`` apart."""
+    parts = list(pieces)
+    head = list(headers)
+
+    async def handler(request: Received, out: Writer) -> None:
+        await out.start(200, head)
+        for part in parts:
+            if delay:
+                await asyncio.sleep(delay)
+            await out.chunk(part)
+        await out.end()
+
+    return handler
+
+
+@dataclass
+class FakeUpstream:
+    """Serves ``handler`` for every request; ``requests`` and ``hangups`` record what happened."""
+
+    handler: Handler
+    requests: list[Received] = field(default_factory=list)
+    hangups: asyncio.Queue[float] = field(default_factory=asyncio.Queue)
+    port: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        watch = None
+        try:
+            request = await _read_request(reader)
+            if request is None:
+                return
+            self.requests.append(request)
+            watch = asyncio.ensure_future(self._watch(reader))
+            await self.handler(request, Writer(writer))
+        except (ConnectionError, asyncio.IncompleteReadError):
+            self.hangups.put_nowait(asyncio.get_running_loop().time())
+        finally:
+            if watch is not None:
+                watch.cancel()
+            writer.close()
+
+    async def _watch(self, reader: asyncio.StreamReader) -> None:
+        # A client that hangs up while we write shows as EOF on the read side.
+        if await reader.read(1) == b"":
+            self.hangups.put_nowait(asyncio.get_running_loop().time())
+
+
+async def _read_request(reader: asyncio.StreamReader) -> Received | None:
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return None
+    start, *lines = head.decode("latin-1").split("\r\n")
+    method, target, _ = start.split(" ", 2)
+    headers = {
+        name.strip().lower(): value.strip()
+        for name, _, value in (line.partition(":") for line in lines if line)
+    }
+    length = int(headers.get("content-length", "0"))
+    body = await reader.readexactly(length) if length else b""
+    return Received(method, target, headers, body)
+
+
+@contextlib.asynccontextmanager
+async def fake_upstream(handler: Handler) -> AsyncIterator[FakeUpstream]:
+    fake = FakeUpstream(handler)
+    server = await asyncio.start_server(fake._serve, "127.0.0.1", 0)
+    fake.port = server.sockets[0].getsockname()[1]
+    try:
+        yield fake
+    finally:
+        server.close()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(server.wait_closed(), 2)
