@@ -18,10 +18,11 @@ from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 
 from sse_adapter.chunks import Kind, StreamIdentity, heartbeat_chunk
-from sse_adapter.dialects import RequestFields, StreamRepairer
+from sse_adapter.dialects import RequestFields
 from sse_adapter.encoder import comment, frame
 from sse_adapter.errors import AdapterError
-from sse_adapter.relay import StreamRelay, is_event_stream
+from sse_adapter.relay import StreamRelay, is_event_stream, refusal
+from sse_adapter.repair import StreamRepairer
 from sse_adapter.settings import HeartbeatMode, Settings
 from sse_adapter.upstream import Upstream, forwardable
 
@@ -88,7 +89,8 @@ class _Gateway:
         body = await request.body()
         fields = RequestFields.parse(body)
         if not fields.stream:
-            return _passthrough(await self._open(request, body))
+            response = await self._open(request, body)
+            return _passthrough(response) if response.is_success else await self._refuse(response)
         started = anyio.current_time()
         opening = asyncio.ensure_future(self._open(request, body))
         # Wait one interval for the upstream's answer, so a fast error keeps its
@@ -101,18 +103,28 @@ class _Gateway:
             opening.cancel()
             raise
         if opening.done() and not is_event_stream(response := opening.result()):
-            return _passthrough(response)
+            return await self._refuse(response)
         identity = StreamIdentity(kind, fields.model, int(time.time()))
         relay = StreamRelay(
             opening,
             self.upstream.url(request.url.path, request.url.query),
-            StreamRepairer(identity),
+            StreamRepairer(identity, self.settings),
             heartbeat=self._heartbeat(identity),
             interval=self.settings.heartbeat_interval,
             max_event_bytes=self.settings.max_event_bytes,
+            max_body_bytes=self.settings.max_event_bytes,
             started=started,
         )
         return _event_stream(relay)
+
+    async def _refuse(self, response: httpx.Response) -> Response:
+        """An answer that is no stream becomes our error, with the upstream's
+        words and, when it was an error status, that status."""
+        try:
+            error = await refusal(response, str(response.request.url), self.settings.max_event_bytes)
+        finally:
+            await response.aclose()
+        raise error
 
     async def _open(self, request: Request, body: bytes) -> httpx.Response:
         url = request.url

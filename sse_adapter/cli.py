@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import enum
 import sys
 from typing import Annotated
 
 import typer
 
-from sse_adapter.settings import HeartbeatMode, Settings, SettingsError
+from sse_adapter.settings import HeartbeatMode, ReasoningField, Settings, SettingsError, ThinkTags
 
 __all__ = ["app", "main"]
 
@@ -25,6 +26,21 @@ app = typer.Typer(
 )
 
 
+class Switch(enum.StrEnum):
+    ON = "on"
+    OFF = "off"
+
+
+def _option(env: str, help: str, panel: str = "Server") -> typer.models.OptionInfo:
+    option: typer.models.OptionInfo = typer.Option(
+        envvar=f"SSE_ADAPTER_{env}", help=help, rich_help_panel=panel
+    )
+    return option
+
+
+_REPAIRS = "Chunk repairs (the defaults are what One-API and OpenAI clients need)"
+
+
 @app.callback()
 def _root() -> None:
     """Re-emits any model server's stream as SSE that One-API relays intact."""
@@ -33,30 +49,76 @@ def _root() -> None:
 @app.command()
 def serve(
     upstream: Annotated[
-        str,
-        typer.Option(
-            envvar="SSE_ADAPTER_UPSTREAM",
-            help="Base URL of the model server (TGI, vLLM, llama.cpp, Ollama, ...).",
-            show_default=False,
-        ),
+        str, _option("UPSTREAM", "Base URL of the model server (TGI, vLLM, llama.cpp, Ollama, ...).")
     ],
-    host: Annotated[str, typer.Option(envvar="SSE_ADAPTER_HOST", help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(envvar="SSE_ADAPTER_PORT", help="Port to listen on.")] = 8000,
+    host: Annotated[str, _option("HOST", "Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, _option("PORT", "Port to listen on.")] = 8000,
     heartbeat_interval: Annotated[
         float,
-        typer.Option(
-            envvar="SSE_ADAPTER_HEARTBEAT_INTERVAL",
-            help="Send a heartbeat after this many idle seconds (fractions allowed).",
-        ),
+        _option("HEARTBEAT_INTERVAL", "Send a heartbeat after this many idle seconds (fractions allowed)."),
     ] = 10.0,
     heartbeat_mode: Annotated[
         HeartbeatMode,
-        typer.Option(
-            envvar="SSE_ADAPTER_HEARTBEAT_MODE",
-            help="chunk: an empty data chunk that reaches the end client through One-API; "
+        _option(
+            "HEARTBEAT_MODE",
+            "chunk: an empty data chunk that reaches the end client through One-API; "
             "comment: ': keep-alive', which keeps only the hop to the gateway alive; off: none.",
         ),
     ] = HeartbeatMode.CHUNK,
+    connect_timeout: Annotated[
+        float, _option("CONNECT_TIMEOUT", "Seconds to wait for a connection to the upstream.", "Limits")
+    ] = 10.0,
+    max_event_bytes: Annotated[
+        int,
+        _option(
+            "MAX_EVENT_BYTES", "Largest upstream event; a larger one ends the stream in an error.", "Limits"
+        ),
+    ] = 16 * 1024 * 1024,
+    max_line_bytes: Annotated[
+        int,
+        _option(
+            "MAX_LINE_BYTES",
+            "Longest line written; longer text is split over chunks (One-API: 64 KiB).",
+            _REPAIRS,
+        ),
+    ] = 65000,
+    map_finish_reason: Annotated[
+        Switch,
+        _option(
+            "MAP_FINISH_REASON", "Map stop_sequence, eos_token, '' and unknown values to 'stop'.", _REPAIRS
+        ),
+    ] = Switch.ON,
+    fill_fields: Annotated[
+        Switch, _option("FILL_FIELDS", "Fill missing object, created and finish_reason.", _REPAIRS)
+    ] = Switch.ON,
+    reasoning_field: Annotated[
+        ReasoningField,
+        _option(
+            "REASONING_FIELD",
+            "The one delta field reasoning text goes under; keep: as the server sent it.",
+            _REPAIRS,
+        ),
+    ] = ReasoningField.REASONING_CONTENT,
+    think_tags: Annotated[
+        ThinkTags,
+        _option("THINK_TAGS", "split: move <think>...</think> out of content into reasoning.", _REPAIRS),
+    ] = ThinkTags.KEEP,
+    final_usage_only: Annotated[
+        Switch,
+        _option(
+            "FINAL_USAGE_ONLY",
+            "Drop null and zero usage; send the last real usage as the last chunk.",
+            _REPAIRS,
+        ),
+    ] = Switch.ON,
+    drop_non_chunks: Annotated[
+        Switch,
+        _option(
+            "DROP_NON_CHUNKS",
+            "Drop events with no choices and no usage (MCP events, prompt_progress).",
+            _REPAIRS,
+        ),
+    ] = Switch.ON,
 ) -> None:
     """Serve the adapter in front of a model server."""
     from sse_adapter.app import run_server  # the web stack loads only for serving
@@ -68,6 +130,15 @@ def serve(
             port=port,
             heartbeat_interval=heartbeat_interval,
             heartbeat_mode=heartbeat_mode,
+            connect_timeout=connect_timeout,
+            max_event_bytes=max_event_bytes,
+            max_line_bytes=max_line_bytes,
+            map_finish_reason=map_finish_reason is Switch.ON,
+            fill_fields=fill_fields is Switch.ON,
+            reasoning_field=reasoning_field,
+            think_tags=think_tags,
+            final_usage_only=final_usage_only is Switch.ON,
+            drop_non_chunks=drop_non_chunks is Switch.ON,
         )
     except SettingsError as exc:
         raise typer.BadParameter(str(exc)) from None

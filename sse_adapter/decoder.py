@@ -36,10 +36,17 @@ class SSEDecoder:
     ``max_event_bytes`` bounds everything held between two dispatches (the
     unfinished line plus the data lines gathered so far); past it
     :class:`EventTooLarge` is raised, so no input can grow memory unbounded.
+
+    ``field_events`` names fields the spec would ignore but a server uses to
+    say something: each such line is dispatched at once as an event of that
+    type (llama.cpp's legacy ``error: {...}`` line). None by default.
     """
 
-    def __init__(self, max_event_bytes: int = 16 * 1024 * 1024) -> None:
+    def __init__(
+        self, max_event_bytes: int = 16 * 1024 * 1024, field_events: frozenset[str] = frozenset()
+    ) -> None:
         self.max_event_bytes = max_event_bytes
+        self.field_events = field_events
         self.retry: int | None = None
         self._head = b""  # the first bytes, until we know whether they hold a BOM
         self._started = False
@@ -135,6 +142,8 @@ class SSEDecoder:
             self._last_event_id = value
         elif name == "retry" and value.isascii() and value.isdigit():
             self.retry = int(value)
+        elif name in self.field_events:
+            events.append(Event(value, name, self._last_event_id))
         # any other field name is ignored, as the spec says
 
     def _dispatch(self, events: list[Event]) -> None:

@@ -1,24 +1,40 @@
-"""What model servers really send, turned into what One-API relays (pure).
+"""What model servers really send (pure): their error shapes and vocabularies.
 
-The quirks handled here are listed in shared/upstream-dialects.md. Every
-repair is counted by kind, so the operator can see what the upstream needed.
+The shapes are those of shared/upstream-dialects.md. Whatever the server,
+an error comes out as one :class:`UpstreamReported` with the server's own
+message, type and code.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from sse_adapter.chunks import StreamIdentity
-from sse_adapter.decoder import Event
-from sse_adapter.errors import UpstreamError
+from sse_adapter.errors import UpstreamReported
 
-__all__ = ["RequestFields", "StreamRepairer", "error_message"]
+__all__ = [
+    "BULKY_FIELDS",
+    "OPENAI_FINISH_REASONS",
+    "STOP_ALIASES",
+    "RequestFields",
+    "body_error",
+    "chunk_error",
+    "event_error",
+    "is_real_usage",
+]
 
-_EXCERPT = 200
+OPENAI_FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})
+# TGI's own names for a natural stop, and the empty string it sometimes sends
+STOP_ALIASES = frozenset({"stop_sequence", "eos_token", ""})
+# Large fields no OpenAI client reads: llama.cpp's timings, vLLM's token ids,
+# Ollama's context array. Dropped only when a line would be too long for One-API.
+BULKY_FIELDS = ("timings", "prompt_token_ids", "token_ids", "context", "prompt_progress")
+
+_EXCERPT = 300
+_TAGS = re.compile(rb"<[^>]*>")
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,80 +46,81 @@ class RequestFields:
 
     @classmethod
     def parse(cls, body: bytes) -> RequestFields:
-        try:
-            fields = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            fields = None  # the upstream will answer it with its own error
+        fields = _loads(body)
         if not isinstance(fields, dict):
-            return cls(stream=False, model="")
+            return cls(stream=False, model="")  # the upstream will answer it with its own error
         model = fields.get("model")
         return cls(stream=fields.get("stream") is True, model=model if isinstance(model, str) else "")
 
 
-class StreamRepairer:
-    """Turns each upstream event into the payloads to send, in order.
-
-    ``finished`` turns true at the upstream's ``[DONE]``: the relay stops
-    reading there and writes the one ``[DONE]`` of the stream itself.
-    """
-
-    def __init__(self, identity: StreamIdentity) -> None:
-        self.identity = identity
-        self.finished = False
-        self.repairs: Counter[str] = Counter()
-
-    def repair(self, event: Event) -> list[bytes]:
-        data = event.data
-        if data.strip() == "[DONE]":
-            self.finished = True
-            return []
-        chunk = _json_object(data)
-        return [self._chunk(chunk, multi_line="\n" in data) or data.encode()]
-
-    def _chunk(self, chunk: dict[str, Any], multi_line: bool) -> bytes | None:
-        """The re-serialised chunk, or None when the upstream's bytes can go as they are."""
-        upstream_id = chunk.get("id")
-        stream_id = self.identity.claim(upstream_id)
-        changed = upstream_id != stream_id
-        if changed:
-            chunk["id"] = stream_id
-            self.repairs["id_unified"] += 1
-        if multi_line:
-            self.repairs["multi_line_payload"] += 1
-        return orjson.dumps(chunk) if changed or multi_line else None
+def chunk_error(chunk: dict[str, Any], status: int | None = None) -> UpstreamReported | None:
+    """The error a JSON payload reports, in any shape of the dialect table, or None."""
+    error = chunk.get("error")
+    if isinstance(error, dict) and error:
+        # OpenAI, vLLM, SGLang, llama.cpp, LocalAI; TGI >= 2.4.1 says http_status_code
+        code = error.get("code", error.get("http_status_code"))
+        message = _text(error.get("message")) or _text(error.get("msg")) or _excerpt(orjson.dumps(error))
+        kind = _text(error.get("type"))
+        return UpstreamReported(message, status=status, upstream_type=kind, upstream_code=code)
+    if isinstance(error, str) and error:  # TGI <= 2.x, Xinference, Ollama
+        return UpstreamReported(error, status=status, upstream_type=_text(chunk.get("error_type")))
+    code = chunk.get("error_code")
+    if code:  # FastChat: {"text": ..., "error_code": 50001}
+        message = _text(chunk.get("text")) or f"error code {code}"
+        return UpstreamReported(message, status=status, upstream_code=code)
+    return None
 
 
-def _json_object(data: str) -> dict[str, Any]:
-    try:
-        chunk = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        chunk = None
-    if not isinstance(chunk, dict):
-        raise UpstreamError(
-            f"the upstream sent an event that is not a JSON object: {data[:_EXCERPT]!r}; "
-            "check that --upstream points at an OpenAI-compatible endpoint"
-        )
-    return chunk
-
-
-def error_message(body: bytes) -> str:
-    """The upstream's own words from an error body, whatever its shape."""
-    try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        parsed = None
+def event_error(data: str) -> UpstreamReported:
+    """An event the upstream marked as an error: llama.cpp's legacy ``error:``
+    line, or ``event: error``. Its data is the error object itself."""
+    parsed = _loads(data.encode())
     if isinstance(parsed, dict):
-        for key in ("error", "message", "detail", "msg", "text"):
-            found = _message_in(parsed.get(key))
-            if found:
-                return found
-    text = body.decode("utf-8", "replace").strip()
-    return " ".join(text.split())[:_EXCERPT] or "(empty body)"
+        found = chunk_error(parsed) or chunk_error({"error": parsed})
+        if found is not None:
+            return found
+    return UpstreamReported(_excerpt(data.encode()))
 
 
-def _message_in(value: object) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, dict):
-        return _message_in(value.get("message"))
-    return ""
+def body_error(status: int, content_type: str, body: bytes) -> UpstreamReported | None:
+    """The error a whole response body stands for; None for a 2xx body that is no error."""
+    parsed = _loads(body)
+    found = chunk_error(parsed, status) if isinstance(parsed, dict) else None
+    if found is not None or 200 <= status < 300:
+        return found
+    if isinstance(parsed, dict):
+        for key in ("message", "detail", "msg"):
+            if message := _text(parsed.get(key)):
+                return UpstreamReported(message, status=status, upstream_type=_text(parsed.get("type")))
+    return UpstreamReported(_describe(status, content_type, body), status=status)
+
+
+def is_real_usage(usage: object) -> bool:
+    """Usage with a count in it; servers send null or zeros on every chunk."""
+    return isinstance(usage, dict) and any(
+        isinstance(count, int) and count > 0
+        for count in (usage.get("prompt_tokens"), usage.get("completion_tokens"), usage.get("total_tokens"))
+    )
+
+
+def _describe(status: int, content_type: str, body: bytes) -> str:
+    if "html" in content_type.lower() or body.lstrip().startswith(b"<"):
+        text = _excerpt(_TAGS.sub(b" ", body))
+        return f"{text} (an HTML page: a proxy in front of the model server answered, not the server)"
+    return _excerpt(body) if body.strip() else f"HTTP {status} with an empty body"
+
+
+def _excerpt(raw: bytes) -> str:
+    text = " ".join(raw.decode("utf-8", "replace").split())
+    return text if len(text) <= _EXCERPT else text[:_EXCERPT] + "..."
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _loads(raw: bytes) -> object:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None

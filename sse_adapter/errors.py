@@ -7,11 +7,12 @@ answers with before a stream has started, and its OpenAI ``type`` and stable
 
     AdapterError
     ├── EventTooLarge            502  upstream_error / event_too_large
+    ├── LineTooLong              502  upstream_error / line_too_long
     ├── UpstreamError            502  upstream_error / upstream_error
     │   ├── UpstreamUnreachable  502  upstream_error / upstream_unreachable
     │   ├── UpstreamTimeout      504  upstream_error / upstream_timeout
     │   ├── UpstreamDisconnected 502  upstream_error / upstream_disconnected
-    │   └── UpstreamStatus       (the upstream's status)  upstream_error / upstream_status
+    │   └── UpstreamReported     the upstream's own status, type and code
     └── InternalError            500  adapter_error / internal_error
 
 This module is pure: no I/O, so the codec may raise from it too.
@@ -56,6 +57,12 @@ class EventTooLarge(AdapterError):
         self.completed: list[Any] = []
 
 
+class LineTooLong(AdapterError):
+    """A chunk that cannot be put in a line One-API can read, even split."""
+
+    code = "line_too_long"
+
+
 class UpstreamError(AdapterError):
     """The model server failed; the message says which and what to check."""
 
@@ -77,18 +84,42 @@ class UpstreamDisconnected(UpstreamError):
     code = "upstream_disconnected"
 
 
-class UpstreamStatus(UpstreamError):
-    """The upstream answered with an error status or with no event stream."""
+class UpstreamReported(UpstreamError):
+    """An error the model server reported itself: an error status, an error
+    body or an error chunk. Its own message, type and code are kept."""
 
-    code = "upstream_status"
+    code = "upstream_error"
 
-    def __init__(self, message: str, upstream_status: int) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        upstream_type: str | None = None,
+        upstream_code: object = None,
+    ) -> None:
         super().__init__(message)
-        self.upstream_status = upstream_status
+        self.upstream_status = status
+        self.upstream_type = upstream_type
+        self.upstream_code = upstream_code
 
     @property
     def http_status(self) -> int:
-        return self.upstream_status if 400 <= self.upstream_status <= 599 else 502
+        """The upstream's error status; else its code, when that is one; else 502."""
+        for candidate in (self.upstream_status, self.upstream_code):
+            if isinstance(candidate, int) and 400 <= candidate <= 599:
+                return candidate
+        return self.status
+
+    def to_openai(self) -> dict[str, Any]:
+        code = self.upstream_code if self.upstream_code not in (None, "") else self.upstream_status
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.upstream_type or self.type,
+                "code": code if code is not None else self.code,
+            }
+        }
 
 
 class InternalError(AdapterError):

@@ -20,16 +20,17 @@ from anyio.abc import ObjectSendStream
 
 from sse_adapter.chunks import error_chunk
 from sse_adapter.decoder import Event, SSEDecoder
-from sse_adapter.dialects import StreamRepairer, error_message
+from sse_adapter.dialects import body_error
 from sse_adapter.encoder import DONE, frame
-from sse_adapter.errors import AdapterError, EventTooLarge, InternalError, UpstreamStatus
+from sse_adapter.errors import AdapterError, EventTooLarge, InternalError, UpstreamReported
+from sse_adapter.repair import StreamRepairer
 from sse_adapter.upstream import map_errors
 
-__all__ = ["StreamRelay", "is_event_stream"]
+__all__ = ["StreamRelay", "is_event_stream", "read_body", "refusal"]
 
 log = logging.getLogger(__name__)
 
-_ERROR_BODY_LIMIT = 64 * 1024  # enough for any error message, bounded against a runaway body
+_FIELD_EVENTS = frozenset({"error"})  # llama.cpp before Sep 2025: a bare `error: {...}` line
 
 
 def is_event_stream(response: httpx.Response) -> bool:
@@ -37,22 +38,29 @@ def is_event_stream(response: httpx.Response) -> bool:
     return response.is_success and content_type.split(";")[0].strip().lower() == "text/event-stream"
 
 
-async def read_error(response: httpx.Response, url: str) -> UpstreamStatus:
-    """The error an upstream answer that is no event stream stands for."""
+async def read_body(response: httpx.Response, url: str, limit: int) -> bytes:
+    """A whole response body, or its first ``limit`` bytes: no runaway body is buffered."""
     body = bytearray()
     with map_errors(url):
         async for part in response.aiter_bytes():
             body += part
-            if len(body) >= _ERROR_BODY_LIMIT:
+            if len(body) >= limit:
                 break
-    status = response.status_code
-    kind = response.headers.get("content-type", "no content type")
-    message = error_message(bytes(body))
-    if response.is_success:
-        message = f"the upstream answered {status} with {kind} instead of an event stream: {message}"
-    else:
-        message = f"the upstream answered {status}: {message}"
-    return UpstreamStatus(message, status)
+    return bytes(body[:limit])
+
+
+async def refusal(response: httpx.Response, url: str, limit: int) -> UpstreamReported:
+    """The error an upstream answer that is no event stream stands for."""
+    content_type = response.headers.get("content-type", "no content type")
+    body = await read_body(response, url, limit)
+    error = body_error(response.status_code, content_type, body)
+    if error is None:
+        return UpstreamReported(
+            f"the upstream answered {response.status_code} with {content_type} instead of an event stream; "
+            "check that --upstream is the server's OpenAI-compatible endpoint (for Ollama, its /v1 API)",
+            status=response.status_code,
+        )
+    return error
 
 
 class StreamRelay:
@@ -67,6 +75,7 @@ class StreamRelay:
         heartbeat: Callable[[], bytes] | None,
         interval: float,
         max_event_bytes: int,
+        max_body_bytes: int,
         started: float,
     ) -> None:
         self._opening = opening
@@ -75,6 +84,7 @@ class StreamRelay:
         self._heartbeat = heartbeat
         self._interval = interval
         self._max_event_bytes = max_event_bytes
+        self._max_body_bytes = max_body_bytes
         self._last_write = started  # the client has waited since its request came in
         self.heartbeats = 0
 
@@ -114,25 +124,29 @@ class StreamRelay:
         self._last_write = anyio.current_time()
 
     async def _relay(self, out: ObjectSendStream[bytes]) -> bytes:
-        """Everything up to the last frames, which it returns: an error or nothing."""
-        identity = self._repairer.identity
+        """Everything up to the last frames, which it returns: the held-back
+        text and the usage, or an error."""
+        repairer = self._repairer
         try:
             await self._pump(out)
+            return _frames(repairer.finish())
         except AdapterError as error:
-            log.warning("stream %s ended in error: %s", identity.id or "(no id yet)", error.message)
-            return frame(error_chunk(identity, error))
+            log.warning("stream %s ended in error: %s", repairer.identity.id or "(no id yet)", error.message)
+            return _frames(repairer.finish(failed=True)) + frame(error_chunk(repairer.identity, error))
         except Exception:
-            log.exception("stream %s failed inside sse-adapter", identity.id or "(no id yet)")
-            return frame(
-                error_chunk(identity, InternalError("sse-adapter failed on this stream; see its log"))
-            )
-        return b""
+            log.exception("stream %s failed inside sse-adapter", repairer.identity.id or "(no id yet)")
+            failure = InternalError("sse-adapter failed on this stream; see its log")
+            return frame(error_chunk(repairer.identity, failure))
 
     async def _pump(self, out: ObjectSendStream[bytes]) -> None:
         response = await self._opening
         if not is_event_stream(response):
-            raise await read_error(response, self._url)
-        decoder = SSEDecoder(self._max_event_bytes)
+            error = await refusal(response, self._url, self._max_body_bytes)
+            error.message = (
+                f"the upstream answered {response.status_code}: {error.message}"  # the 200 is gone
+            )
+            raise error
+        decoder = SSEDecoder(self._max_event_bytes, field_events=_FIELD_EVENTS)
         with map_errors(self._url):
             async for raw in response.aiter_bytes():
                 try:
@@ -157,3 +171,7 @@ class StreamRelay:
         finally:
             if frames:
                 await self._write(out, bytes(frames))
+
+
+def _frames(payloads: list[bytes]) -> bytes:
+    return b"".join(map(frame, payloads))

@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-__all__ = ["HeartbeatMode", "Settings", "SettingsError"]
+__all__ = ["HeartbeatMode", "ReasoningField", "Settings", "SettingsError", "ThinkTags"]
 
 
 class HeartbeatMode(enum.StrEnum):
@@ -16,6 +16,19 @@ class HeartbeatMode(enum.StrEnum):
     CHUNK = "chunk"
     COMMENT = "comment"
     OFF = "off"
+
+
+class ReasoningField(enum.StrEnum):
+    """The one delta field reasoning text is given under, whatever the server used."""
+
+    REASONING_CONTENT = "reasoning_content"
+    REASONING = "reasoning"
+    KEEP = "keep"
+
+
+class ThinkTags(enum.StrEnum):
+    SPLIT = "split"
+    KEEP = "keep"
 
 
 class SettingsError(ValueError):
@@ -31,16 +44,20 @@ class Settings:
     heartbeat_mode: HeartbeatMode = HeartbeatMode.CHUNK
     connect_timeout: float = 10.0
     max_event_bytes: int = 16 * 1024 * 1024
+    # chunk normalisation: the defaults are what One-API and OpenAI clients need
+    map_finish_reason: bool = True
+    fill_fields: bool = True
+    reasoning_field: ReasoningField = ReasoningField.REASONING_CONTENT
+    think_tags: ThinkTags = ThinkTags.KEEP
+    final_usage_only: bool = True
+    drop_non_chunks: bool = True
+    max_line_bytes: int = 65000
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "upstream", _base_url(self.upstream))
-        try:
-            object.__setattr__(self, "heartbeat_mode", HeartbeatMode(self.heartbeat_mode))
-        except ValueError:
-            choices = ", ".join(mode.value for mode in HeartbeatMode)
-            raise SettingsError(
-                f"--heartbeat-mode must be one of {choices}, got {self.heartbeat_mode!r}"
-            ) from None
+        self._coerce("heartbeat_mode", HeartbeatMode)
+        self._coerce("reasoning_field", ReasoningField)
+        self._coerce("think_tags", ThinkTags)
         if not 0 < self.port < 65536:
             raise SettingsError(f"--port must be between 1 and 65535, got {self.port}")
         if not self.heartbeat_interval > 0:
@@ -52,6 +69,21 @@ class Settings:
             raise SettingsError(f"--connect-timeout must be more than 0 seconds, got {self.connect_timeout}")
         if self.max_event_bytes < 1024:
             raise SettingsError(f"--max-event-bytes must be at least 1024, got {self.max_event_bytes}")
+        if not 1024 <= self.max_line_bytes <= 65535:
+            raise SettingsError(
+                "--max-line-bytes must be between 1024 and 65535 (One-API's limit), "
+                f"got {self.max_line_bytes}"
+            )
+
+    def _coerce(self, name: str, kind: type[enum.StrEnum]) -> None:
+        """Accept the plain strings env and callers give; refuse what is not a choice."""
+        value = getattr(self, name)
+        try:
+            object.__setattr__(self, name, kind(value))
+        except ValueError:
+            choices = ", ".join(member.value for member in kind)
+            flag = "--" + name.replace("_", "-")
+            raise SettingsError(f"{flag} must be one of {choices}, got {value!r}") from None
 
     @property
     def heartbeats(self) -> bool:

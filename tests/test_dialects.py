@@ -1,94 +1,140 @@
-"""The repairs of upstream payloads, and our own chunks (pure)."""
+"""Upstream error shapes and request fields (pure)."""
 
 from __future__ import annotations
 
-import orjson
 import pytest
 
-from sse_adapter.chunks import Kind, StreamIdentity, error_chunk, heartbeat_chunk
-from sse_adapter.decoder import Event
-from sse_adapter.dialects import RequestFields, StreamRepairer, error_message
-from sse_adapter.errors import UpstreamDisconnected, UpstreamError
-
-
-def repairer(kind: Kind = Kind.CHAT) -> StreamRepairer:
-    return StreamRepairer(StreamIdentity(kind, "req-model", 1700000000))
-
-
-def test_payloads_needing_no_repair_go_out_byte_for_byte() -> None:
-    data = '{"id": "chatcmpl-1", "choices": [{"index": 0, "delta": {"content": "a"}}]}'
-    assert repairer().repair(Event(data)) == [data.encode()]
-
-
-def test_an_empty_id_becomes_one_generated_id_for_the_whole_stream() -> None:
-    fix = repairer()
-    first, second = (orjson.loads(fix.repair(Event('{"id":"","choices":[]}'))[0]) for _ in range(2))
-    assert first["id"] == second["id"]
-    assert first["id"].startswith("chatcmpl-")
-    assert fix.repairs["id_unified"] == 2
-
-
-def test_ids_that_change_mid_stream_are_unified_to_the_first() -> None:
-    fix = repairer()
-    fix.repair(Event('{"id":"a","choices":[]}'))
-    assert orjson.loads(fix.repair(Event('{"id":"b","choices":[]}'))[0])["id"] == "a"
-
-
-def test_a_heartbeat_before_the_first_chunk_fixes_the_id() -> None:
-    fix = repairer(Kind.COMPLETION)
-    beat = orjson.loads(heartbeat_chunk(fix.identity))
-    assert beat["id"].startswith("cmpl-")
-    assert beat["object"] == "text_completion"
-    assert beat["model"] == "req-model"
-    chunk = orjson.loads(fix.repair(Event('{"id":"cmpl-up","choices":[]}'))[0])
-    assert chunk["id"] == beat["id"]
-
-
-def test_a_multi_line_payload_is_put_on_one_line() -> None:
-    fix = repairer()
-    [out] = fix.repair(Event('{"id": "x",\n "choices": []}'))
-    assert out == b'{"id":"x","choices":[]}'
-    assert fix.repairs["multi_line_payload"] == 1
-
-
-@pytest.mark.parametrize("done", ["[DONE]", " [DONE] "])
-def test_done_finishes_the_stream(done: str) -> None:
-    fix = repairer()
-    assert fix.repair(Event(done)) == []
-    assert fix.finished
-
-
-@pytest.mark.parametrize("data", ["not json", "[1, 2]", '"text"', '{"id": "x",'])
-def test_a_payload_that_is_no_json_object_is_an_error(data: str) -> None:
-    with pytest.raises(UpstreamError, match="not a JSON object"):
-        repairer().repair(Event(data))
-
-
-def test_the_error_chunk_is_forwarded_by_one_api_and_raised_by_the_sdk() -> None:
-    identity = StreamIdentity(Kind.CHAT, "m", 1)
-    chunk = orjson.loads(error_chunk(identity, UpstreamDisconnected("cut")))
-    assert chunk["error"] == {"message": "cut", "type": "upstream_error", "code": "upstream_disconnected"}
-    assert chunk["choices"] == [{"index": 0, "delta": {"content": ""}, "finish_reason": "error"}]
+from sse_adapter.dialects import RequestFields, body_error, chunk_error, event_error, is_real_usage
 
 
 @pytest.mark.parametrize(
-    ("body", "message"),
+    ("chunk", "message", "kind", "code"),
     [
-        (b'{"error":"Input validation error","error_type":"validation"}', "Input validation error"),
-        (b'{"error":{"message":"bad request","type":"BadRequestError","code":400}}', "bad request"),
-        (b'{"object":"error","message":"model not found"}', "model not found"),
-        (b'{"text":"NETWORK ERROR","error_code":50001}', "NETWORK ERROR"),
-        (b'{"detail":"Not Found"}', "Not Found"),
+        ({"error": "boom", "error_type": "generation"}, "boom", "generation", None),
+        ({"error": {"message": "bad", "http_status_code": 422}}, "bad", None, 422),
         (
-            b"<html><body><h1>502 Bad Gateway</h1></body></html>",
-            "<html><body><h1>502 Bad Gateway</h1></body></html>",
+            {"error": {"message": "long", "type": "BadRequestError", "param": None, "code": 400}},
+            "long",
+            "BadRequestError",
+            400,
         ),
-        (b"", "(empty body)"),
+        ({"error": {"object": "error", "message": "ctx", "code": 400}}, "ctx", None, 400),
+        ({"error": {"code": 500, "message": "rpc", "type": ""}}, "rpc", None, 500),
+        ({"text": "NETWORK ERROR", "error_code": 50001}, "NETWORK ERROR", None, 50001),
+        ({"error": {"code": 7}}, '{"code":7}', None, 7),
     ],
-    ids=["tgi", "vllm", "sglang", "fastchat", "fastapi", "html", "empty"],
+    ids=["tgi-old", "tgi-new", "vllm", "sglang", "localai", "fastchat", "no-message"],
 )
-def test_error_message_finds_the_upstreams_words(body: bytes, message: str) -> None:
-    assert error_message(body) == message
+def test_every_error_shape_is_found(
+    chunk: dict[str, object], message: str, kind: str | None, code: object
+) -> None:
+    error = chunk_error(chunk)
+    assert error is not None
+    assert (error.message, error.upstream_type, error.upstream_code) == (message, kind, code)
+
+
+@pytest.mark.parametrize(
+    "chunk",
+    [
+        {"choices": []},
+        {"error": None, "choices": []},
+        {"error": "", "choices": []},
+        {"error_code": 0, "text": "x"},
+    ],
+)
+def test_ordinary_chunks_are_no_errors(chunk: dict[str, object]) -> None:
+    assert chunk_error(chunk) is None
+
+
+def test_the_legacy_llamacpp_error_line() -> None:
+    error = event_error('{"code":500,"message":"context shift is disabled","type":"server_error"}')
+    assert error.to_openai() == {
+        "error": {"message": "context shift is disabled", "type": "server_error", "code": 500}
+    }
+    assert event_error("plain words").message == "plain words"
+
+
+@pytest.mark.parametrize(
+    ("status", "content_type", "body", "expected"),
+    [
+        (
+            422,
+            "application/json",
+            b'{"error":"Input validation error","error_type":"validation"}',
+            (422, {"message": "Input validation error", "type": "validation", "code": 422}),
+        ),
+        (
+            400,
+            "application/json",
+            b'{"object":"error","message":"too long","type":"BadRequestError","code":400}',
+            (400, {"message": "too long", "type": "BadRequestError", "code": 400}),
+        ),
+        (
+            404,
+            "application/json",
+            b'{"detail":"Not Found"}',
+            (404, {"message": "Not Found", "type": "upstream_error", "code": 404}),
+        ),
+        (
+            502,
+            "text/html",
+            b"<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>",
+            (
+                502,
+                {
+                    "message": "502 Bad Gateway nginx (an HTML page: a proxy in front of the model "
+                    "server answered, not the server)",
+                    "type": "upstream_error",
+                    "code": 502,
+                },
+            ),
+        ),
+        (
+            500,
+            "text/plain",
+            b"",
+            (500, {"message": "HTTP 500 with an empty body", "type": "upstream_error", "code": 500}),
+        ),
+        (
+            200,
+            "application/json",
+            b'{"error":{"message":"overloaded","code":503}}',
+            (503, {"message": "overloaded", "type": "upstream_error", "code": 503}),
+        ),
+        (
+            200,
+            "application/json",
+            b'{"error":"model not loaded"}',
+            (502, {"message": "model not loaded", "type": "upstream_error", "code": 200}),
+        ),
+    ],
+    ids=["tgi", "vllm", "fastapi", "html-proxy", "empty", "200-with-code", "200-without-code"],
+)
+def test_error_bodies_keep_the_status_and_the_upstreams_words(
+    status: int, content_type: str, body: bytes, expected: tuple[int, dict[str, object]]
+) -> None:
+    error = body_error(status, content_type, body)
+    assert error is not None
+    assert (error.http_status, error.to_openai()["error"]) == expected
+
+
+def test_a_2xx_body_that_is_no_error_is_none() -> None:
+    assert body_error(200, "application/json", b'{"choices":[]}') is None
+    assert body_error(200, "text/plain", b"hello") is None
+
+
+@pytest.mark.parametrize(
+    ("usage", "real"),
+    [
+        (None, False),
+        ({"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}, False),
+        ({"total_tokens": 3}, True),
+        ({"prompt_tokens": 2}, True),
+        ("3", False),
+    ],
+)
+def test_real_usage(usage: object, real: bool) -> None:
+    assert is_real_usage(usage) is real
 
 
 @pytest.mark.parametrize(

@@ -55,13 +55,23 @@ async def test_non_streaming_requests_pass_through(method: str, path: str, body:
         assert received.json() == body
 
 
-async def test_an_upstream_error_status_passes_through() -> None:
-    body = b'{"object":"error","message":"model not found","type":"NotFoundError","code":404}'
-    async with fake_upstream(answer(404, body)) as upstream:  # type: ignore[arg-type]
+SGLANG_404 = b'{"object":"error","message":"model not found","type":"NotFoundError","code":404}'
+
+
+async def test_an_upstream_error_status_on_other_paths_passes_through_unchanged() -> None:
+    async with fake_upstream(answer(404, SGLANG_404)) as upstream:  # type: ignore[arg-type]
+        async with run_adapter(Settings(upstream=upstream.url)) as adapter, httpx.AsyncClient() as client:
+            reply = await client.post(adapter + "/v1/embeddings", json={"model": "x", "input": "y"})
+    assert reply.status_code == 404
+    assert reply.content == SGLANG_404
+
+
+async def test_a_non_streaming_chat_error_keeps_its_status_in_openai_shape() -> None:
+    async with fake_upstream(answer(404, SGLANG_404)) as upstream:  # type: ignore[arg-type]
         async with run_adapter(Settings(upstream=upstream.url)) as adapter, httpx.AsyncClient() as client:
             reply = await client.post(adapter + "/v1/chat/completions", json={"model": "x", "messages": []})
     assert reply.status_code == 404
-    assert reply.content == body
+    assert reply.json() == {"error": {"message": "model not found", "type": "NotFoundError", "code": 404}}
 
 
 async def test_a_base_url_ending_in_v1_is_not_doubled() -> None:

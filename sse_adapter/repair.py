@@ -1,0 +1,218 @@
+"""Turns one upstream stream's events into the payloads to send (pure).
+
+Each event is checked for an error in any server's shape, then its chunk is
+normalised to what One-API forwards and OpenAI clients parse, then fitted
+under One-API's line limit. Every repair is counted by kind.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any
+
+import orjson
+
+from sse_adapter.chunks import StreamIdentity
+from sse_adapter.decoder import Event
+from sse_adapter.dialects import (
+    OPENAI_FINISH_REASONS,
+    STOP_ALIASES,
+    chunk_error,
+    event_error,
+    is_real_usage,
+)
+from sse_adapter.errors import UpstreamError
+from sse_adapter.fitting import fit
+from sse_adapter.settings import ReasoningField, Settings, ThinkTags
+from sse_adapter.think import ThinkSplitter
+
+__all__ = ["StreamRepairer"]
+
+log = logging.getLogger(__name__)
+
+_EXCERPT = 200
+
+
+class StreamRepairer:
+    """One per stream. ``finished`` turns true at the upstream's ``[DONE]``:
+    the relay stops reading there and writes the stream's one ``[DONE]``."""
+
+    def __init__(self, identity: StreamIdentity, settings: Settings) -> None:
+        self.identity = identity
+        self.settings = settings
+        self.finished = False
+        self.repairs: Counter[str] = Counter()
+        self._usage_chunk: dict[str, Any] | None = None
+        self._sent = 0
+        self._thinking: dict[object, ThinkSplitter] = {}
+
+    def repair(self, event: Event) -> list[bytes]:
+        if event.event == "error":
+            self.repairs["error_shape"] += 1
+            raise event_error(event.data)
+        data = event.data
+        if data.strip() == "[DONE]":
+            self.finished = True
+            return []
+        chunk = _json_object(data)
+        if (error := chunk_error(chunk)) is not None:
+            self.repairs["error_shape"] += 1
+            raise error
+        multi_line = self._count("multi_line_payload", "\n" in data)
+        held_usage = self._hold_usage(chunk)
+        if not chunk.get("choices") and "usage" not in chunk:
+            if held_usage:
+                return []  # nothing left but the usage, which goes out at the end
+            if self.settings.drop_non_chunks:  # LocalAI MCP events, llama.cpp prompt_progress
+                self.repairs["non_chunk_dropped"] += 1
+                return []
+            return self._send(chunk, data, changed=multi_line)  # not a chunk: not ours to repair
+        changed = multi_line | held_usage | self._fill(chunk)
+        for choice in chunk.get("choices") or ():
+            if isinstance(choice, dict):
+                changed |= self._repair_choice(choice)
+        return self._send(chunk, data, changed)
+
+    def finish(self, failed: bool = False) -> list[bytes]:
+        """The payloads that end the stream: text held back, then the usage.
+
+        After a failure the usage is left out: the error is the last word.
+        A stream whose every event was dropped is no answer but a wrong
+        endpoint (TGI's native /generate_stream, say): that is an error too.
+        """
+        if not failed and not self._sent and self.repairs["non_chunk_dropped"]:
+            raise UpstreamError(
+                f"the upstream's stream held no OpenAI chunks ({self.repairs['non_chunk_dropped']} events of "
+                "another shape); check that --upstream is the server's OpenAI-compatible endpoint"
+            )
+        payloads = [payload for index in self._thinking for payload in self._flush_thinking(index)]
+        if self._usage_chunk is not None and not failed:
+            payloads += fit(self._usage_chunk, self.settings.max_line_bytes, self.repairs)
+        return payloads
+
+    def _send(self, chunk: dict[str, Any], data: str, changed: bool) -> list[bytes]:
+        self._sent += 1
+        if not changed and len(data) + 6 <= self.settings.max_line_bytes:
+            return [data.encode()]  # as the upstream sent it, byte for byte
+        return fit(chunk, self.settings.max_line_bytes, self.repairs)
+
+    def _count(self, repair: str, applies: bool) -> bool:
+        if applies:
+            self.repairs[repair] += 1
+        return applies
+
+    def _hold_usage(self, chunk: dict[str, Any]) -> bool:
+        """Keep the last real usage for the end: it must be the last chunk
+        before ``[DONE]``, and servers repeat null or zero usage on every chunk."""
+        if not self.settings.final_usage_only or "usage" not in chunk:
+            return False
+        usage = chunk.pop("usage")
+        if is_real_usage(usage):
+            self._usage_chunk = {
+                "id": self.identity.claim(chunk.get("id")),
+                "object": chunk.get("object") or self.identity.kind.value,
+                "created": chunk.get("created") or self.identity.created,
+                "model": chunk.get("model") or self.identity.model,
+                "choices": [],
+                "usage": usage,
+            }
+            self.repairs["usage_moved_last"] += 1
+        else:
+            self.repairs["empty_usage_dropped"] += 1
+        return True
+
+    def _fill(self, chunk: dict[str, Any]) -> bool:
+        upstream_id = chunk.get("id")
+        chunk["id"] = self.identity.claim(upstream_id)
+        changed = self._count("id_unified", chunk["id"] != upstream_id)
+        if self.settings.fill_fields:
+            if "object" not in chunk:
+                chunk["object"] = self.identity.kind.value
+                changed = self._count("object_filled", True)
+            if not isinstance(chunk.get("created"), int):
+                chunk["created"] = self.identity.created
+                changed = self._count("created_filled", True)
+        return changed
+
+    def _repair_choice(self, choice: dict[str, Any]) -> bool:
+        changed = False
+        if self.settings.fill_fields and "finish_reason" not in choice:  # vLLM may leave it out
+            choice["finish_reason"] = None
+            changed = self._count("finish_reason_filled", True)
+        changed |= self._map_finish_reason(choice)
+        delta = choice.get("delta")
+        if isinstance(delta, dict):
+            changed |= self._rename_reasoning(delta)
+            if self.settings.think_tags is ThinkTags.SPLIT:
+                changed |= self._split_think(choice, delta)
+        return changed
+
+    def _map_finish_reason(self, choice: dict[str, Any]) -> bool:
+        reason = choice.get("finish_reason")
+        if not self.settings.map_finish_reason or reason is None or reason in OPENAI_FINISH_REASONS:
+            return False
+        if reason not in STOP_ALIASES:
+            log.warning("unknown finish_reason %r from the upstream, sent on as 'stop'", reason)
+        choice["finish_reason"] = "stop"
+        return self._count("finish_reason_mapped", True)
+
+    def _rename_reasoning(self, delta: dict[str, Any]) -> bool:
+        target = self.settings.reasoning_field
+        if target is ReasoningField.KEEP:
+            return False
+        other = "reasoning" if target is ReasoningField.REASONING_CONTENT else "reasoning_content"
+        if other not in delta:
+            return False
+        text = delta.pop(other)
+        if delta.get(target.value) is None:  # servers that send both send the same text twice
+            delta[target.value] = text
+        return self._count("reasoning_renamed", True)
+
+    @property
+    def _reasoning_name(self) -> str:
+        field = self.settings.reasoning_field
+        return "reasoning_content" if field is ReasoningField.KEEP else field.value
+
+    def _split_think(self, choice: dict[str, Any], delta: dict[str, Any]) -> bool:
+        content = delta.get("content")
+        finish = choice.get("finish_reason")
+        if not isinstance(content, str) and finish is None:
+            return False
+        splitter = self._thinking.setdefault(choice.get("index", 0), ThinkSplitter())
+        reasoning, text = splitter.feed(content or "")
+        if finish is not None:
+            held_reasoning, held_text = splitter.flush()
+            reasoning, text = reasoning + held_reasoning, text + held_text
+        if not reasoning and text == (content or ""):
+            return False
+        if text or isinstance(content, str):
+            delta["content"] = text
+        if reasoning:
+            delta[self._reasoning_name] = (delta.get(self._reasoning_name) or "") + reasoning
+        return self._count("think_split", True)
+
+    def _flush_thinking(self, index: object) -> list[bytes]:
+        reasoning, text = self._thinking[index].flush()
+        if not reasoning and not text:
+            return []
+        chunk = self.identity.chunk()
+        chunk["choices"][0]["index"] = index
+        delta = chunk["choices"][0]["delta"]
+        delta["content"] = text
+        if reasoning:
+            delta[self._reasoning_name] = reasoning
+        return fit(chunk, self.settings.max_line_bytes, self.repairs)
+
+
+def _json_object(data: str) -> dict[str, Any]:
+    try:
+        chunk = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        chunk = None
+    if not isinstance(chunk, dict):
+        raise UpstreamError(
+            f"the upstream sent an event that is not a JSON object: {data[:_EXCERPT]!r}; "
+            "check that --upstream points at an OpenAI-compatible endpoint"
+        )
+    return chunk

@@ -1,0 +1,282 @@
+"""One stream's repairs, each with its switch, and line fitting (pure)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import orjson
+import pytest
+
+from sse_adapter.chunks import Kind, StreamIdentity, heartbeat_chunk
+from sse_adapter.decoder import Event
+from sse_adapter.errors import LineTooLong, UpstreamError, UpstreamReported
+from sse_adapter.fitting import fit
+from sse_adapter.repair import StreamRepairer
+from sse_adapter.settings import Settings
+
+
+def repairer(kind: Kind = Kind.CHAT, **settings: Any) -> StreamRepairer:
+    return StreamRepairer(
+        StreamIdentity(kind, "req-model", 1700000000), Settings(upstream="http://x", **settings)
+    )
+
+
+def chunk(delta: dict[str, Any] | None = None, finish: str | None = None, **fields: Any) -> str:
+    body = {
+        "id": "c1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "up",
+        "choices": [{"index": 0, "delta": delta or {}, "finish_reason": finish}],
+        **fields,
+    }
+    return orjson.dumps(body).decode()
+
+
+def run(fix: StreamRepairer, *events: str) -> list[dict[str, Any]]:
+    payloads = [p for data in events for p in fix.repair(Event(data))] + fix.finish()
+    return [orjson.loads(payload) for payload in payloads]
+
+
+def test_a_chunk_needing_no_repair_goes_out_byte_for_byte() -> None:
+    data = '{"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "up", "choices": [{"index": 0, "delta": {"content": "a"}, "finish_reason": null}]}'  # noqa: E501
+    assert repairer().repair(Event(data)) == [data.encode()]
+
+
+def test_an_empty_id_becomes_one_generated_id_for_the_whole_stream() -> None:
+    fix = repairer()
+    first, second = run(fix, chunk(id=""), chunk(id=""))
+    assert first["id"] == second["id"]
+    assert first["id"].startswith("chatcmpl-")
+
+
+def test_a_heartbeat_before_the_first_chunk_fixes_the_id() -> None:
+    fix = repairer(Kind.COMPLETION)
+    beat = orjson.loads(heartbeat_chunk(fix.identity))
+    assert beat["id"].startswith("cmpl-")
+    [out] = run(
+        fix, '{"id":"cmpl-up","object":"text_completion","created":1,"choices":[{"index":0,"text":"a"}]}'
+    )
+    assert out["id"] == beat["id"]
+
+
+def test_a_multi_line_payload_is_put_on_one_line() -> None:
+    fix = repairer()
+    [out] = fix.repair(Event(chunk().replace(",", ",\n")))
+    assert b"\n" not in out
+    assert fix.repairs["multi_line_payload"] == 1
+
+
+@pytest.mark.parametrize(
+    ("reason", "out"),
+    [
+        ("stop_sequence", "stop"),
+        ("eos_token", "stop"),
+        ("", "stop"),
+        ("abort", "stop"),
+        ("length", "length"),
+        ("tool_calls", "tool_calls"),
+        (None, None),
+    ],
+)
+def test_finish_reasons_are_openais(reason: str | None, out: str | None) -> None:
+    [got] = run(repairer(), chunk(finish=reason))
+    assert got["choices"][0]["finish_reason"] == out
+
+
+def test_finish_reasons_can_be_kept() -> None:
+    [got] = run(repairer(map_finish_reason=False), chunk(finish="eos_token"))
+    assert got["choices"][0]["finish_reason"] == "eos_token"
+
+
+def test_missing_object_created_and_finish_reason_are_filled() -> None:
+    [got] = run(repairer(), '{"id":"c1","model":"vicuna","choices":[{"index":0,"delta":{"content":"a"}}]}')
+    assert (got["object"], got["created"], got["choices"][0]["finish_reason"]) == (
+        "chat.completion.chunk",
+        1700000000,
+        None,
+    )
+
+
+def test_filling_can_be_switched_off() -> None:
+    [got] = run(repairer(fill_fields=False), '{"id":"c1","choices":[{"index":0,"delta":{"content":"a"}}]}')
+    assert "object" not in got
+    assert "finish_reason" not in got["choices"][0]
+
+
+@pytest.mark.parametrize(
+    ("field", "delta", "expected"),
+    [
+        ("reasoning_content", {"reasoning": "r"}, {"reasoning_content": "r"}),
+        ("reasoning_content", {"reasoning_content": "r"}, {"reasoning_content": "r"}),
+        ("reasoning_content", {"reasoning": "r", "reasoning_content": "r"}, {"reasoning_content": "r"}),
+        ("reasoning", {"reasoning_content": "r"}, {"reasoning": "r"}),
+        ("keep", {"reasoning": "r"}, {"reasoning": "r"}),
+        ("keep", {"reasoning_content": "r"}, {"reasoning_content": "r"}),
+    ],
+)
+def test_reasoning_goes_under_one_name(field: str, delta: dict[str, str], expected: dict[str, str]) -> None:
+    [got] = run(repairer(reasoning_field=field), chunk(delta))
+    assert got["choices"][0]["delta"] == expected
+
+
+def think_stream(*pieces: str, **settings: Any) -> tuple[str, str]:
+    events = [chunk({"content": piece}) for piece in pieces] + [chunk({}, finish="stop")]
+    chunks = run(repairer(think_tags="split", **settings), *events)
+    deltas = [c["choices"][0]["delta"] for c in chunks]
+    return (
+        "".join(d.get("reasoning_content") or "" for d in deltas),
+        "".join(d.get("content") or "" for d in deltas),
+    )
+
+
+def test_think_tags_split_across_chunks_move_to_reasoning() -> None:
+    text = "<think>Let me see.</think>The answer."
+    for cut in range(len(text) + 1):
+        assert think_stream(text[:cut], text[cut:]) == ("Let me see.", "The answer."), cut
+
+
+def test_think_tags_are_kept_by_default() -> None:
+    [got] = run(repairer(), chunk({"content": "<think>x</think>y"}))
+    assert got["choices"][0]["delta"]["content"] == "<think>x</think>y"
+
+
+def test_held_back_text_comes_out_when_the_stream_ends_without_a_finish() -> None:
+    chunks = run(repairer(think_tags="split"), chunk({"content": "ends in <thi"}))
+    assert "".join(c["choices"][0]["delta"]["content"] for c in chunks) == "ends in <thi"
+
+
+def test_null_or_zero_usage_is_dropped_and_the_last_real_usage_goes_last() -> None:
+    zero = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    real = {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
+    chunks = run(
+        repairer(),
+        chunk({"content": "a"}, usage=None),
+        chunk({"content": "b"}, usage=zero),
+        chunk({}, finish="stop", usage=real),
+    )
+    assert [("usage" in c) for c in chunks] == [False, False, False, True]
+    assert chunks[-1]["choices"] == []
+    assert chunks[-1]["usage"] == real
+    assert chunks[-1]["id"] == chunks[0]["id"]
+
+
+def test_a_usage_only_chunk_is_held_for_the_end() -> None:
+    usage = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
+    fix = repairer()
+    assert fix.repair(Event(orjson.dumps({"id": "c1", "choices": [], "usage": usage}).decode())) == []
+    assert orjson.loads(fix.finish()[-1])["usage"] == usage
+
+
+def test_usage_can_be_passed_as_the_upstream_sent_it() -> None:
+    [got] = run(repairer(final_usage_only=False), chunk({"content": "a"}, usage=None))
+    assert got["usage"] is None
+
+
+@pytest.mark.parametrize(
+    "data",
+    ['{"type":"mcp_tool_call","name":"search"}', '{"id":"c","choices":[],"prompt_progress":{"processed":1}}'],
+    ids=["localai-mcp", "llamacpp-progress"],
+)
+def test_non_chunk_events_are_dropped(data: str) -> None:
+    fix = repairer()
+    assert fix.repair(Event(data)) == []
+    assert fix.repair(Event(chunk({"content": "a"})))  # a real chunk after it still goes out
+    assert repairer(drop_non_chunks=False).repair(Event(data)) == [data.encode()]
+
+
+def test_a_stream_of_nothing_but_other_shapes_is_an_error() -> None:
+    fix = repairer()
+    fix.repair(Event('{"index":1,"token":{"id":5,"text":" a","special":false}}'))
+    with pytest.raises(UpstreamError, match="held no OpenAI chunks"):
+        fix.finish()
+
+
+@pytest.mark.parametrize(
+    "data",
+    ['{"error":{"message":"m","code":400}}', '{"error":"m"}', '{"text":"m","error_code":50001}'],
+)
+def test_error_payloads_raise_with_the_upstreams_message(data: str) -> None:
+    with pytest.raises(UpstreamReported, match=r"^m$"):
+        repairer().repair(Event(data))
+
+
+def test_an_error_event_raises() -> None:
+    with pytest.raises(UpstreamReported, match="shift"):
+        repairer().repair(Event('{"code":500,"message":"shift"}', "error"))
+
+
+@pytest.mark.parametrize("data", ["not json", "[1, 2]", '"text"', '{"id": "x",'])
+def test_a_payload_that_is_no_json_object_is_an_error(data: str) -> None:
+    with pytest.raises(UpstreamError, match="not a JSON object"):
+        repairer().repair(Event(data))
+
+
+@pytest.mark.parametrize("done", ["[DONE]", " [DONE] "])
+def test_done_finishes_the_stream(done: str) -> None:
+    fix = repairer()
+    assert fix.repair(Event(done)) == []
+    assert fix.finished
+
+
+LIMIT = 65000
+
+
+def fitted(body: dict[str, Any], limit: int = LIMIT) -> list[dict[str, Any]]:
+    payloads = fit(body, limit, Counter())
+    assert all(len(b"data: " + payload) <= limit for payload in payloads)
+    return [orjson.loads(payload) for payload in payloads]
+
+
+@pytest.mark.parametrize(
+    "alphabet", ["a", "é", "你", '"\\\n', "\x01"], ids=["ascii", "latin", "cjk", "escapes", "control"]
+)
+def test_a_200_kb_delta_is_split_with_its_text_unchanged(alphabet: str) -> None:
+    text = (alphabet * (200_000 // len(alphabet)))[:200_000]
+    body = orjson.loads(chunk({"role": "assistant", "content": text}, finish="length"))
+    pieces = fitted(body)
+    assert len(pieces) > 1
+    assert "".join(p["choices"][0]["delta"]["content"] for p in pieces) == text
+    assert [p["choices"][0]["finish_reason"] for p in pieces] == [None] * (len(pieces) - 1) + ["length"]
+    assert {p["id"] for p in pieces} == {"c1"}
+
+
+def test_reasoning_and_completion_text_split_too() -> None:
+    body = {
+        "id": "c",
+        "choices": [{"index": 0, "delta": {"reasoning_content": "r" * 90_000, "content": "c" * 70_000}}],
+    }
+    pieces = fitted(body)
+    assert "".join(p["choices"][0]["delta"].get("reasoning_content", "") for p in pieces) == "r" * 90_000
+    assert "".join(p["choices"][0]["delta"].get("content", "") for p in pieces) == "c" * 70_000
+    completion = {"id": "c", "choices": [{"index": 0, "text": "t" * 150_000, "finish_reason": None}]}
+    assert "".join(p["choices"][0]["text"] for p in fitted(completion)) == "t" * 150_000
+
+
+def test_bulky_fields_go_before_anything_is_split() -> None:
+    body = orjson.loads(
+        chunk({"content": "keep"}, finish="stop", timings={"t": "x" * 70_000}, context=[1] * 30_000)
+    )
+    [got] = fitted(body)
+    assert "timings" not in got
+    assert "context" not in got
+    assert got["choices"][0]["delta"]["content"] == "keep"
+
+
+def test_a_small_chunk_keeps_its_bulky_fields() -> None:
+    body = orjson.loads(chunk({"content": "keep"}, timings={"t": 1}))
+    assert fitted(body)[0]["timings"] == {"t": 1}
+
+
+def test_what_cannot_be_split_is_an_error_never_a_cut() -> None:
+    body = orjson.loads(chunk({"tool_calls": [{"index": 0, "function": {"arguments": "x" * 70_000}}]}))
+    with pytest.raises(LineTooLong, match="--max-line-bytes"):
+        fit(body, LIMIT, Counter())
+
+
+def test_the_line_limit_is_a_setting() -> None:
+    fix = repairer(max_line_bytes=2000)
+    payloads = fix.repair(Event(chunk({"content": "z" * 5000})))
+    assert len(payloads) > 2
+    assert all(len(payload) + 6 <= 2000 for payload in payloads)
