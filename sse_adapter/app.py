@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -26,7 +27,7 @@ from sse_adapter.repair import StreamRepairer
 from sse_adapter.settings import HeartbeatMode, Settings
 from sse_adapter.upstream import Upstream, forwardable
 
-__all__ = ["create_app", "run_server"]
+__all__ = ["create_app", "run_server", "serving"]
 
 _METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 _OWN_HEADERS = frozenset({"date", "server"})  # uvicorn writes its own
@@ -53,6 +54,34 @@ def create_app(settings: Settings) -> FastAPI:
 def run_server(settings: Settings) -> None:
     config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, lifespan="on")
     uvicorn.Server(config).run()
+
+
+@asynccontextmanager
+async def serving(settings: Settings, log_level: str = "warning") -> AsyncIterator[str]:
+    """Serve the adapter inside the running event loop; yields its base URL.
+
+    Binds ``settings.host`` on ``settings.port``, or on a free port when it is 0.
+    For the demo and the tests, which run their own clients beside it.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((settings.host, settings.port))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        create_app(settings), lifespan="on", log_level=log_level, timeout_graceful_shutdown=1
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.ensure_future(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            if task.done():
+                task.result()  # surfaces a start-up failure
+            await asyncio.sleep(0.01)
+        yield f"http://{settings.host}:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+        sock.close()
 
 
 class _Gateway:

@@ -58,7 +58,7 @@ class Settings:
         self._coerce("heartbeat_mode", HeartbeatMode)
         self._coerce("reasoning_field", ReasoningField)
         self._coerce("think_tags", ThinkTags)
-        if not 0 < self.port < 65536:
+        if not 0 <= self.port < 65536:  # 0: any free port, for the demo and the tests
             raise SettingsError(f"--port must be between 1 and 65535, got {self.port}")
         if not self.heartbeat_interval > 0:
             raise SettingsError(
