@@ -145,6 +145,49 @@ def serve(
     run_server(settings)
 
 
+@app.command()
+def demo(
+    dialect: Annotated[
+        str,
+        typer.Option(
+            help="A dialect to show (tgi-2.0, xinference, llamacpp-legacy, vllm, reasoning), or all."
+        ),
+    ] = "all",
+    think_seconds: Annotated[
+        float, typer.Option(help="How long the 'reasoning' model stays silent before its first token.")
+    ] = 20.0,
+    serve: Annotated[
+        bool, typer.Option("--serve", help="Keep both servers running afterwards, and print curl commands.")
+    ] = False,
+    port: Annotated[
+        int | None,
+        typer.Option(
+            help="The adapter's port; the demo model server takes the next one. "
+            "Default: free ports, or 8000 with --serve."
+        ),
+    ] = None,
+) -> None:
+    """Show what sse-adapter does, with a built-in fake model server: no GPU, no TGI needed."""
+    import asyncio
+    import contextlib
+    import logging
+
+    from rich.console import Console
+
+    from sse_adapter.demo import dialects_named, run_demo
+    from sse_adapter.demo_upstream import DIALECTS
+
+    if dialect != "all" and dialect not in DIALECTS:
+        raise typer.BadParameter(f"--dialect must be one of {', '.join(DIALECTS)} or all, got {dialect!r}")
+    if think_seconds < 0:
+        raise typer.BadParameter(f"--think-seconds must be 0 or more, got {think_seconds}")
+    if port is not None and not 1 <= port <= 65534:
+        raise typer.BadParameter(f"--port must be between 1 and 65534, got {port}")
+    logging.getLogger("sse_adapter").setLevel(logging.ERROR)  # the tables report the upstreams' errors
+    with contextlib.suppress(KeyboardInterrupt):  # --serve ends with Ctrl-C
+        asyncio.run(run_demo(dialects_named(dialect), think_seconds, serve, port, Console()))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; a bad flag or env value is one line on stderr and exit code 2."""
     command = typer.main.get_command(app)

@@ -1,0 +1,189 @@
+"""``sse-adapter demo``: the product at work, with no model server at hand.
+
+For each dialect, one request goes straight to the embedded fake model
+server and one through the adapter in front of it, at the same time. Both
+are read as the end client behind One-API would read them, and shown side
+by side: the text received, the heartbeats, the longest silence, the errors
+surfaced, and the repairs the adapter made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import httpx
+import orjson
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from sse_adapter.app import serving
+from sse_adapter.demo_upstream import DIALECTS, DemoDialect, demo_upstream, transcript
+from sse_adapter.endclient import EndClientView, read_through_one_api
+from sse_adapter.quirks import describe, framing_quirks, repairs_for
+from sse_adapter.settings import Settings
+
+__all__ = ["Outcome", "Verdict", "judge", "run_demo"]
+
+HEARTBEAT_INTERVAL = 1.0
+# A silence the end client lives through longer than this means no keep-alive reached it.
+SILENCE_LIMIT = 1.5 * HEARTBEAT_INTERVAL
+CHAT = "/v1/chat/completions"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one route went, as the end client behind One-API saw it."""
+
+    text: str
+    heartbeats: int
+    longest_silence: float
+    errors: tuple[str, ...]
+    problems: tuple[str, ...]
+
+    @property
+    def clean(self) -> bool:
+        return not self.problems
+
+    @property
+    def verdict(self) -> str:
+        return "clean" if self.clean else "BROKEN: " + "; ".join(self.problems)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    dialect: DemoDialect
+    direct: Outcome
+    adapted: Outcome
+    framing: tuple[str, ...]
+    repairs: tuple[str, ...]
+
+
+def judge(view: EndClientView, dialect: DemoDialect) -> Outcome:
+    """What went wrong for the end client, against what the model server meant to say."""
+    problems: list[str] = []
+    try:
+        text, heartbeats, errors = view.text(), view.heartbeats(), tuple(view.errors())
+    except orjson.JSONDecodeError:
+        text, heartbeats, errors = "", 0, ()
+        problems.append("a chunk the client cannot parse")
+    if text != dialect.text:
+        problems.append("text lost" if not text else "text garbled")
+    if dialect.error is not None and not any(dialect.error in error for error in errors):
+        problems.append("the upstream's error was hidden")
+    if view.status == 200 and view.dones() != 1:
+        problems.append(f"{view.dones()} [DONE]")
+    silence = view.longest_silence()
+    if silence > SILENCE_LIMIT:
+        problems.append(f"silent for {silence:.1f} s")
+    return Outcome(text, heartbeats, silence, errors, tuple(problems))
+
+
+async def compare(dialect: DemoDialect, upstream: str, adapter: str, client: httpx.AsyncClient) -> Verdict:
+    body = {"model": dialect.name, "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    direct, adapted = await asyncio.gather(
+        read_through_one_api(client, upstream + CHAT, body),
+        read_through_one_api(client, adapter + CHAT, body),
+    )
+    raw = transcript(dialect)
+    return Verdict(
+        dialect,
+        judge(direct, dialect),
+        judge(adapted, dialect),
+        tuple(describe(framing_quirks(raw))),
+        tuple(describe(repairs_for(raw))),
+    )
+
+
+async def run_demo(
+    dialects: Sequence[DemoDialect], think_seconds: float, serve: bool, port: int | None, console: Console
+) -> list[Verdict]:
+    verdicts: list[Verdict] = []
+    adapter_port = port if port is not None else (8000 if serve else 0)
+    upstream_port = adapter_port + 1 if adapter_port else 0
+    async with demo_upstream(think_seconds, port=upstream_port) as upstream:
+        settings = Settings(upstream=upstream, port=adapter_port, heartbeat_interval=HEARTBEAT_INTERVAL)
+        async with serving(settings, log_level="error") as adapter:
+            async with httpx.AsyncClient(timeout=think_seconds + 30) as client:
+                for dialect in dialects:
+                    with console.status(_waiting(dialect, think_seconds)):
+                        verdict = await compare(dialect, upstream, adapter, client)
+                    show(verdict, console)
+                    verdicts.append(verdict)
+            if len(verdicts) > 1:
+                show_summary(verdicts, console)
+            if serve:
+                show_how_to_try(upstream, adapter, console)
+                await asyncio.Event().wait()  # until Ctrl-C
+    return verdicts
+
+
+def _waiting(dialect: DemoDialect, think_seconds: float) -> str:
+    pause = f" (it thinks for {think_seconds:g} s first)" if dialect.thinks else ""
+    return f"Streaming [bold]{dialect.name}[/] directly and through sse-adapter{pause}..."
+
+
+def _errors(outcome: Outcome) -> str:
+    return escape("\n".join(outcome.errors)) or "none"
+
+
+def show(verdict: Verdict, console: Console) -> None:
+    direct, adapted = verdict.direct, verdict.adapted
+    table = Table(title=f"[bold]{verdict.dialect.name}[/]: {verdict.dialect.about}", title_justify="left")
+    table.add_column("the end client behind One-API", style="bold")
+    table.add_column("direct to the model server")
+    table.add_column("through sse-adapter")
+    table.add_row("text received", _text(direct), _text(adapted))
+    table.add_row("heartbeats seen", str(direct.heartbeats), str(adapted.heartbeats))
+    table.add_row("longest silence", f"{direct.longest_silence:.1f} s", f"{adapted.longest_silence:.1f} s")
+    table.add_row("errors surfaced", _errors(direct), _errors(adapted))
+    table.add_row("verdict", _styled(direct), _styled(adapted))
+    console.print(table)
+    console.print("  what the server sent: " + escape(", ".join(verdict.framing) or "nothing unusual"))
+    console.print("  repairs the adapter made: " + escape(", ".join(verdict.repairs) or "none needed"))
+    if verdict.dialect.thinks:
+        console.print(
+            f"  Direct, the client heard nothing for {direct.longest_silence:.1f} s: nginx and AWS ALB cut a "
+            "connection silent for 60 s, Cloudflare for 100 s. Through the adapter a heartbeat reached it "
+            f"every {HEARTBEAT_INTERVAL:g} s ({adapted.heartbeats} in all)."
+        )
+    console.print()
+
+
+def show_summary(verdicts: Sequence[Verdict], console: Console) -> None:
+    table = Table(title="[bold]Summary[/]", title_justify="left")
+    table.add_column("dialect", style="bold")
+    table.add_column("direct to the model server")
+    table.add_column("through sse-adapter")
+    for verdict in verdicts:
+        table.add_row(verdict.dialect.name, _styled(verdict.direct), _styled(verdict.adapted))
+    console.print(table)
+
+
+def _text(outcome: Outcome) -> str:
+    return escape(repr(outcome.text)) if outcome.text else "(nothing)"
+
+
+def _styled(outcome: Outcome) -> str:
+    return f"[green]{escape(outcome.verdict)}[/]" if outcome.clean else f"[red]{escape(outcome.verdict)}[/]"
+
+
+def show_how_to_try(upstream: str, adapter: str, console: Console) -> None:
+    body = '{"model": "tgi-2.0", "stream": true, "messages": [{"role": "user", "content": "hi"}]}'
+    console.print(f"Demo model server: {upstream} (models: {', '.join(DIALECTS)})")
+    console.print(f"sse-adapter:       {adapter}")
+    console.print(f"One-API channel:   type 自定义渠道 (custom), base URL {adapter}\n")
+    console.print("Try the same request both ways (change the model to any of the above):", highlight=False)
+    for base in (upstream, adapter):
+        console.print(
+            f"  curl -N {base}{CHAT} -H 'Content-Type: application/json' -d '{body}'",
+            highlight=False,
+            soft_wrap=True,
+        )
+    console.print("\nPress Ctrl-C to stop.")
+
+
+def dialects_named(name: str) -> list[DemoDialect]:
+    return list(DIALECTS.values()) if name == "all" else [DIALECTS[name]]

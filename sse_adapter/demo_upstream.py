@@ -1,0 +1,146 @@
+"""An embedded fake model server that streams exactly like real ones.
+
+It serves the recorded transcripts shipped in ``sse_adapter/transcripts``
+(the same bytes as ``tests/fixtures``), picked by the request's ``model``,
+event by event, with chunked transfer encoding. Raw asyncio, so the bytes
+on the wire are exactly the transcript's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from importlib import resources
+
+import orjson
+
+__all__ = ["DIALECTS", "DemoDialect", "demo_upstream", "events_of", "transcript"]
+
+_EVENT_END = re.compile(rb"(?<=\r\n\r\n)|(?<=\n\n)|(?<=\r\r)(?!\n)")
+_PACE = 0.02  # seconds between events, as a model generating quickly
+
+
+@dataclass(frozen=True, slots=True)
+class DemoDialect:
+    name: str
+    transcript: str
+    about: str
+    text: str  # what the user should read
+    error: str | None = None  # the upstream's own error message the user should be shown
+    thinks: bool = False  # silent for --think-seconds before the first token
+
+
+DIALECTS: Mapping[str, DemoDialect] = {
+    dialect.name: dialect
+    for dialect in (
+        DemoDialect(
+            "tgi-2.0", "tgi-2.0.sse", "TGI <= 2.0: `data:` with no space, no [DONE]", "Hello from TGI!"
+        ),
+        DemoDialect(
+            "xinference",
+            "xinference-error.sse",
+            "Xinference: CRLF line ends, then a string error and no [DONE]",
+            "Partial",
+            error="[address=0.0.0.0:38451, pid=1234] CUDA error: out of memory",
+        ),
+        DemoDialect(
+            "llamacpp-legacy",
+            "llamacpp-legacy-error.sse",
+            "llama.cpp before Sep 2025: a bare `error:` line, which is not SSE",
+            "Partial",
+            error="context shift is disabled",
+        ),
+        DemoDialect(
+            "vllm", "vllm.sse", "vLLM: clean SSE, a usage chunk with no choices", "The answer is 42."
+        ),
+        DemoDialect(
+            "reasoning",
+            "reasoning.sse",
+            "a reasoning model: silent while it thinks, then `delta.reasoning`",
+            "It is 42.",
+            thinks=True,
+        ),
+    )
+}
+
+
+def transcript(dialect: DemoDialect) -> bytes:
+    return resources.files("sse_adapter").joinpath("transcripts", dialect.transcript).read_bytes()
+
+
+def events_of(body: bytes) -> list[bytes]:
+    """The transcript cut after each blank line: one piece per event, bytes unchanged."""
+    return [piece for piece in _EVENT_END.split(body) if piece]
+
+
+@dataclass
+class _DemoServer:
+    think_seconds: float
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            method, path, body = await _read_request(reader)
+            await self._answer(writer, method, path, body)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass  # the client left: nothing to answer
+        finally:
+            writer.close()
+
+    async def _answer(self, writer: asyncio.StreamWriter, method: str, path: str, body: bytes) -> None:
+        if method == "GET" and path.startswith("/v1/models"):
+            models = {"object": "list", "data": [{"id": name, "object": "model"} for name in DIALECTS]}
+            await _json(writer, 200, orjson.dumps(models))
+            return
+        request = orjson.loads(body) if body else {}
+        dialect = DIALECTS.get(request.get("model", "")) if isinstance(request, dict) else None
+        if path != "/v1/chat/completions" or dialect is None or request.get("stream") is not True:
+            message = f"the demo serves streaming chat completions with a model of: {', '.join(DIALECTS)}"
+            error = {"error": {"message": message, "type": "invalid_request_error", "code": 400}}
+            await _json(writer, 400, orjson.dumps(error))
+            return
+        await self._stream(writer, dialect)
+
+    async def _stream(self, writer: asyncio.StreamWriter, dialect: DemoDialect) -> None:
+        head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n"
+        writer.write((head + "Connection: close\r\n\r\n").encode())
+        await writer.drain()
+        if dialect.thinks:
+            await asyncio.sleep(self.think_seconds)
+        for event in events_of(transcript(dialect)):
+            writer.write(b"%x\r\n%s\r\n" % (len(event), event))
+            await writer.drain()
+            await asyncio.sleep(_PACE)
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+
+async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    start, *lines = head.decode("latin-1").split("\r\n")
+    method, path, _ = start.split(" ", 2)
+    length = next(
+        (int(v) for n, _, v in (x.partition(":") for x in lines) if n.lower() == "content-length"), 0
+    )
+    return method, path, await reader.readexactly(length) if length else b""
+
+
+async def _json(writer: asyncio.StreamWriter, status: int, body: bytes) -> None:
+    head = f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    writer.write((head + "Connection: close\r\n\r\n").encode() + body)
+    await writer.drain()
+
+
+@contextlib.asynccontextmanager
+async def demo_upstream(think_seconds: float, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
+    """Serve the demo dialects; yields the server's base URL."""
+    server = await asyncio.start_server(_DemoServer(think_seconds).serve, host, port)
+    bound = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://{host}:{bound}"
+    finally:
+        server.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(server.wait_closed(), 2)

@@ -1,0 +1,98 @@
+"""Names what is off in an upstream's raw stream, and what the adapter repairs (pure).
+
+``framing_quirks`` reads the bytes a model server sent and lists the quirks
+of shared/upstream-dialects.md it shows. ``repairs_for`` runs the adapter's
+own decode-and-repair pipeline over the same bytes and returns what it
+changed, so what the demo reports is what the relay does.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+from sse_adapter.chunks import Kind, StreamIdentity
+from sse_adapter.decoder import SSEDecoder
+from sse_adapter.errors import AdapterError
+from sse_adapter.oneapi import LINE_LIMIT
+from sse_adapter.repair import StreamRepairer
+from sse_adapter.settings import Settings
+
+__all__ = ["LABELS", "describe", "framing_quirks", "repairs_for"]
+
+LABELS = {
+    # framing, as read from the raw bytes
+    "no_space_after_data": "`data:` with no space (One-API drops the line)",
+    "crlf_line_ends": "CRLF line ends",
+    "cr_line_ends": "CR-only line ends (One-API sees one endless line)",
+    "multi_line_payload": "a payload over several `data:` lines",
+    "missing_done": "no [DONE] at the end",
+    "comment_pings": "comment pings (never reach One-API's client)",
+    "sse_fields": "event:/id:/retry: fields",
+    "bom": "a leading BOM",
+    "legacy_error_line": "a bare `error:` line (not SSE)",
+    "line_over_64k": "a line over 64 KiB (stops One-API's scanner)",
+    # chunks, as counted by the repair pipeline
+    "id_unified": "chunk ids unified",
+    "object_filled": "`object` filled in",
+    "created_filled": "`created` filled in",
+    "finish_reason_filled": "`finish_reason` filled in",
+    "finish_reason_mapped": "`finish_reason` mapped to OpenAI's",
+    "reasoning_renamed": "reasoning put under `reasoning_content`",
+    "think_split": "<think> moved to reasoning",
+    "usage_moved_last": "usage sent last",
+    "empty_usage_dropped": "null or zero usage dropped",
+    "non_chunk_dropped": "events that are no chunks dropped",
+    "bulky_field_dropped": "bulky fields dropped",
+    "long_line_split": "long line split",
+    "error_shape": "error turned into an OpenAI error chunk",
+}
+
+_LINE = re.compile(rb"([^\r\n]*)(\r\n|\r|\n|$)")
+
+
+def framing_quirks(raw: bytes) -> Counter[str]:
+    """The framing quirks in a raw upstream body, each with how often it occurs."""
+    found: Counter[str] = Counter()
+    if raw.startswith(b"\xef\xbb\xbf"):
+        found["bom"] += 1
+        raw = raw[3:]
+    data_lines = 0
+    for line, end in _LINE.findall(raw):
+        found["crlf_line_ends"] += end == b"\r\n"
+        found["cr_line_ends"] += end == b"\r"
+        found["line_over_64k"] += len(line) > LINE_LIMIT
+        if not line:
+            found["multi_line_payload"] += data_lines > 1
+            data_lines = 0
+        elif line.startswith(b"data:"):
+            data_lines += 1
+            found["no_space_after_data"] += not line.startswith(b"data: ")
+        elif line.startswith(b":"):
+            found["comment_pings"] += 1
+        elif line.startswith((b"event:", b"id:", b"retry:")):
+            found["sse_fields"] += 1
+        elif line.startswith(b"error:"):
+            found["legacy_error_line"] += 1
+    found["missing_done"] += b"[DONE]" not in raw
+    return +found  # only what is there
+
+
+def repairs_for(raw: bytes, kind: Kind = Kind.CHAT, settings: Settings | None = None) -> Counter[str]:
+    """What the relay's repair pipeline changes in this body, by kind."""
+    settings = settings or Settings(upstream="http://demo")
+    decoder = SSEDecoder(settings.max_event_bytes, field_events=frozenset({"error"}))
+    repairer = StreamRepairer(StreamIdentity(kind, "", 0), settings)
+    try:
+        for event in decoder.feed(raw) + decoder.flush():
+            repairer.repair(event)
+            if repairer.finished:
+                break
+        repairer.finish()
+    except AdapterError:
+        pass  # the error itself is counted; the relay stops there too
+    return +repairer.repairs
+
+
+def describe(found: Counter[str]) -> list[str]:
+    return [f"{LABELS.get(name, name)} ({count})" for name, count in found.items()]
