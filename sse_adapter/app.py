@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
+from typing import Any
 
 import anyio
 import httpx
@@ -22,10 +23,11 @@ from sse_adapter.chunks import Kind, StreamIdentity, heartbeat_chunk
 from sse_adapter.dialects import RequestFields
 from sse_adapter.encoder import comment, frame
 from sse_adapter.errors import AdapterError
+from sse_adapter.nonstream import complete, keepalive_body
 from sse_adapter.relay import StreamRelay, is_event_stream, refusal
 from sse_adapter.repair import StreamRepairer
 from sse_adapter.settings import HeartbeatMode, Settings
-from sse_adapter.upstream import Upstream, forwardable
+from sse_adapter.upstream import Upstream, UpstreamRequest, forwardable
 
 __all__ = ["create_app", "run_server", "serving"]
 
@@ -112,31 +114,26 @@ class _Gateway:
         return await self._relay(request, Kind.COMPLETION)
 
     async def passthrough(self, request: Request) -> Response:
-        return _passthrough(await self._open(request, await request.body()))
+        return _passthrough(await self.upstream.open(await _upstream_request(request)))
 
     async def _relay(self, request: Request, kind: Kind) -> Response:
-        body = await request.body()
-        fields = RequestFields.parse(body)
-        if not fields.stream:
-            response = await self._open(request, body)
-            return _passthrough(response) if response.is_success else await self._refuse(response)
+        upstream_request = await _upstream_request(request)
+        fields = RequestFields.parse(upstream_request.body)
+        if fields.stream:
+            return await self._stream(upstream_request, fields, kind)
+        return await self._complete(upstream_request, kind)
+
+    async def _stream(self, request: UpstreamRequest, fields: RequestFields, kind: Kind) -> Response:
         started = anyio.current_time()
-        opening = asyncio.ensure_future(self._open(request, body))
-        # Wait one interval for the upstream's answer, so a fast error keeps its
-        # real status; past that, commit the 200 and keep the client alive.
-        try:
-            await asyncio.wait(
-                {opening}, timeout=self.settings.heartbeat_interval if self.settings.heartbeats else None
-            )
-        except BaseException:
-            opening.cancel()
-            raise
-        if opening.done() and not is_event_stream(response := opening.result()):
+        opening = asyncio.ensure_future(self.upstream.open(request))
+        if await _settled(opening, self._grace(self.settings.heartbeats)) and not is_event_stream(
+            response := opening.result()
+        ):
             return await self._refuse(response)
         identity = StreamIdentity(kind, fields.model, int(time.time()))
         relay = StreamRelay(
             opening,
-            self.upstream.url(request.url.path, request.url.query),
+            self.upstream.url(request),
             StreamRepairer(identity, self.settings),
             heartbeat=self._heartbeat(identity),
             interval=self.settings.heartbeat_interval,
@@ -145,6 +142,19 @@ class _Gateway:
             started=started,
         )
         return _event_stream(relay)
+
+    async def _complete(self, request: UpstreamRequest, kind: Kind) -> Response:
+        answering = asyncio.ensure_future(complete(self.upstream, request, kind, self.settings))
+        if await _settled(answering, self._grace(self.settings.nonstream_keepalive)):
+            answer = answering.result()
+            return Response(answer.body, status_code=answer.status, media_type=answer.media_type)
+        body = keepalive_body(answering, self.settings.heartbeat_interval)
+        return StreamingResponse(body, media_type="application/json")
+
+    def _grace(self, keeping_alive: bool) -> float | None:
+        """How long to wait for the upstream before the 200 goes out: one
+        interval, so a fast error keeps its real status; forever with no keep-alive."""
+        return self.settings.heartbeat_interval if keeping_alive else None
 
     async def _refuse(self, response: httpx.Response) -> Response:
         """An answer that is no stream becomes our error, with the upstream's
@@ -155,10 +165,6 @@ class _Gateway:
             await response.aclose()
         raise error
 
-    async def _open(self, request: Request, body: bytes) -> httpx.Response:
-        url = request.url
-        return await self.upstream.open(request.method, url.path, url.query, request.headers.items(), body)
-
     def _heartbeat(self, identity: StreamIdentity) -> Callable[[], bytes] | None:
         mode = self.settings.heartbeat_mode
         if mode is HeartbeatMode.CHUNK:
@@ -166,6 +172,23 @@ class _Gateway:
         if mode is HeartbeatMode.COMMENT:
             return partial(comment, "keep-alive")
         return None
+
+
+async def _upstream_request(request: Request) -> UpstreamRequest:
+    url = request.url
+    return UpstreamRequest(
+        request.method, url.path, url.query, tuple(request.headers.items()), await request.body()
+    )
+
+
+async def _settled(task: asyncio.Future[Any], grace: float | None) -> bool:
+    """Whether the task is done within ``grace`` seconds (None: however long it takes)."""
+    try:
+        await asyncio.wait({task}, timeout=grace)
+    except BaseException:
+        task.cancel()  # the request itself was cancelled
+        raise
+    return task.done()
 
 
 def _event_stream(relay: StreamRelay) -> Response:

@@ -111,6 +111,22 @@ def serve(
             _REPAIRS,
         ),
     ] = Switch.ON,
+    nonstream_keepalive: Annotated[
+        Switch,
+        _option(
+            "NONSTREAM_KEEPALIVE",
+            "After one silent interval, send 200, then a space each interval until the body is ready.",
+            "Non-streaming requests",
+        ),
+    ] = Switch.ON,
+    nonstream_via_stream: Annotated[
+        Switch,
+        _option(
+            "NONSTREAM_VIA_STREAM",
+            "Ask the upstream for a stream and assemble the answer from it.",
+            "Non-streaming requests",
+        ),
+    ] = Switch.OFF,
     drop_non_chunks: Annotated[
         Switch,
         _option(
@@ -139,6 +155,8 @@ def serve(
             think_tags=think_tags,
             final_usage_only=final_usage_only is Switch.ON,
             drop_non_chunks=drop_non_chunks is Switch.ON,
+            nonstream_keepalive=nonstream_keepalive is Switch.ON,
+            nonstream_via_stream=nonstream_via_stream is Switch.ON,
         )
     except SettingsError as exc:
         raise typer.BadParameter(str(exc)) from None

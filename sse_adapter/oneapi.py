@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-__all__ = ["LINE_LIMIT", "OneAPIRelay", "accepts_stream"]
+__all__ = ["LINE_LIMIT", "OneAPIRelay", "accepts_stream", "channel_test_passes", "nonstream_error"]
 
 # bufio.Scanner's default maximum token size: a line of this many bytes (its
 # LF not counted) no longer fits the buffer, and the scan stops there.
@@ -25,6 +25,35 @@ _DONE = b"[DONE]"
 def accepts_stream(status: int, content_type: str) -> bool:
     """Whether One-API treats a streaming response as a stream, not an error."""
     return status in (200, 201) and not content_type.lower().startswith("application/json")
+
+
+def nonstream_error(status: int, body: bytes) -> str | None:
+    """What One-API's non-stream Handler makes of a whole answer: None when
+    it relays it, else why it reports an error. Like Go's json.Unmarshal,
+    it accepts whitespace around the JSON."""
+    if status != 200:
+        return f"status {status}"
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return "unmarshal_response_body_failed"
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    if isinstance(error, dict) and error.get("type"):
+        return str(error.get("message") or error["type"])
+    return None
+
+
+def channel_test_passes(status: int, body: bytes) -> bool:
+    """One-API's channel "test" button (controller/channel-test.go): 200, a
+    non-null usage, non-empty choices and a string message content."""
+    if nonstream_error(status, body) is not None:
+        return False
+    parsed = orjson.loads(body)
+    choices = parsed.get("choices") if isinstance(parsed, dict) else None
+    if not isinstance(choices, list) or not choices or parsed.get("usage") is None:
+        return False
+    message = choices[0].get("message") if isinstance(choices[0], dict) else None
+    return isinstance(message, dict) and isinstance(message.get("content"), str)
 
 
 @dataclass

@@ -11,8 +11,9 @@ nothing follows ``[DONE]``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 
 import anyio
 import httpx
@@ -26,7 +27,7 @@ from sse_adapter.errors import AdapterError, EventTooLarge, InternalError, Upstr
 from sse_adapter.repair import StreamRepairer
 from sse_adapter.upstream import map_errors
 
-__all__ = ["StreamRelay", "is_event_stream", "read_body", "refusal"]
+__all__ = ["StreamRelay", "is_event_stream", "read_body", "refusal", "repaired"]
 
 log = logging.getLogger(__name__)
 
@@ -146,31 +147,54 @@ class StreamRelay:
                 f"the upstream answered {response.status_code}: {error.message}"  # the 200 is gone
             )
             raise error
-        decoder = SSEDecoder(self._max_event_bytes, field_events=_FIELD_EVENTS)
-        with map_errors(self._url):
-            async for raw in response.aiter_bytes():
-                try:
-                    events = decoder.feed(raw)
-                except EventTooLarge as error:
-                    await self._forward(out, error.completed)
-                    raise
-                await self._forward(out, events)
-                if self._repairer.finished:
-                    return
-        await self._forward(out, decoder.flush())
+        reads = repaired(response, self._repairer, self._url, self._max_event_bytes)
+        async with contextlib.aclosing(reads):
+            async for payloads in reads:
+                await self._write(out, _frames(payloads))
 
-    async def _forward(self, out: ObjectSendStream[bytes], events: list[Event]) -> None:
-        """Write all frames of one read at once, even when a later event fails."""
-        frames = bytearray()
+
+async def repaired(
+    response: httpx.Response, repairer: StreamRepairer, url: str, max_event_bytes: int
+) -> AsyncGenerator[list[bytes], None]:
+    """The repaired payloads of each upstream read, up to the upstream's [DONE].
+
+    All of one read come at once, for one write. A failure inside a read is
+    raised after the payloads that came before it: nothing before it is lost.
+    """
+    decoder = SSEDecoder(max_event_bytes, field_events=_FIELD_EVENTS)
+    with map_errors(url):
+        async for raw in response.aiter_bytes():
+            failure: AdapterError | None = None
+            try:
+                events = decoder.feed(raw)
+            except EventTooLarge as too_large:
+                events, failure = too_large.completed, too_large
+            payloads, failure = _repair_all(repairer, events, failure)
+            if payloads:
+                yield payloads
+            if failure is not None:
+                raise failure
+            if repairer.finished:
+                return
+    payloads, failure = _repair_all(repairer, decoder.flush(), None)
+    if payloads:
+        yield payloads
+    if failure is not None:
+        raise failure
+
+
+def _repair_all(
+    repairer: StreamRepairer, events: list[Event], failure: AdapterError | None
+) -> tuple[list[bytes], AdapterError | None]:
+    payloads: list[bytes] = []
+    for event in events:
         try:
-            for event in events:
-                for payload in self._repairer.repair(event):
-                    frames += frame(payload)
-                if self._repairer.finished:
-                    break
-        finally:
-            if frames:
-                await self._write(out, bytes(frames))
+            payloads += repairer.repair(event)
+        except AdapterError as error:
+            return payloads, error
+        if repairer.finished:
+            break
+    return payloads, failure
 
 
 def _frames(payloads: list[bytes]) -> bytes:

@@ -27,7 +27,7 @@ from sse_adapter.fitting import fit
 from sse_adapter.settings import ReasoningField, Settings, ThinkTags
 from sse_adapter.think import ThinkSplitter
 
-__all__ = ["StreamRepairer"]
+__all__ = ["StreamRepairer", "map_finish_reason", "reasoning_name", "rename_reasoning"]
 
 log = logging.getLogger(__name__)
 
@@ -149,30 +149,14 @@ class StreamRepairer:
         return changed
 
     def _map_finish_reason(self, choice: dict[str, Any]) -> bool:
-        reason = choice.get("finish_reason")
-        if not self.settings.map_finish_reason or reason is None or reason in OPENAI_FINISH_REASONS:
-            return False
-        if reason not in STOP_ALIASES:
-            log.warning("unknown finish_reason %r from the upstream, sent on as 'stop'", reason)
-        choice["finish_reason"] = "stop"
-        return self._count("finish_reason_mapped", True)
+        return self._count("finish_reason_mapped", map_finish_reason(choice, self.settings))
 
     def _rename_reasoning(self, delta: dict[str, Any]) -> bool:
-        target = self.settings.reasoning_field
-        if target is ReasoningField.KEEP:
-            return False
-        other = "reasoning" if target is ReasoningField.REASONING_CONTENT else "reasoning_content"
-        if other not in delta:
-            return False
-        text = delta.pop(other)
-        if delta.get(target.value) is None:  # servers that send both send the same text twice
-            delta[target.value] = text
-        return self._count("reasoning_renamed", True)
+        return self._count("reasoning_renamed", rename_reasoning(delta, self.settings))
 
     @property
     def _reasoning_name(self) -> str:
-        field = self.settings.reasoning_field
-        return "reasoning_content" if field is ReasoningField.KEEP else field.value
+        return reasoning_name(self.settings)
 
     def _split_think(self, choice: dict[str, Any], delta: dict[str, Any]) -> bool:
         content = delta.get("content")
@@ -203,6 +187,37 @@ class StreamRepairer:
         if reasoning:
             delta[self._reasoning_name] = reasoning
         return fit(chunk, self.settings.max_line_bytes, self.repairs)
+
+
+def map_finish_reason(choice: dict[str, Any], settings: Settings) -> bool:
+    """OpenAI's finish reasons only: TGI's names and ``""`` are a stop; unknown ones are logged."""
+    reason = choice.get("finish_reason")
+    if not settings.map_finish_reason or reason is None or reason in OPENAI_FINISH_REASONS:
+        return False
+    if reason not in STOP_ALIASES:
+        log.warning("unknown finish_reason %r from the upstream, sent on as 'stop'", reason)
+    choice["finish_reason"] = "stop"
+    return True
+
+
+def rename_reasoning(holder: dict[str, Any], settings: Settings) -> bool:
+    """Reasoning text under the one configured name, in a delta or a message."""
+    target = settings.reasoning_field
+    if target is ReasoningField.KEEP:
+        return False
+    other = "reasoning" if target is ReasoningField.REASONING_CONTENT else "reasoning_content"
+    if other not in holder:
+        return False
+    text = holder.pop(other)
+    if holder.get(target.value) is None:  # servers that send both send the same text twice
+        holder[target.value] = text
+    return True
+
+
+def reasoning_name(settings: Settings) -> str:
+    """Where reasoning split out of ``<think>`` goes."""
+    field = settings.reasoning_field
+    return "reasoning_content" if field is ReasoningField.KEEP else field.value
 
 
 def _json_object(data: str) -> dict[str, Any]:

@@ -52,6 +52,9 @@ class Settings:
     final_usage_only: bool = True
     drop_non_chunks: bool = True
     max_line_bytes: int = 65000
+    # non-streaming requests
+    nonstream_keepalive: bool = True
+    nonstream_via_stream: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "upstream", _base_url(self.upstream))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from types import TracebackType
 
 import httpx
@@ -17,7 +18,7 @@ from sse_adapter.errors import (
 )
 from sse_adapter.settings import Settings
 
-__all__ = ["Upstream", "forwardable", "map_errors"]
+__all__ = ["Upstream", "UpstreamRequest", "forwardable", "map_errors"]
 
 # RFC 9110, section 7.6.1: meaningful for one connection only. Host and the
 # body's length are set again for the upstream connection by httpx.
@@ -48,6 +49,20 @@ def forwardable(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
         for token in value.split(",")
     }
     return [(name, value) for name, value in pairs if name.lower() not in _HOP_BY_HOP | named]
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamRequest:
+    """What goes to the model server: the client's request, as it came."""
+
+    method: str
+    path: str
+    query: str
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+    def with_body(self, body: bytes) -> UpstreamRequest:
+        return replace(self, body=body)
 
 
 @contextmanager
@@ -95,18 +110,16 @@ class Upstream:
     ) -> None:
         await self.client.aclose()
 
-    def url(self, path: str, query: str) -> str:
-        return self.base_url + path + (f"?{query}" if query else "")
+    def url(self, request: UpstreamRequest) -> str:
+        return self.base_url + request.path + (f"?{request.query}" if request.query else "")
 
-    async def open(
-        self, method: str, path: str, query: str, headers: Iterable[tuple[str, str]], body: bytes
-    ) -> httpx.Response:
+    async def open(self, request: UpstreamRequest) -> httpx.Response:
         """Send a request; the response comes back with its body unread."""
-        url = self.url(path, query)
-        forwarded = forwardable(headers)
+        url = self.url(request)
+        forwarded = forwardable(request.headers)
         if not any(name.lower() == "accept-encoding" for name, _ in forwarded):
             # else httpx would ask for gzip on behalf of a client that never did
             forwarded.append(("accept-encoding", "identity"))
-        request = self.client.build_request(method, url, headers=forwarded, content=body)
+        built = self.client.build_request(request.method, url, headers=forwarded, content=request.body)
         with map_errors(url):
-            return await self.client.send(request, stream=True)
+            return await self.client.send(built, stream=True)

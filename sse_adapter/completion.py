@@ -1,0 +1,175 @@
+"""Non-streaming responses (pure): normalised as chunks are, and assembled from a stream.
+
+One-API's channel test passes only with HTTP 200, a non-null ``usage``,
+non-empty ``choices`` and a string ``choices[0].message.content``
+(shared/oneapi-relay.md), so a body always leaves with a usage object, and
+with content ``""`` rather than null when there are no tool calls.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sse_adapter.chunks import Kind
+from sse_adapter.dialects import is_real_usage
+from sse_adapter.repair import map_finish_reason, reasoning_name, rename_reasoning
+from sse_adapter.settings import Settings, ThinkTags
+from sse_adapter.think import ThinkSplitter
+
+__all__ = ["Assembler", "completion_object", "normalise_completion", "usage_of"]
+
+_REASONING = ("reasoning_content", "reasoning")
+
+
+def completion_object(kind: Kind) -> str:
+    return "chat.completion" if kind is Kind.CHAT else "text_completion"
+
+
+def normalise_completion(
+    body: dict[str, Any], kind: Kind, settings: Settings, created: int
+) -> dict[str, Any]:
+    """The same repairs a stream gets, and a usage object whatever the server gave."""
+    if not body.get("id"):
+        body["id"] = kind.id_prefix + uuid.uuid4().hex
+    if settings.fill_fields:
+        body.setdefault("object", completion_object(kind))
+        if not isinstance(body.get("created"), int):
+            body["created"] = created
+    for choice in body.get("choices") or ():
+        if isinstance(choice, dict):
+            _normalise_choice(choice, settings)
+    body["usage"] = usage_of(body)
+    return body
+
+
+def _normalise_choice(choice: dict[str, Any], settings: Settings) -> None:
+    if settings.fill_fields:
+        choice.setdefault("finish_reason", None)
+    map_finish_reason(choice, settings)
+    message = choice.get("message")
+    if not isinstance(message, dict):
+        return
+    rename_reasoning(message, settings)
+    content = message.get("content")
+    if settings.think_tags is ThinkTags.SPLIT and isinstance(content, str):
+        splitter = ThinkSplitter()
+        thought, said = splitter.feed(content)
+        held_thought, held_said = splitter.flush()
+        if thought or held_thought:
+            message["content"] = said + held_said
+            name = reasoning_name(settings)
+            message[name] = (message.get(name) or "") + thought + held_thought
+    if message.get("content") is None and not message.get("tool_calls"):
+        message["content"] = ""
+
+
+def usage_of(body: dict[str, Any]) -> dict[str, Any]:
+    """The body's usage; else the server's own counts (TGI ``details``, Ollama,
+    llama.cpp); else zeros, which One-API replaces by counting itself."""
+    usage = body.get("usage")
+    if isinstance(usage, dict):
+        return usage
+    details = body.get("details")
+    if not isinstance(details, dict):
+        details = {}
+    prefill = details.get("prefill")
+    prompt = _count(body.get("prompt_eval_count"), body.get("tokens_evaluated"))
+    prompt = prompt or (len(prefill) if isinstance(prefill, list) else 0)
+    completion = _count(details.get("generated_tokens"), body.get("eval_count"), body.get("tokens_predicted"))
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _count(*candidates: object) -> int:
+    return next((value for value in candidates if isinstance(value, int) and value >= 0), 0)
+
+
+class Assembler:
+    """Builds the non-stream response from the repaired chunks of a stream,
+    as the server would have answered it: text joined, tool calls merged by
+    index with their arguments in order, the last finish reason, the usage."""
+
+    def __init__(self, kind: Kind) -> None:
+        self.kind = kind
+        self._head: dict[str, Any] = {}
+        self._choices: dict[int, dict[str, Any]] = {}
+        self._tools: dict[int, dict[int, dict[str, Any]]] = {}
+        self._usage: dict[str, Any] | None = None
+
+    def add(self, chunk: dict[str, Any]) -> None:
+        for key in ("id", "created", "model", "system_fingerprint"):
+            if key in chunk and key not in self._head:
+                self._head[key] = chunk[key]
+        if is_real_usage(chunk.get("usage")):
+            self._usage = chunk["usage"]
+        for choice in chunk.get("choices") or ():
+            self._add_choice(choice)
+
+    def result(self) -> dict[str, Any]:
+        choices = [self._finished(index) for index in sorted(self._choices)]
+        body = {"id": "", **self._head, "object": completion_object(self.kind), "choices": choices}
+        body["usage"] = self._usage or usage_of({})
+        return body
+
+    def _add_choice(self, choice: dict[str, Any]) -> None:
+        index = choice.get("index", 0)
+        into = self._choices.setdefault(index, self._empty_choice(index))
+        if choice.get("finish_reason") is not None:
+            into["finish_reason"] = choice["finish_reason"]
+        _merge_logprobs(into, choice.get("logprobs"))
+        if self.kind is Kind.COMPLETION:
+            into["text"] += choice.get("text") or ""
+            return
+        delta = choice.get("delta") or {}
+        message = into["message"]
+        if delta.get("role"):
+            message["role"] = delta["role"]
+        for key in ("content", *_REASONING):
+            if delta.get(key):
+                message[key] = (message.get(key) or "") + delta[key]
+        for call in delta.get("tool_calls") or ():
+            self._add_tool_call(index, call)
+
+    def _empty_choice(self, index: int) -> dict[str, Any]:
+        if self.kind is Kind.COMPLETION:
+            return {"index": index, "text": "", "logprobs": None, "finish_reason": None}
+        return {
+            "index": index,
+            "message": {"role": "assistant", "content": None},
+            "logprobs": None,
+            "finish_reason": None,
+        }
+
+    def _add_tool_call(self, choice_index: int, call: dict[str, Any]) -> None:
+        calls = self._tools.setdefault(choice_index, {})
+        into = calls.setdefault(
+            call.get("index", len(calls)),
+            {"id": None, "type": "function", "function": {"name": "", "arguments": ""}},
+        )
+        if call.get("id"):
+            into["id"] = call["id"]
+        if call.get("type"):
+            into["type"] = call["type"]
+        function = call.get("function") or {}
+        into["function"]["name"] += function.get("name") or ""
+        into["function"]["arguments"] += function.get("arguments") or ""
+
+    def _finished(self, index: int) -> dict[str, Any]:
+        choice = self._choices[index]
+        if self.kind is Kind.CHAT:
+            message = choice["message"]
+            if index in self._tools:
+                message["tool_calls"] = [self._tools[index][n] for n in sorted(self._tools[index])]
+            elif message["content"] is None:
+                message["content"] = ""
+        return choice
+
+
+def _merge_logprobs(into: dict[str, Any], logprobs: object) -> None:
+    """Chat logprobs are lists under ``content``; completion logprobs are parallel lists."""
+    if not isinstance(logprobs, dict):
+        return
+    merged = into["logprobs"] = into["logprobs"] or {}
+    for key, values in logprobs.items():
+        if isinstance(values, list):
+            merged[key] = (merged.get(key) or []) + values

@@ -1,0 +1,121 @@
+"""Non-streaming requests: the whole answer, normalised, and kept alive while it comes.
+
+Keep-alive (shared/keepalive.md): only once the upstream has been silent for
+one interval is the 200 committed; then a space goes out each interval until
+the body is ready. Leading whitespace is valid JSON, and One-API, Go's and
+Python's parsers accept it. An error after the 200 is an OpenAI error body
+with a non-empty ``error.type``, which One-API reads as an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import orjson
+
+from sse_adapter.chunks import Kind, StreamIdentity
+from sse_adapter.completion import Assembler, normalise_completion
+from sse_adapter.dialects import body_error
+from sse_adapter.errors import AdapterError, InternalError
+from sse_adapter.relay import is_event_stream, read_body, refusal, repaired
+from sse_adapter.repair import StreamRepairer
+from sse_adapter.settings import Settings
+from sse_adapter.upstream import Upstream, UpstreamRequest
+
+__all__ = ["Answer", "complete", "keepalive_body"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    status: int
+    body: bytes
+    media_type: str = "application/json"
+
+
+async def complete(upstream: Upstream, request: UpstreamRequest, kind: Kind, settings: Settings) -> Answer:
+    """The normalised non-stream answer; an upstream failure raises our error."""
+    if settings.nonstream_via_stream:
+        return Answer(200, await _assembled(upstream, request, kind, settings))
+    response = await upstream.open(request)
+    try:
+        body = await read_body(response, upstream.url(request), settings.max_event_bytes)
+    finally:
+        await response.aclose()
+    content_type = response.headers.get("content-type", "")
+    error = body_error(response.status_code, content_type, body)
+    if error is not None:
+        raise error
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        parsed = None
+    if not isinstance(parsed, dict) or not isinstance(parsed.get("choices"), list):
+        return Answer(
+            response.status_code, body, content_type or "application/octet-stream"
+        )  # not ours to repair
+    normalised = normalise_completion(parsed, kind, settings, int(time.time()))
+    return Answer(response.status_code, orjson.dumps(normalised))
+
+
+async def _assembled(upstream: Upstream, request: UpstreamRequest, kind: Kind, settings: Settings) -> bytes:
+    """Ask for a stream and build the answer from it, so failures show as they happen."""
+    url = upstream.url(request)
+    response = await upstream.open(request.with_body(_as_stream_request(request.body)))
+    try:
+        if not is_event_stream(response):
+            raise await refusal(response, url, settings.max_event_bytes)
+        repairer = StreamRepairer(StreamIdentity(kind, "", int(time.time())), settings)
+        assembler = Assembler(kind)
+        reads = repaired(response, repairer, url, settings.max_event_bytes)
+        async with contextlib.aclosing(reads):
+            async for payloads in reads:
+                for payload in payloads:
+                    assembler.add(orjson.loads(payload))
+        for payload in repairer.finish():
+            assembler.add(orjson.loads(payload))
+        return orjson.dumps(assembler.result())
+    finally:
+        await response.aclose()
+
+
+def _as_stream_request(body: bytes) -> bytes:
+    try:
+        fields = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body  # the upstream answers it with its own error
+    if not isinstance(fields, dict):
+        return body
+    options = fields.get("stream_options")
+    if not isinstance(options, dict):
+        options = {}
+    return orjson.dumps({**fields, "stream": True, "stream_options": {**options, "include_usage": True}})
+
+
+async def keepalive_body(answer: asyncio.Task[Answer], interval: float) -> AsyncIterator[bytes]:
+    """A space each interval until the answer is ready, then the answer; the 200 is already out."""
+    try:
+        while not answer.done():
+            yield b" "
+            await asyncio.wait({answer}, timeout=interval)
+        yield _late_body(answer)
+    finally:
+        answer.cancel()  # the client left: stop the upstream's work too
+
+
+def _late_body(answer: asyncio.Task[Answer]) -> bytes:
+    try:
+        result = answer.result()
+    except AdapterError as error:
+        log.warning("non-stream answer failed after the 200: %s", error.message)
+        return orjson.dumps(error.to_openai())
+    except Exception:
+        log.exception("non-stream answer failed inside sse-adapter")
+        return orjson.dumps(InternalError("sse-adapter failed on this request; see its log").to_openai())
+    return result.body

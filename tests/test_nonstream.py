@@ -1,0 +1,245 @@
+"""Non-streaming requests over real sockets: normalised, kept alive, or assembled from a stream."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import httpx
+import openai
+import orjson
+import pytest
+
+from sse_adapter.oneapi import channel_test_passes, nonstream_error
+from sse_adapter.settings import Settings
+from tests.adapter_server import run_adapter
+from tests.end_client import FIXTURES, fixture
+from tests.upstream_fake import Handler, Received, Writer, fake_upstream, sse
+
+pytestmark = pytest.mark.anyio
+
+CHAT = "/v1/chat/completions"
+INTERVAL = 0.2
+ASK = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def answer(status: int, body: dict[str, Any] | bytes, delay: float = 0.0) -> Handler:
+    raw = body if isinstance(body, bytes) else orjson.dumps(body)
+
+    async def handler(request: Received, out: Writer) -> None:
+        await asyncio.sleep(delay)
+        headers = [("Content-Type", "application/json"), ("Content-Length", str(len(raw)))]
+        await out.start(status, headers, chunked=False)
+        await out.raw(raw)
+
+    return handler
+
+
+def completion(**message: Any) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "up",
+        "choices": [{"index": 0, "message": {"role": "assistant", **message}, "finish_reason": "eos_token"}],
+    }
+
+
+@dataclass
+class Reply:
+    status_code: int
+    headers: httpx.Headers
+    content: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
+async def post(adapter: str, body: dict[str, Any], path: str = CHAT) -> tuple[Reply, list[float]]:
+    """The response, and when each piece of its body arrived."""
+    arrivals: list[float] = []
+    content = bytearray()
+    start = anyio.current_time()
+    async with httpx.AsyncClient(timeout=10) as client:
+        async with client.stream("POST", adapter + path, json=body) as reply:
+            async for piece in reply.aiter_raw():
+                arrivals.append(anyio.current_time() - start)
+                content += piece
+    return Reply(reply.status_code, reply.headers, bytes(content)), arrivals
+
+
+async def test_a_slow_upstream_gets_spaces_then_the_json() -> None:
+    async with fake_upstream(answer(200, completion(content="late"), delay=1.0)) as upstream:
+        async with run_adapter(Settings(upstream=upstream.url, heartbeat_interval=INTERVAL)) as adapter:
+            reply, arrivals = await post(adapter, ASK)
+    assert reply.status_code == 200
+    assert reply.headers["content-type"] == "application/json"
+    spaces = len(reply.content) - len(reply.content.lstrip(b" "))
+    assert spaces >= 3
+    assert 0.15 <= arrivals[0] <= INTERVAL + 0.1  # nothing is committed before one interval
+    gaps = [later - earlier for earlier, later in itertools.pairwise(arrivals)]
+    assert max(gaps) <= INTERVAL + 0.1
+    assert nonstream_error(200, reply.content) is None
+    assert channel_test_passes(200, reply.content)
+    assert json.loads(reply.content)["choices"][0]["message"]["content"] == "late"
+
+
+async def test_the_openai_sdk_reads_a_kept_alive_answer() -> None:
+    async with fake_upstream(answer(200, completion(content="late"), delay=0.7)) as upstream:
+        async with run_adapter(Settings(upstream=upstream.url, heartbeat_interval=INTERVAL)) as adapter:
+            async with openai.AsyncOpenAI(base_url=adapter + "/v1", api_key="sk", max_retries=0) as client:
+                reply = await client.chat.completions.create(model="m", messages=[])
+    assert reply.choices[0].message.content == "late"
+    assert reply.usage is not None
+
+
+async def test_a_fast_upstream_error_keeps_its_real_status() -> None:
+    body = {"error": "Input validation error: too long", "error_type": "validation"}
+    async with fake_upstream(answer(422, body)) as upstream:
+        async with run_adapter(Settings(upstream=upstream.url, heartbeat_interval=INTERVAL)) as adapter:
+            reply, _ = await post(adapter, ASK)
+    assert reply.status_code == 422
+    assert reply.json()["error"] == {
+        "message": "Input validation error: too long",
+        "type": "validation",
+        "code": 422,
+    }
+
+
+async def test_a_late_upstream_error_is_a_200_whose_body_one_api_reads_as_an_error() -> None:
+    body = {"error": "Model is overloaded", "error_type": "overloaded"}
+    async with fake_upstream(answer(503, body, delay=0.7)) as upstream:
+        async with run_adapter(Settings(upstream=upstream.url, heartbeat_interval=INTERVAL)) as adapter:
+            reply, _ = await post(adapter, ASK)
+    assert reply.status_code == 200
+    assert reply.content.startswith(b" ")
+    error = json.loads(reply.content)["error"]
+    assert error["type"] == "overloaded"
+    assert error["message"] == "Model is overloaded"
+    assert nonstream_error(200, reply.content) == "Model is overloaded"
+
+
+async def test_without_keepalive_the_client_waits_in_silence_for_the_real_status() -> None:
+    async with fake_upstream(answer(503, {"error": "busy"}, delay=0.7)) as upstream:
+        settings = Settings(upstream=upstream.url, heartbeat_interval=INTERVAL, nonstream_keepalive=False)
+        async with run_adapter(settings) as adapter:
+            reply, arrivals = await post(adapter, ASK)
+    assert reply.status_code == 503
+    assert arrivals[0] >= 0.6
+
+
+async def test_a_client_that_leaves_during_keepalive_closes_the_upstream() -> None:
+    async with fake_upstream(answer(200, completion(content="never"), delay=30)) as upstream:
+        async with run_adapter(Settings(upstream=upstream.url, heartbeat_interval=INTERVAL)) as adapter:
+            async with httpx.AsyncClient() as client:
+                async with client.stream("POST", adapter + CHAT, json=ASK) as reply:
+                    async for _ in reply.aiter_raw():
+                        break  # the first space
+                left = asyncio.get_running_loop().time()
+            hung_up = await asyncio.wait_for(upstream.hangups.get(), 2)
+    assert hung_up - left < 1.0
+
+
+@pytest.mark.parametrize(
+    ("upstream_body", "usage"),
+    [
+        (completion(content="a"), {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}),
+        (
+            {**completion(content="a"), "usage": None},
+            {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+        ),
+        (
+            {**completion(content="a"), "details": {"generated_tokens": 7, "prefill": [{}, {}, {}]}},
+            {"prompt_tokens": 3, "completion_tokens": 7, "total_tokens": 10},
+        ),
+        (
+            {
+                **completion(content="a"),
+                "usage": {"prompt_tokens": 2, "completion_tokens": 1, "total_tokens": 3},
+            },
+            {"prompt_tokens": 2, "completion_tokens": 1, "total_tokens": 3},
+        ),
+    ],
+    ids=["missing", "null", "tgi-details", "kept"],
+)
+async def test_usage_is_always_present_and_the_channel_test_passes(
+    upstream_body: dict[str, Any], usage: dict[str, int]
+) -> None:
+    async with fake_upstream(answer(200, upstream_body)) as upstream:
+        async with run_adapter(Settings(upstream=upstream.url)) as adapter:
+            reply, _ = await post(adapter, ASK)
+    assert reply.json()["usage"] == usage
+    assert channel_test_passes(reply.status_code, reply.content)
+
+
+async def test_non_stream_bodies_get_the_chunk_repairs() -> None:
+    body = completion(content="<think>hmm</think>Sure.", reasoning="from the parser")
+    del body["object"]
+    async with fake_upstream(answer(200, body)) as upstream:
+        async with run_adapter(Settings(upstream=upstream.url, think_tags="split")) as adapter:  # type: ignore[arg-type]
+            reply, _ = await post(adapter, ASK)
+    got = reply.json()
+    assert got["object"] == "chat.completion"
+    choice = got["choices"][0]
+    assert choice["finish_reason"] == "stop"
+    assert choice["message"] == {
+        "role": "assistant",
+        "content": "Sure.",
+        "reasoning_content": "from the parserhmm",
+    }
+
+
+async def test_null_content_becomes_a_string_unless_there_are_tool_calls() -> None:
+    async with fake_upstream(answer(200, completion(content=None))) as upstream:
+        async with run_adapter(Settings(upstream=upstream.url)) as adapter:
+            reply, _ = await post(adapter, ASK)
+    assert reply.json()["choices"][0]["message"]["content"] == ""
+    assert channel_test_passes(200, reply.content)
+
+
+@pytest.mark.parametrize("name", ["vllm", "reasoning", "vllm-tool-calls", "vllm-logprobs"])
+async def test_the_stream_upgrade_assembles_what_the_upstream_would_have_returned(name: str) -> None:
+    async with fake_upstream(sse([fixture(f"{name}.sse")])) as upstream:
+        async with run_adapter(Settings(upstream=upstream.url, nonstream_via_stream=True)) as adapter:
+            reply, _ = await post(adapter, {**ASK, "stream_options": {"continuous_usage_stats": False}})
+    assert reply.status_code == 200
+    assert reply.json() == json.loads((FIXTURES / f"{name}.json").read_text())
+    sent = upstream.requests[0].json()
+    assert sent["stream"] is True  # type: ignore[index]
+    assert sent["stream_options"] == {"continuous_usage_stats": False, "include_usage": True}  # type: ignore[index]
+
+
+async def test_the_stream_upgrade_reports_an_early_stream_error_with_its_status() -> None:
+    async with fake_upstream(sse([fixture("vllm-error.sse")])) as upstream:
+        async with run_adapter(Settings(upstream=upstream.url, nonstream_via_stream=True)) as adapter:
+            reply, _ = await post(adapter, ASK)
+    assert reply.status_code == 400
+    assert reply.json()["error"]["message"].startswith("The decoder prompt (length 9000)")
+
+
+async def test_the_stream_upgrade_sees_a_cut_as_an_error() -> None:
+    async def cut(request: Received, out: Writer) -> None:
+        await out.start(200, [("Content-Type", "text/event-stream")])
+        await out.chunk(fixture("llama-cpp-python-cut.sse"))
+        await out.raw(b"10\r\ndata: {")
+
+    async with fake_upstream(cut) as upstream:
+        async with run_adapter(Settings(upstream=upstream.url, nonstream_via_stream=True)) as adapter:
+            reply, _ = await post(adapter, ASK)
+    assert reply.status_code == 502
+    assert reply.json()["error"]["code"] == "upstream_disconnected"
+
+
+async def test_the_stream_upgrade_of_a_completion() -> None:
+    async with fake_upstream(sse([fixture("vllm-completions.sse")])) as upstream:
+        async with run_adapter(Settings(upstream=upstream.url, nonstream_via_stream=True)) as adapter:
+            reply, _ = await post(adapter, {"model": "m", "prompt": "x"}, path="/v1/completions")
+    got = reply.json()
+    assert got["object"] == "text_completion"
+    assert got["choices"] == [
+        {"index": 0, "text": "Once upon a time", "logprobs": None, "finish_reason": "length"}
+    ]
