@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -12,7 +11,6 @@ from typing import Any
 
 import anyio
 import httpx
-import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from sse_starlette import EventSourceResponse
@@ -22,17 +20,21 @@ from starlette.exceptions import HTTPException
 from sse_adapter.chunks import Kind, StreamIdentity, heartbeat_chunk
 from sse_adapter.dialects import RequestFields
 from sse_adapter.encoder import comment, frame
-from sse_adapter.errors import AdapterError
+from sse_adapter.errors import AdapterError, RequestTooLarge, TooManyStreams, UpstreamTimeout
+from sse_adapter.guard import Guard
 from sse_adapter.nonstream import complete, keepalive_body
-from sse_adapter.relay import StreamRelay, is_event_stream, refusal
+from sse_adapter.reading import is_event_stream, refusal
+from sse_adapter.relay import StreamRelay
 from sse_adapter.repair import StreamRepairer
 from sse_adapter.settings import HeartbeatMode, Settings
+from sse_adapter.timeouts import Watch
 from sse_adapter.upstream import Upstream, UpstreamRequest, forwardable
 
-__all__ = ["create_app", "run_server", "serving"]
+__all__ = ["create_app"]
 
 _METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 _OWN_HEADERS = frozenset({"date", "server"})  # uvicorn writes its own
+_RETRY_AFTER = "1"  # seconds: streams end all the time
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -50,45 +52,14 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_api_route("/v1/{path:path}", gateway.passthrough, methods=_METHODS)
     app.add_exception_handler(AdapterError, _adapter_error)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_middleware(Guard, api_keys=settings.api_keys)
     return app
-
-
-def run_server(settings: Settings) -> None:
-    config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, lifespan="on")
-    uvicorn.Server(config).run()
-
-
-@asynccontextmanager
-async def serving(settings: Settings, log_level: str = "warning") -> AsyncIterator[str]:
-    """Serve the adapter inside the running event loop; yields its base URL.
-
-    Binds ``settings.host`` on ``settings.port``, or on a free port when it is 0.
-    For the demo and the tests, which run their own clients beside it.
-    """
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((settings.host, settings.port))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        create_app(settings), lifespan="on", log_level=log_level, timeout_graceful_shutdown=1
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.ensure_future(server.serve(sockets=[sock]))
-    try:
-        while not server.started:
-            if task.done():
-                task.result()  # surfaces a start-up failure
-            await asyncio.sleep(0.01)
-        yield f"http://{settings.host}:{port}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
-        sock.close()
 
 
 class _Gateway:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.streams = 0  # active streaming requests, for --max-concurrent-streams
         self._upstream: Upstream | None = None
 
     @asynccontextmanager
@@ -114,34 +85,59 @@ class _Gateway:
         return await self._relay(request, Kind.COMPLETION)
 
     async def passthrough(self, request: Request) -> Response:
-        return _passthrough(await self.upstream.open(await _upstream_request(request)))
+        upstream_request = await _upstream_request(request, self.settings.max_request_bytes)
+        return _passthrough(await self.upstream.open(upstream_request))
 
     async def _relay(self, request: Request, kind: Kind) -> Response:
-        upstream_request = await _upstream_request(request)
+        upstream_request = await _upstream_request(request, self.settings.max_request_bytes)
         fields = RequestFields.parse(upstream_request.body)
         if fields.stream:
             return await self._stream(upstream_request, fields, kind)
         return await self._complete(upstream_request, kind)
 
     async def _stream(self, request: UpstreamRequest, fields: RequestFields, kind: Kind) -> Response:
-        started = anyio.current_time()
+        limit = self.settings.max_concurrent_streams
+        if limit and self.streams >= limit:
+            raise TooManyStreams(
+                f"sse-adapter is serving its limit of {limit} streams (--max-concurrent-streams); "
+                "retry shortly"
+            )
+        self.streams += 1
+        try:
+            return await self._open_stream(request, fields, kind)
+        except BaseException:
+            self.streams -= 1
+            raise
+
+    def _stream_closed(self) -> None:
+        self.streams -= 1
+
+    async def _open_stream(self, request: UpstreamRequest, fields: RequestFields, kind: Kind) -> Response:
+        watch = Watch(self.settings, self.upstream.url(request), anyio.current_time())
         opening = asyncio.ensure_future(self.upstream.open(request))
-        if await _settled(opening, self._grace(self.settings.heartbeats)) and not is_event_stream(
-            response := opening.result()
-        ):
-            return await self._refuse(response)
+        # Wait one interval for the upstream's answer, so a fast error keeps its
+        # real status; past that, commit the 200 and keep the client alive.
+        heartbeats = self.settings.heartbeats
+        if not await _settled(opening, self._grace(heartbeats)):
+            if not heartbeats:
+                opening.cancel()
+                raise UpstreamTimeout(
+                    f"the upstream at {watch.url} sent no answer within the first-byte timeout"
+                )
+        elif not is_event_stream(response := opening.result()):
+            raise await self._refused(response, watch)
         identity = StreamIdentity(kind, fields.model, int(time.time()))
         relay = StreamRelay(
             opening,
-            self.upstream.url(request),
+            watch,
             StreamRepairer(identity, self.settings),
             heartbeat=self._heartbeat(identity),
             interval=self.settings.heartbeat_interval,
             max_event_bytes=self.settings.max_event_bytes,
-            max_body_bytes=self.settings.max_event_bytes,
-            started=started,
+            shutdown_grace=self.settings.shutdown_grace,
+            on_close=self._stream_closed,
         )
-        return _event_stream(relay)
+        return _event_stream(relay, self.settings.shutdown_grace)
 
     async def _complete(self, request: UpstreamRequest, kind: Kind) -> Response:
         answering = asyncio.ensure_future(complete(self.upstream, request, kind, self.settings))
@@ -153,17 +149,23 @@ class _Gateway:
 
     def _grace(self, keeping_alive: bool) -> float | None:
         """How long to wait for the upstream before the 200 goes out: one
-        interval, so a fast error keeps its real status; forever with no keep-alive."""
-        return self.settings.heartbeat_interval if keeping_alive else None
+        interval, so a fast error keeps its real status; with no keep-alive,
+        as long as the first-byte timeout allows."""
+        settings = self.settings
+        return (
+            min(settings.heartbeat_interval, settings.first_byte_timeout)
+            if keeping_alive
+            else (settings.first_byte_timeout)
+        )
 
-    async def _refuse(self, response: httpx.Response) -> Response:
+    @staticmethod
+    async def _refused(response: httpx.Response, watch: Watch) -> AdapterError:
         """An answer that is no stream becomes our error, with the upstream's
         words and, when it was an error status, that status."""
         try:
-            error = await refusal(response, str(response.request.url), self.settings.max_event_bytes)
+            return await refusal(response, watch)
         finally:
             await response.aclose()
-        raise error
 
     def _heartbeat(self, identity: StreamIdentity) -> Callable[[], bytes] | None:
         mode = self.settings.heartbeat_mode
@@ -174,11 +176,18 @@ class _Gateway:
         return None
 
 
-async def _upstream_request(request: Request) -> UpstreamRequest:
+async def _upstream_request(request: Request, limit: int) -> UpstreamRequest:
+    declared = request.headers.get("content-length", "")
+    too_large = RequestTooLarge(f"the request body is over {limit} bytes (--max-request-bytes)")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    body = bytearray()
+    async for part in request.stream():
+        body += part
+        if len(body) > limit:
+            raise too_large
     url = request.url
-    return UpstreamRequest(
-        request.method, url.path, url.query, tuple(request.headers.items()), await request.body()
-    )
+    return UpstreamRequest(request.method, url.path, url.query, tuple(request.headers.items()), bytes(body))
 
 
 async def _settled(task: asyncio.Future[Any], grace: float | None) -> bool:
@@ -191,7 +200,7 @@ async def _settled(task: asyncio.Future[Any], grace: float | None) -> bool:
     return task.done()
 
 
-def _event_stream(relay: StreamRelay) -> Response:
+def _event_stream(relay: StreamRelay, shutdown_grace: float) -> Response:
     sender, receiver = anyio.create_memory_object_stream[bytes](0)
     response = EventSourceResponse(
         receiver,
@@ -200,6 +209,10 @@ def _event_stream(relay: StreamRelay) -> Response:
         sep="\n",
         data_sender_callable=partial(relay.run, sender),
         background=BackgroundTask(relay.close),
+        # On shutdown it sets the relay's event, which ends the stream cleanly
+        # after --shutdown-grace; its own cut comes only after a margin.
+        shutdown_event=relay.shutdown,
+        shutdown_grace_period=shutdown_grace + 2,
     )
     # sse-starlette forces this hop-by-hop header, which HTTP/2 forbids (shared/keepalive.md).
     del response.headers["connection"]
@@ -221,7 +234,8 @@ def _passthrough(response: httpx.Response) -> Response:
 
 
 async def _adapter_error(request: Request, error: AdapterError) -> JSONResponse:
-    return JSONResponse(error.to_openai(), status_code=error.http_status)
+    headers = {"Retry-After": _RETRY_AFTER} if isinstance(error, TooManyStreams) else None
+    return JSONResponse(error.to_openai(), status_code=error.http_status, headers=headers)
 
 
 async def _http_error(request: Request, error: HTTPException) -> JSONResponse:

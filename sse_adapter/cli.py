@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import os
 import sys
 from typing import Annotated
 
@@ -39,6 +40,7 @@ def _option(env: str, help: str, panel: str = "Server") -> typer.models.OptionIn
 
 
 _REPAIRS = "Chunk repairs (the defaults are what One-API and OpenAI clients need)"
+_LIMITS = "Timeouts and limits"
 
 
 @app.callback()
@@ -66,14 +68,63 @@ def serve(
         ),
     ] = HeartbeatMode.CHUNK,
     connect_timeout: Annotated[
-        float, _option("CONNECT_TIMEOUT", "Seconds to wait for a connection to the upstream.", "Limits")
+        float, _option("CONNECT_TIMEOUT", "Seconds to wait for a connection to the upstream.", _LIMITS)
     ] = 10.0,
+    first_byte_timeout: Annotated[
+        float,
+        _option(
+            "FIRST_BYTE_TIMEOUT",
+            "Longest wait for the upstream's first event (heartbeats run meanwhile).",
+            _LIMITS,
+        ),
+    ] = 600.0,
+    idle_timeout: Annotated[
+        float, _option("IDLE_TIMEOUT", "Longest upstream silence once it streams.", _LIMITS)
+    ] = 300.0,
+    total_timeout: Annotated[
+        float, _option("TOTAL_TIMEOUT", "Longest whole exchange with the upstream; 0: no limit.", _LIMITS)
+    ] = 0.0,
+    max_request_bytes: Annotated[
+        int, _option("MAX_REQUEST_BYTES", "Largest request body; past it, 413.", _LIMITS)
+    ] = 20 * 1024 * 1024,
     max_event_bytes: Annotated[
         int,
         _option(
-            "MAX_EVENT_BYTES", "Largest upstream event; a larger one ends the stream in an error.", "Limits"
+            "MAX_EVENT_BYTES", "Largest upstream event; a larger one ends the stream in an error.", _LIMITS
         ),
     ] = 16 * 1024 * 1024,
+    max_concurrent_streams: Annotated[
+        int,
+        _option(
+            "MAX_CONCURRENT_STREAMS", "Most streams at once; past it, 429 with Retry-After. 0: none.", _LIMITS
+        ),
+    ] = 0,
+    shutdown_grace: Annotated[
+        float,
+        _option(
+            "SHUTDOWN_GRACE",
+            "On SIGTERM, seconds streams get to finish before they end in an error.",
+            _LIMITS,
+        ),
+    ] = 30.0,
+    api_key: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A key clients must send as 'Authorization: Bearer <key>'; repeatable. "
+            "Env SSE_ADAPTER_API_KEY takes a comma-separated list.",
+            rich_help_panel="Auth",
+            show_default=False,
+        ),
+    ] = None,
+    upstream_api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="SSE_ADAPTER_UPSTREAM_API_KEY",
+            help="The key sent to the model server as 'Authorization: Bearer <key>'.",
+            rich_help_panel="Auth",
+            show_default=False,
+        ),
+    ] = None,
     max_line_bytes: Annotated[
         int,
         _option(
@@ -137,7 +188,7 @@ def serve(
     ] = Switch.ON,
 ) -> None:
     """Serve the adapter in front of a model server."""
-    from sse_adapter.app import run_server  # the web stack loads only for serving
+    from sse_adapter.server import run_server  # the web stack loads only for serving
 
     try:
         settings = Settings(
@@ -147,7 +198,15 @@ def serve(
             heartbeat_interval=heartbeat_interval,
             heartbeat_mode=heartbeat_mode,
             connect_timeout=connect_timeout,
+            first_byte_timeout=first_byte_timeout,
+            idle_timeout=idle_timeout,
+            total_timeout=total_timeout,
+            max_request_bytes=max_request_bytes,
             max_event_bytes=max_event_bytes,
+            max_concurrent_streams=max_concurrent_streams,
+            shutdown_grace=shutdown_grace,
+            api_keys=_api_keys(api_key),
+            upstream_api_key=upstream_api_key,
             max_line_bytes=max_line_bytes,
             map_finish_reason=map_finish_reason is Switch.ON,
             fill_fields=fill_fields is Switch.ON,
@@ -204,6 +263,14 @@ def demo(
     logging.getLogger("sse_adapter").setLevel(logging.ERROR)  # the tables report the upstreams' errors
     with contextlib.suppress(KeyboardInterrupt):  # --serve ends with Ctrl-C
         asyncio.run(run_demo(dialects_named(dialect), think_seconds, serve, port, Console()))
+
+
+def _api_keys(flags: list[str] | None) -> tuple[str, ...]:
+    """The --api-key flags; else the comma list in SSE_ADAPTER_API_KEY (the flag wins)."""
+    if flags:
+        return tuple(flags)
+    listed = os.environ.get("SSE_ADAPTER_API_KEY", "")
+    return tuple(key.strip() for key in listed.split(",") if key.strip())
 
 
 def main(argv: list[str] | None = None) -> None:

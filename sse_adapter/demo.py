@@ -19,10 +19,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from sse_adapter.app import serving
 from sse_adapter.demo_upstream import DIALECTS, DemoDialect, demo_upstream, transcript
 from sse_adapter.endclient import EndClientView, read_through_one_api
 from sse_adapter.quirks import describe, framing_quirks, repairs_for
+from sse_adapter.server import serving
 from sse_adapter.settings import Settings
 
 __all__ = ["Outcome", "Verdict", "judge", "run_demo"]

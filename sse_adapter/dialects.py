@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from sse_adapter.errors import UpstreamReported
+from sse_adapter.errors import InvalidJSON, UpstreamReported
 
 __all__ = [
     "BULKY_FIELDS",
@@ -48,7 +48,7 @@ class RequestFields:
     def parse(cls, body: bytes) -> RequestFields:
         fields = _loads(body)
         if not isinstance(fields, dict):
-            return cls(stream=False, model="")  # the upstream will answer it with its own error
+            raise InvalidJSON(f"the request body is not a JSON object: {_excerpt(body)!r}")
         model = fields.get("model")
         return cls(stream=fields.get("stream") is True, model=model if isinstance(model, str) else "")
 

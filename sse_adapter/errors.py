@@ -6,13 +6,20 @@ answers with before a stream has started, and its OpenAI ``type`` and stable
 200 has gone out) render the same error the same way::
 
     AdapterError
+    ├── ClientError              400  invalid_request_error / invalid_request
+    │   ├── InvalidJSON          400  invalid_request_error / invalid_json
+    │   ├── Unauthorized         401  invalid_request_error / invalid_api_key
+    │   ├── RequestTooLarge      413  invalid_request_error / request_too_large
+    │   └── TooManyStreams       429  rate_limit_error / too_many_streams
     ├── EventTooLarge            502  upstream_error / event_too_large
     ├── LineTooLong              502  upstream_error / line_too_long
     ├── UpstreamError            502  upstream_error / upstream_error
     │   ├── UpstreamUnreachable  502  upstream_error / upstream_unreachable
     │   ├── UpstreamTimeout      504  upstream_error / upstream_timeout
     │   ├── UpstreamDisconnected 502  upstream_error / upstream_disconnected
+    │   ├── ResponseTooLarge     502  upstream_error / response_too_large
     │   └── UpstreamReported     the upstream's own status, type and code
+    ├── ShuttingDown             503  adapter_error / shutting_down
     └── InternalError            500  adapter_error / internal_error
 
 This module is pure: no I/O, so the codec may raise from it too.
@@ -41,6 +48,36 @@ class AdapterError(Exception):
     def to_openai(self) -> dict[str, Any]:
         """The body OpenAI clients and One-API both read: ``{"error": {...}}``."""
         return {"error": {"message": self.message, "type": self.type, "code": self.code}}
+
+
+class ClientError(AdapterError):
+    """The request itself cannot be served; the client must change it."""
+
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class InvalidJSON(ClientError):
+    code = "invalid_json"
+
+
+class Unauthorized(ClientError):
+    status = 401
+    code = "invalid_api_key"
+
+
+class RequestTooLarge(ClientError):
+    status = 413
+    code = "request_too_large"
+
+
+class TooManyStreams(ClientError):
+    """Past --max-concurrent-streams; One-API retries a 429 on another channel."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "too_many_streams"
 
 
 class EventTooLarge(AdapterError):
@@ -84,6 +121,10 @@ class UpstreamDisconnected(UpstreamError):
     code = "upstream_disconnected"
 
 
+class ResponseTooLarge(UpstreamError):
+    code = "response_too_large"
+
+
 class UpstreamReported(UpstreamError):
     """An error the model server reported itself: an error status, an error
     body or an error chunk. Its own message, type and code are kept."""
@@ -120,6 +161,14 @@ class UpstreamReported(UpstreamError):
                 "code": code if code is not None else self.code,
             }
         }
+
+
+class ShuttingDown(AdapterError):
+    """The adapter is stopping and its grace period ran out before the answer did."""
+
+    status = 503
+    type = "adapter_error"
+    code = "shutting_down"
 
 
 class InternalError(AdapterError):

@@ -16,15 +16,17 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import anyio
 import orjson
 
 from sse_adapter.chunks import Kind, StreamIdentity
 from sse_adapter.completion import Assembler, normalise_completion
 from sse_adapter.dialects import body_error
 from sse_adapter.errors import AdapterError, InternalError
-from sse_adapter.relay import is_event_stream, read_body, refusal, repaired
+from sse_adapter.reading import is_event_stream, read_body, refusal, repaired
 from sse_adapter.repair import StreamRepairer
 from sse_adapter.settings import Settings
+from sse_adapter.timeouts import Watch
 from sse_adapter.upstream import Upstream, UpstreamRequest
 
 __all__ = ["Answer", "complete", "keepalive_body"]
@@ -41,11 +43,14 @@ class Answer:
 
 async def complete(upstream: Upstream, request: UpstreamRequest, kind: Kind, settings: Settings) -> Answer:
     """The normalised non-stream answer; an upstream failure raises our error."""
+    watch = Watch(settings, upstream.url(request), anyio.current_time())
     if settings.nonstream_via_stream:
-        return Answer(200, await _assembled(upstream, request, kind, settings))
-    response = await upstream.open(request)
+        return Answer(200, await _assembled(upstream, request, kind, settings, watch))
+    response = await watch.timed(upstream.open(request))
     try:
-        body = await read_body(response, upstream.url(request), settings.max_event_bytes)
+        if not response.is_success:
+            raise await refusal(response, watch)
+        body = await read_body(response, watch, settings.max_event_bytes)
     finally:
         await response.aclose()
     content_type = response.headers.get("content-type", "")
@@ -64,16 +69,17 @@ async def complete(upstream: Upstream, request: UpstreamRequest, kind: Kind, set
     return Answer(response.status_code, orjson.dumps(normalised))
 
 
-async def _assembled(upstream: Upstream, request: UpstreamRequest, kind: Kind, settings: Settings) -> bytes:
+async def _assembled(
+    upstream: Upstream, request: UpstreamRequest, kind: Kind, settings: Settings, watch: Watch
+) -> bytes:
     """Ask for a stream and build the answer from it, so failures show as they happen."""
-    url = upstream.url(request)
-    response = await upstream.open(request.with_body(_as_stream_request(request.body)))
+    response = await watch.timed(upstream.open(request.with_body(_as_stream_request(request.body))))
     try:
         if not is_event_stream(response):
-            raise await refusal(response, url, settings.max_event_bytes)
+            raise await refusal(response, watch)
         repairer = StreamRepairer(StreamIdentity(kind, "", int(time.time())), settings)
         assembler = Assembler(kind)
-        reads = repaired(response, repairer, url, settings.max_event_bytes)
+        reads = repaired(response, repairer, watch, settings.max_event_bytes)
         async with contextlib.aclosing(reads):
             async for payloads in reads:
                 for payload in payloads:

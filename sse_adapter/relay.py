@@ -1,11 +1,12 @@
 """One stream, from the upstream's bytes to the client's frames, and its clock.
 
-A stream is two tasks writing whole frames to one channel: the pump (read,
+A stream is tasks writing whole frames to one channel: the pump (read,
 decode, repair, encode; one write per upstream read) and the keep-alive,
 which writes a heartbeat whenever the client side has been idle for an
 interval. The channel carries whole frames, so the two never interleave
 inside one; the keep-alive is stopped before the last frames are written, so
-nothing follows ``[DONE]``.
+nothing follows ``[DONE]``. On shutdown the stream gets a grace period to
+finish; past it, it ends with an in-band error, between two frames.
 """
 
 from __future__ import annotations
@@ -13,55 +14,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import Callable
 
 import anyio
 import httpx
 from anyio.abc import ObjectSendStream
 
 from sse_adapter.chunks import error_chunk
-from sse_adapter.decoder import Event, SSEDecoder
-from sse_adapter.dialects import body_error
 from sse_adapter.encoder import DONE, frame
-from sse_adapter.errors import AdapterError, EventTooLarge, InternalError, UpstreamReported
+from sse_adapter.errors import AdapterError, InternalError, ShuttingDown
+from sse_adapter.reading import is_event_stream, refusal, repaired
 from sse_adapter.repair import StreamRepairer
-from sse_adapter.upstream import map_errors
+from sse_adapter.timeouts import Watch
 
-__all__ = ["StreamRelay", "is_event_stream", "read_body", "refusal", "repaired"]
+__all__ = ["StreamRelay"]
 
 log = logging.getLogger(__name__)
-
-_FIELD_EVENTS = frozenset({"error"})  # llama.cpp before Sep 2025: a bare `error: {...}` line
-
-
-def is_event_stream(response: httpx.Response) -> bool:
-    content_type = response.headers.get("content-type", "")
-    return response.is_success and content_type.split(";")[0].strip().lower() == "text/event-stream"
-
-
-async def read_body(response: httpx.Response, url: str, limit: int) -> bytes:
-    """A whole response body, or its first ``limit`` bytes: no runaway body is buffered."""
-    body = bytearray()
-    with map_errors(url):
-        async for part in response.aiter_bytes():
-            body += part
-            if len(body) >= limit:
-                break
-    return bytes(body[:limit])
-
-
-async def refusal(response: httpx.Response, url: str, limit: int) -> UpstreamReported:
-    """The error an upstream answer that is no event stream stands for."""
-    content_type = response.headers.get("content-type", "no content type")
-    body = await read_body(response, url, limit)
-    error = body_error(response.status_code, content_type, body)
-    if error is None:
-        return UpstreamReported(
-            f"the upstream answered {response.status_code} with {content_type} instead of an event stream; "
-            "check that --upstream is the server's OpenAI-compatible endpoint (for Ollama, its /v1 API)",
-            status=response.status_code,
-        )
-    return error
 
 
 class StreamRelay:
@@ -70,39 +38,48 @@ class StreamRelay:
     def __init__(
         self,
         opening: asyncio.Future[httpx.Response],
-        url: str,
+        watch: Watch,
         repairer: StreamRepairer,
         *,
         heartbeat: Callable[[], bytes] | None,
         interval: float,
         max_event_bytes: int,
-        max_body_bytes: int,
-        started: float,
+        shutdown_grace: float,
+        on_close: Callable[[], None] = lambda: None,
     ) -> None:
         self._opening = opening
-        self._url = url
+        self._watch = watch
         self._repairer = repairer
         self._heartbeat = heartbeat
         self._interval = interval
         self._max_event_bytes = max_event_bytes
-        self._max_body_bytes = max_body_bytes
-        self._last_write = started  # the client has waited since its request came in
+        self._shutdown_grace = shutdown_grace
+        self._on_close = on_close
+        self._last_write = watch.deadlines.started  # the client has waited since its request came in
+        self._pumping = anyio.CancelScope()
+        self._closed = False
+        self.shutdown = anyio.Event()  # set by the response when the server stops
         self.heartbeats = 0
 
     async def run(self, out: ObjectSendStream[bytes]) -> None:
         try:
             async with out:
-                async with anyio.create_task_group() as keep_alive:
+                async with anyio.create_task_group() as helpers:
                     if self._heartbeat is not None:
-                        keep_alive.start_soon(self._keep_alive, out, self._heartbeat)
+                        helpers.start_soon(self._keep_alive, out, self._heartbeat)
+                    helpers.start_soon(self._stop_on_shutdown)
                     last = await self._relay(out)
-                    keep_alive.cancel_scope.cancel()
+                    helpers.cancel_scope.cancel()
                 await out.send(last + DONE)
         finally:
             await self.close()
 
     async def close(self) -> None:
         """Release the upstream, so no generation goes on for nobody. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._on_close()
         with anyio.move_on_after(5, shield=True):
             self._opening.cancel()
             try:
@@ -120,6 +97,11 @@ class StreamRelay:
                 await self._write(out, heartbeat())
                 self.heartbeats += 1
 
+    async def _stop_on_shutdown(self) -> None:
+        await self.shutdown.wait()
+        await anyio.sleep(self._shutdown_grace)
+        self._pumping.cancel()
+
     async def _write(self, out: ObjectSendStream[bytes], frames: bytes) -> None:
         await out.send(frames)
         self._last_write = anyio.current_time()
@@ -129,7 +111,13 @@ class StreamRelay:
         text and the usage, or an error."""
         repairer = self._repairer
         try:
-            await self._pump(out)
+            with self._pumping:
+                await self._pump(out)
+            if self._pumping.cancelled_caught:
+                raise ShuttingDown(
+                    "sse-adapter is shutting down and the stream outlasted --shutdown-grace; "
+                    "the answer is incomplete: send the request again"
+                )
             return _frames(repairer.finish())
         except AdapterError as error:
             log.warning("stream %s ended in error: %s", repairer.identity.id or "(no id yet)", error.message)
@@ -140,61 +128,17 @@ class StreamRelay:
             return frame(error_chunk(repairer.identity, failure))
 
     async def _pump(self, out: ObjectSendStream[bytes]) -> None:
-        response = await self._opening
+        response = await self._watch.timed(self._opening)
         if not is_event_stream(response):
-            error = await refusal(response, self._url, self._max_body_bytes)
+            error = await refusal(response, self._watch)
             error.message = (
                 f"the upstream answered {response.status_code}: {error.message}"  # the 200 is gone
             )
             raise error
-        reads = repaired(response, self._repairer, self._url, self._max_event_bytes)
+        reads = repaired(response, self._repairer, self._watch, self._max_event_bytes)
         async with contextlib.aclosing(reads):
             async for payloads in reads:
                 await self._write(out, _frames(payloads))
-
-
-async def repaired(
-    response: httpx.Response, repairer: StreamRepairer, url: str, max_event_bytes: int
-) -> AsyncGenerator[list[bytes], None]:
-    """The repaired payloads of each upstream read, up to the upstream's [DONE].
-
-    All of one read come at once, for one write. A failure inside a read is
-    raised after the payloads that came before it: nothing before it is lost.
-    """
-    decoder = SSEDecoder(max_event_bytes, field_events=_FIELD_EVENTS)
-    with map_errors(url):
-        async for raw in response.aiter_bytes():
-            failure: AdapterError | None = None
-            try:
-                events = decoder.feed(raw)
-            except EventTooLarge as too_large:
-                events, failure = too_large.completed, too_large
-            payloads, failure = _repair_all(repairer, events, failure)
-            if payloads:
-                yield payloads
-            if failure is not None:
-                raise failure
-            if repairer.finished:
-                return
-    payloads, failure = _repair_all(repairer, decoder.flush(), None)
-    if payloads:
-        yield payloads
-    if failure is not None:
-        raise failure
-
-
-def _repair_all(
-    repairer: StreamRepairer, events: list[Event], failure: AdapterError | None
-) -> tuple[list[bytes], AdapterError | None]:
-    payloads: list[bytes] = []
-    for event in events:
-        try:
-            payloads += repairer.repair(event)
-        except AdapterError as error:
-            return payloads, error
-        if repairer.finished:
-            break
-    return payloads, failure
 
 
 def _frames(payloads: list[bytes]) -> bytes:

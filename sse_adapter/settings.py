@@ -43,7 +43,15 @@ class Settings:
     heartbeat_interval: float = 10.0
     heartbeat_mode: HeartbeatMode = HeartbeatMode.CHUNK
     connect_timeout: float = 10.0
+    first_byte_timeout: float = 600.0
+    idle_timeout: float = 300.0
+    total_timeout: float = 0.0  # 0: none
+    max_request_bytes: int = 20 * 1024 * 1024
     max_event_bytes: int = 16 * 1024 * 1024
+    max_concurrent_streams: int = 0  # 0: no limit
+    api_keys: tuple[str, ...] = ()
+    upstream_api_key: str | None = None
+    shutdown_grace: float = 30.0
     # chunk normalisation: the defaults are what One-API and OpenAI clients need
     map_finish_reason: bool = True
     fill_fields: bool = True
@@ -68,8 +76,24 @@ class Settings:
                 f"--heartbeat-interval must be more than 0 seconds, got {self.heartbeat_interval}; "
                 "use --heartbeat-mode off to send no heartbeats"
             )
-        if not self.connect_timeout > 0:
-            raise SettingsError(f"--connect-timeout must be more than 0 seconds, got {self.connect_timeout}")
+        for flag, seconds in (
+            ("--connect-timeout", self.connect_timeout),
+            ("--first-byte-timeout", self.first_byte_timeout),
+            ("--idle-timeout", self.idle_timeout),
+        ):
+            if not seconds > 0:
+                raise SettingsError(f"{flag} must be more than 0 seconds, got {seconds}")
+        for flag, amount in (
+            ("--total-timeout", self.total_timeout),
+            ("--max-concurrent-streams", self.max_concurrent_streams),
+            ("--shutdown-grace", self.shutdown_grace),
+        ):
+            if amount < 0:
+                raise SettingsError(f"{flag} must be 0 or more (0: off), got {amount}")
+        if self.max_request_bytes < 1024:
+            raise SettingsError(f"--max-request-bytes must be at least 1024, got {self.max_request_bytes}")
+        if any(not key or key != key.strip() for key in self.api_keys):
+            raise SettingsError("--api-key must not be empty or start or end with spaces")
         if self.max_event_bytes < 1024:
             raise SettingsError(f"--max-event-bytes must be at least 1024, got {self.max_event_bytes}")
         if not 1024 <= self.max_line_bytes <= 65535:

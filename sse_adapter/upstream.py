@@ -101,6 +101,9 @@ class Upstream:
         timeout = httpx.Timeout(connect=settings.connect_timeout, read=None, write=60.0, pool=None)
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
         self.client = httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False)
+        # With --api-key the client's key is the adapter's, never the model server's.
+        self._keep_client_key = not settings.api_keys and settings.upstream_api_key is None
+        self._key = settings.upstream_api_key
 
     async def __aenter__(self) -> Upstream:
         return self
@@ -117,6 +120,10 @@ class Upstream:
         """Send a request; the response comes back with its body unread."""
         url = self.url(request)
         forwarded = forwardable(request.headers)
+        if not self._keep_client_key:
+            forwarded = [(name, value) for name, value in forwarded if name.lower() != "authorization"]
+        if self._key is not None:
+            forwarded.append(("authorization", f"Bearer {self._key}"))
         if not any(name.lower() == "accept-encoding" for name, _ in forwarded):
             # else httpx would ask for gzip on behalf of a client that never did
             forwarded.append(("accept-encoding", "identity"))

@@ -1,0 +1,57 @@
+"""Running the app under uvicorn: as the service, or inside a running event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import uvicorn
+
+from sse_adapter.app import create_app
+from sse_adapter.settings import Settings
+
+__all__ = ["run_server", "serving"]
+
+# uvicorn waits this much longer than the streams' grace before it cuts them
+_DRAIN_MARGIN = 5.0
+
+
+def _config(settings: Settings, **options: object) -> uvicorn.Config:
+    return uvicorn.Config(
+        create_app(settings),
+        lifespan="on",
+        timeout_graceful_shutdown=int(settings.shutdown_grace + _DRAIN_MARGIN),
+        **options,  # type: ignore[arg-type]
+    )
+
+
+def run_server(settings: Settings) -> None:
+    """The service: uvicorn picks uvloop and httptools when they are installed."""
+    uvicorn.Server(_config(settings, host=settings.host, port=settings.port)).run()
+
+
+@asynccontextmanager
+async def serving(settings: Settings, log_level: str = "warning") -> AsyncIterator[str]:
+    """Serve the adapter inside the running event loop; yields its base URL.
+
+    Binds ``settings.host`` on ``settings.port``, or on a free port when it is 0.
+    For the demo and the tests, which run their own clients beside it.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((settings.host, settings.port))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(_config(settings, log_level=log_level))
+    task = asyncio.ensure_future(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            if task.done():
+                task.result()  # surfaces a start-up failure
+            await asyncio.sleep(0.01)
+        yield f"http://{settings.host}:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, settings.shutdown_grace + 2 * _DRAIN_MARGIN)
+        sock.close()
