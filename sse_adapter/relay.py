@@ -81,12 +81,11 @@ class StreamRelay:
         self._closed = True
         self._on_close()
         with anyio.move_on_after(5, shield=True):
-            self._opening.cancel()
-            try:
-                response = await self._opening
-            except (asyncio.CancelledError, Exception):
+            self._opening.cancel()  # once: repeated cancels would cut httpx's own clean-up short
+            await asyncio.wait({self._opening})  # unlike await, never cancels what it waits on
+            if self._opening.cancelled() or self._opening.exception() is not None:
                 return  # it never opened: nothing to close
-            await response.aclose()
+            await self._opening.result().aclose()
 
     async def _keep_alive(self, out: ObjectSendStream[bytes], heartbeat: Callable[[], bytes]) -> None:
         # One timer per stream: it wakes once per interval at most, and sends
@@ -128,7 +127,9 @@ class StreamRelay:
             return frame(error_chunk(repairer.identity, failure))
 
     async def _pump(self, out: ObjectSendStream[bytes]) -> None:
-        response = await self._watch.timed(self._opening)
+        # Shielded: a cancelled pump must not cancel the opening too, again and
+        # again; close() cancels it once, and closes what it opened.
+        response = await self._watch.timed(asyncio.shield(self._opening))
         if not is_event_stream(response):
             error = await refusal(response, self._watch)
             error.message = (
