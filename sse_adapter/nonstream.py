@@ -22,7 +22,7 @@ import orjson
 from sse_adapter.chunks import Kind, StreamIdentity
 from sse_adapter.completion import Assembler, normalise_completion
 from sse_adapter.dialects import body_error
-from sse_adapter.errors import AdapterError, InternalError
+from sse_adapter.errors import AdapterError, InternalError, UpstreamReported
 from sse_adapter.reading import is_event_stream, read_body, refusal, repaired
 from sse_adapter.repair import StreamRepairer
 from sse_adapter.settings import Settings
@@ -57,14 +57,9 @@ async def complete(upstream: Upstream, request: UpstreamRequest, kind: Kind, set
     error = body_error(response.status_code, content_type, body)
     if error is not None:
         raise error
-    try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        parsed = None
+    parsed = _json(body, response.status_code)
     if not isinstance(parsed, dict) or not isinstance(parsed.get("choices"), list):
-        return Answer(
-            response.status_code, body, content_type or "application/octet-stream"
-        )  # not ours to repair
+        return Answer(response.status_code, body, content_type or "application/json")  # not ours to repair
     normalised = normalise_completion(parsed, kind, settings, int(time.time()))
     return Answer(response.status_code, orjson.dumps(normalised))
 
@@ -89,6 +84,17 @@ async def _assembled(
         return orjson.dumps(assembler.result())
     finally:
         await response.aclose()
+
+
+def _json(body: bytes, status: int) -> object:
+    """The body's JSON; invalid UTF-8 is replaced, as the stream decoder does."""
+    try:
+        return orjson.loads(body.decode("utf-8", "replace"))
+    except orjson.JSONDecodeError:
+        excerpt = " ".join(body[:200].decode("utf-8", "replace").split())
+        raise UpstreamReported(
+            f"the upstream answered {status} with a body that is not JSON: {excerpt!r}"
+        ) from None
 
 
 def _as_stream_request(body: bytes) -> bytes:

@@ -45,9 +45,11 @@ class StreamRepairer:
         self.repairs: Counter[str] = Counter()
         self._usage_chunk: dict[str, Any] | None = None
         self._sent = 0
+        self._events = 0
         self._thinking: dict[object, ThinkSplitter] = {}
 
     def repair(self, event: Event) -> list[bytes]:
+        self._events += 1
         if event.event == "error":
             self.repairs["error_shape"] += 1
             raise event_error(event.data)
@@ -81,6 +83,11 @@ class StreamRepairer:
         A stream whose every event was dropped is no answer but a wrong
         endpoint (TGI's native /generate_stream, say): that is an error too.
         """
+        if not failed and not self.finished and not self._events:
+            raise UpstreamError(
+                "the upstream's answer held no SSE events; check that --upstream is the server's "
+                "OpenAI-compatible endpoint"
+            )
         if not failed and not self._sent and self.repairs["non_chunk_dropped"]:
             raise UpstreamError(
                 f"the upstream's stream held no OpenAI chunks ({self.repairs['non_chunk_dropped']} events of "

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -54,6 +56,12 @@ class Writer:
         self._writer.write(data)
         await self._writer.drain()
 
+    def reset(self) -> None:
+        """Abort the connection with a TCP reset, as a crashed server does."""
+        sock = self._writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self._writer.transport.abort()
+
 
 Handler = Callable[[Received, Writer], Awaitable[None]]
 
@@ -86,31 +94,44 @@ class FakeUpstream:
     requests: list[Received] = field(default_factory=list)
     hangups: asyncio.Queue[float] = field(default_factory=asyncio.Queue)
     port: int = 0
+    open_connections: int = 0
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        watch = None
+        self.open_connections += 1
         try:
             request = await _read_request(reader)
-            if request is None:
-                return
-            self.requests.append(request)
-            watch = asyncio.ensure_future(self._watch(reader))
-            await self.handler(request, Writer(writer))
+            if request is not None:
+                self.requests.append(request)
+                await self._answer(request, reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError):
             self.hangups.put_nowait(asyncio.get_running_loop().time())
         finally:
-            if watch is not None:
-                watch.cancel()
+            self.open_connections -= 1
             writer.close()
 
-    async def _watch(self, reader: asyncio.StreamReader) -> None:
-        # A client that hangs up while we write shows as EOF on the read side.
+    async def _answer(
+        self, request: Received, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """Run the handler until it is done, or until the client hangs up on it."""
+        handler = asyncio.ensure_future(self.handler(request, Writer(writer)))
+        watch = asyncio.ensure_future(self._watch(reader, handler))
+        try:
+            await asyncio.wait({handler})
+            if not handler.cancelled():
+                handler.result()  # a write to a closed socket raises here
+        finally:
+            handler.cancel()
+            watch.cancel()
+
+    async def _watch(self, reader: asyncio.StreamReader, handler: asyncio.Future[None]) -> None:
+        # A client that hangs up shows as EOF on the read side, even while we write nothing.
         if await reader.read(1) == b"":
             self.hangups.put_nowait(asyncio.get_running_loop().time())
+            handler.cancel()
 
 
 async def _read_request(reader: asyncio.StreamReader) -> Received | None:
@@ -130,9 +151,9 @@ async def _read_request(reader: asyncio.StreamReader) -> Received | None:
 
 
 @contextlib.asynccontextmanager
-async def fake_upstream(handler: Handler) -> AsyncIterator[FakeUpstream]:
+async def fake_upstream(handler: Handler, port: int = 0) -> AsyncIterator[FakeUpstream]:
     fake = FakeUpstream(handler)
-    server = await asyncio.start_server(fake._serve, "127.0.0.1", 0)
+    server = await asyncio.start_server(fake._serve, "127.0.0.1", port)
     fake.port = server.sockets[0].getsockname()[1]
     try:
         yield fake
