@@ -57,6 +57,11 @@ class SSEDecoder:
         self._event = ""
         self._last_event_id = ""
 
+    @property
+    def buffered(self) -> int:
+        """Bytes held for the event not yet dispatched; never more than ``max_event_bytes``."""
+        return self._held + len(self._head)
+
     def feed(self, chunk: bytes) -> list[Event]:
         """Decode one read; the events it completes, in order."""
         chunk = self._strip_bom(chunk)

@@ -65,6 +65,10 @@ class UpstreamRequest:
         return replace(self, body=body)
 
 
+def _why(exc: Exception) -> str:
+    return str(exc) or type(exc).__name__  # some httpx errors carry no message
+
+
 @contextmanager
 def map_errors(url: str) -> Iterator[None]:
     """Turn httpx's failures into ours, each saying what to check."""
@@ -77,18 +81,16 @@ def map_errors(url: str) -> Iterator[None]:
         ) from exc
     except (httpx.ConnectError, httpx.UnsupportedProtocol) as exc:
         raise UpstreamUnreachable(
-            f"cannot connect to the upstream at {url} ({exc or type(exc).__name__}); "
+            f"cannot connect to the upstream at {url} ({_why(exc)}); "
             "check that the model server is running and that --upstream points at it"
         ) from exc
     except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
         raise UpstreamDisconnected(
-            f"the upstream at {url} broke off the response ({exc or type(exc).__name__}); "
+            f"the upstream at {url} broke off the response ({_why(exc)}); "
             "the answer is incomplete: check the model server's logs"
         ) from exc
     except httpx.HTTPError as exc:
-        raise UpstreamError(
-            f"the request to the upstream at {url} failed: {exc or type(exc).__name__}"
-        ) from exc
+        raise UpstreamError(f"the request to the upstream at {url} failed: {_why(exc)}") from exc
 
 
 class Upstream:

@@ -49,3 +49,8 @@ def test_hop_by_hop_and_connection_named_headers_are_dropped() -> None:
         ("Content-Length", "3"),
     ]
     assert forwardable(headers) == [("Authorization", "Bearer k")]
+
+
+def test_an_error_without_words_is_named_by_its_type() -> None:
+    with pytest.raises(UpstreamDisconnected, match=r"broke off the response \(ReadError\)"), map_errors(URL):
+        raise httpx.ReadError("")

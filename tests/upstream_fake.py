@@ -153,7 +153,7 @@ async def _read_request(reader: asyncio.StreamReader) -> Received | None:
 @contextlib.asynccontextmanager
 async def fake_upstream(handler: Handler, port: int = 0) -> AsyncIterator[FakeUpstream]:
     fake = FakeUpstream(handler)
-    server = await asyncio.start_server(fake._serve, "127.0.0.1", port)
+    server = await asyncio.start_server(fake._serve, "127.0.0.1", port, backlog=4096)
     fake.port = server.sockets[0].getsockname()[1]
     try:
         yield fake

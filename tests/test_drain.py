@@ -1,0 +1,121 @@
+"""SIGTERM with streams in flight: each ends with all its tokens, or with the
+in-band shutdown error, and [DONE]; none is cut. The real CLI, in its own process."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import sys
+
+import httpx
+import orjson
+import pytest
+
+from tests.upstream_fake import Received, Writer, fake_upstream
+
+pytestmark = pytest.mark.anyio
+
+SHORT, LONG = 10, 10
+
+
+def token(n: int) -> bytes:
+    body = {
+        "id": "c",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "m",
+        "choices": [{"index": 0, "delta": {"content": f"{n},"}, "finish_reason": None}],
+    }
+    return b"data: " + orjson.dumps(body) + b"\n\n"
+
+
+async def upstream_handler(request: Received, out: Writer) -> None:
+    endless = request.json()["model"] == "long"  # type: ignore[index]
+    await out.start(200, [("Content-Type", "text/event-stream")])
+    n = 0
+    while endless or n < 8:
+        await out.chunk(token(n))
+        n += 1
+        await asyncio.sleep(0.1)
+    await out.chunk(b"data: [DONE]\n\n")
+    await out.end()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+async def test_sigterm_drains_20_active_streams() -> None:
+    async with fake_upstream(upstream_handler) as upstream:
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        adapter = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "sse_adapter",
+            "serve",
+            "--upstream",
+            upstream.url,
+            "--port",
+            str(port),
+            "--shutdown-grace",
+            "1.5",
+            "--heartbeat-interval",
+            "0.3",
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        try:
+            async with httpx.AsyncClient(timeout=20) as client:
+                for _ in range(200):
+                    try:
+                        await client.get(base + "/healthz")
+                        break
+                    except httpx.TransportError:
+                        await asyncio.sleep(0.05)
+                started = asyncio.Event()
+                streaming = 0
+
+                async def read(model: str) -> bytes:
+                    nonlocal streaming
+                    body = {"model": model, "messages": [], "stream": True}
+                    raw = bytearray()
+                    async with client.stream("POST", base + "/v1/chat/completions", json=body) as reply:
+                        async for piece in reply.aiter_raw():
+                            if not raw:
+                                streaming += 1
+                                if streaming == SHORT + LONG:
+                                    started.set()
+                            raw += piece
+                    return bytes(raw)
+
+                readers = [
+                    asyncio.ensure_future(read("short" if n < SHORT else "long")) for n in range(SHORT + LONG)
+                ]
+                await asyncio.wait_for(started.wait(), 10)
+                adapter.send_signal(signal.SIGTERM)
+                await asyncio.sleep(0.3)
+                with pytest.raises(httpx.ConnectError):  # it stopped accepting
+                    await client.get(base + "/healthz")
+                results = await asyncio.wait_for(asyncio.gather(*readers), 15)
+            code = await asyncio.wait_for(adapter.wait(), 15)
+        finally:
+            if adapter.returncode is None:
+                adapter.kill()
+    assert code in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has drained
+    for n, raw in enumerate(results):
+        assert raw.endswith(b"data: [DONE]\n\n"), raw[-120:]
+        frames = raw.split(b"\n\n")[:-1]
+        assert all(f.startswith(b"data: ") for f in frames)  # none cut mid-frame
+        chunks = [orjson.loads(f[6:]) for f in frames if f != b"data: [DONE]"]
+        text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if "error" not in c)
+        errors = [c["error"]["code"] for c in chunks if "error" in c]
+        if n < SHORT:
+            assert (text, errors) == ("0,1,2,3,4,5,6,7,", []), raw[-200:]
+        else:
+            assert errors == ["shutting_down"]
+            assert text == "".join(f"{i}," for i in range(text.count(",")))  # in order, none lost

@@ -1,0 +1,185 @@
+"""Who may use the adapter, what reaches the upstream, and the limits and clocks."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from dataclasses import replace
+
+import httpx
+import orjson
+import pytest
+
+from sse_adapter.settings import Settings
+from sse_adapter.timeouts import Deadlines
+from tests.adapter_server import run_adapter
+from tests.end_client import stream
+from tests.upstream_fake import Received, Writer, fake_upstream, sse
+
+pytestmark = pytest.mark.anyio
+
+CHAT = "/v1/chat/completions"
+DONE_STREAM = sse(
+    [
+        b'data: {"id":"c","choices":[{"index":0,"delta":{"content":"ok"},"finish_reason":null}]}\n\n',
+        b"data: [DONE]\n\n",
+    ]
+)
+
+
+@pytest.mark.parametrize(
+    ("authorization", "status"),
+    [
+        (None, 401),
+        ("Bearer sk-wrong", 401),
+        ("Basic sk-one", 401),
+        ("Bearer sk-one", 200),
+        ("bearer  sk-two", 200),
+        ("Bearer sk-one-longer", 401),
+    ],
+)
+async def test_api_keys_are_required_on_v1_only(authorization: str | None, status: int) -> None:
+    headers = {"Authorization": authorization} if authorization else {}
+    async with fake_upstream(DONE_STREAM) as upstream:
+        async with run_adapter(Settings(upstream=upstream.url, api_keys=("sk-one", "sk-two"))) as adapter:
+            async with httpx.AsyncClient() as client:
+                reply = await client.post(
+                    adapter + CHAT, json={"model": "m", "stream": True}, headers=headers
+                )
+                health = await client.get(adapter + "/healthz")
+    assert reply.status_code == status
+    assert health.status_code == 200
+    if status == 401:
+        assert reply.json()["error"]["code"] == "invalid_api_key"
+        assert reply.headers["www-authenticate"] == "Bearer"
+        assert upstream.requests == []
+    else:
+        assert "authorization" not in upstream.requests[0].headers  # the adapter's key stays here
+
+
+@pytest.mark.parametrize(
+    ("keys", "upstream_key", "sent", "forwarded"),
+    [
+        ((), None, "Bearer sk-channel", "Bearer sk-channel"),
+        ((), "sk-gpu", "Bearer sk-channel", "Bearer sk-gpu"),
+        (("sk-channel",), "sk-gpu", "Bearer sk-channel", "Bearer sk-gpu"),
+        (("sk-channel",), None, "Bearer sk-channel", None),
+    ],
+    ids=["pass-through", "upstream-key", "both", "adapter-key-only"],
+)
+async def test_which_key_reaches_the_upstream(
+    keys: tuple[str, ...], upstream_key: str | None, sent: str, forwarded: str | None
+) -> None:
+    settings = Settings(upstream="http://x", api_keys=keys, upstream_api_key=upstream_key)
+    async with fake_upstream(DONE_STREAM) as upstream:
+        async with run_adapter(replace(settings, upstream=upstream.url)) as adapter:
+            async with httpx.AsyncClient() as client:
+                await client.get(adapter + "/v1/models", headers={"Authorization": sent})
+    assert upstream.requests[0].headers.get("authorization") == forwarded
+
+
+async def test_the_request_id_is_passed_on_or_made_and_always_echoed() -> None:
+    async with fake_upstream(DONE_STREAM) as upstream:
+        async with run_adapter(Settings(upstream=upstream.url)) as adapter, httpx.AsyncClient() as client:
+            given = await client.get(adapter + "/v1/models", headers={"X-Request-ID": "trace-42"})
+            made = await client.get(adapter + "/v1/models")
+            unsafe = await client.get(adapter + "/v1/models", headers={"X-Request-ID": "a b"})
+    assert given.headers["x-request-id"] == "trace-42"
+    assert upstream.requests[0].headers["x-request-id"] == "trace-42"
+    assert len(made.headers["x-request-id"]) == 32
+    assert upstream.requests[1].headers["x-request-id"] == made.headers["x-request-id"]
+    assert unsafe.headers["x-request-id"] != "a b"
+
+
+async def test_past_the_stream_limit_a_429_with_retry_after() -> None:
+    async def slow(request: Received, out: Writer) -> None:
+        await out.start(200, [("Content-Type", "text/event-stream")])
+        await asyncio.sleep(1.0)
+        await out.chunk(b"data: [DONE]\n\n")
+        await out.end()
+
+    async with fake_upstream(slow) as upstream:
+        async with run_adapter(Settings(upstream=upstream.url, max_concurrent_streams=2)) as adapter:
+            async with httpx.AsyncClient(timeout=10) as client:
+                ask = {"model": "m", "stream": True}
+                first, second, third = await asyncio.gather(
+                    *(client.post(adapter + CHAT, json=ask) for _ in range(3))
+                )
+                after = await client.post(adapter + CHAT, json=ask)
+    statuses = sorted(reply.status_code for reply in (first, second, third))
+    assert statuses == [200, 200, 429]
+    refused = next(reply for reply in (first, second, third) if reply.status_code == 429)
+    assert refused.headers["retry-after"] == "1"
+    assert refused.json()["error"]["type"] == "rate_limit_error"
+    assert after.status_code == 200  # the count came back down
+
+
+async def test_only_v1_and_health_paths_are_served_and_the_host_is_fixed() -> None:
+    async with fake_upstream(DONE_STREAM) as upstream:
+        async with run_adapter(Settings(upstream=upstream.url)) as adapter, httpx.AsyncClient() as client:
+            admin = await client.get(adapter + "/admin")
+            absolute = await client.get(adapter + "/v1/models", headers={"Host": "evil.example:80"})
+    assert admin.status_code == 404
+    assert absolute.status_code == 200
+    assert upstream.requests[0].headers["host"] == f"127.0.0.1:{upstream.port}"
+
+
+@pytest.mark.parametrize(
+    ("last_read", "streaming", "at", "flag"),
+    [
+        (0.0, False, 600.0, "--first-byte-timeout"),
+        (100.0, True, 400.0, "--idle-timeout"),
+        (700.0, True, 1000.0, "--idle-timeout"),
+    ],
+)
+def test_the_deadline_in_force(last_read: float, streaming: bool, at: float, flag: str) -> None:
+    deadline, why = Deadlines(started=0.0, first_byte=600.0, idle=300.0, total=0.0).next(last_read, streaming)
+    assert deadline == at
+    assert flag in why
+
+
+def test_the_total_timeout_caps_the_others() -> None:
+    deadline, why = Deadlines(started=0.0, first_byte=600.0, idle=300.0, total=50.0).next(0.0, False)
+    assert (deadline, "--total-timeout" in why) == (50.0, True)
+
+
+async def test_the_total_timeout_ends_a_stream_that_never_stops() -> None:
+    async def forever(request: Received, out: Writer) -> None:
+        await out.start(200, [("Content-Type", "text/event-stream")])
+        while True:
+            await out.chunk(b'data: {"id":"c","choices":[{"index":0,"delta":{"content":"."}}]}\n\n')
+            await asyncio.sleep(0.05)
+
+    async with fake_upstream(forever) as upstream:
+        async with run_adapter(Settings(upstream=upstream.url, total_timeout=0.5)) as adapter:
+            seen = await stream(adapter, CHAT, {"model": "m", "stream": True})
+    assert seen.text().startswith("...")
+    error = seen.chunks[-1]["error"]
+    assert error["code"] == "upstream_timeout"
+    assert "--total-timeout" in error["message"]
+    assert seen.duration < 3
+
+
+async def test_heartbeats_off_and_no_headers_is_a_504_at_the_first_byte_timeout() -> None:
+    async def mute(request: Received, out: Writer) -> None:
+        await asyncio.sleep(30)
+
+    settings = Settings(upstream="http://x", heartbeat_mode="off", first_byte_timeout=0.5)  # type: ignore[arg-type]
+    async with fake_upstream(mute) as upstream:
+        async with run_adapter(replace(settings, upstream=upstream.url)) as adapter:
+            async with httpx.AsyncClient(timeout=10) as client:
+                reply = await client.post(adapter + CHAT, json={"model": "m", "stream": True})
+    assert reply.status_code == 504
+    assert reply.json()["error"]["code"] == "upstream_timeout"
+    assert orjson.loads(reply.content)["error"]["type"] == "upstream_error"
+
+
+def test_the_api_key_env_var_takes_a_comma_list() -> None:
+    code = "from sse_adapter.cli import _api_keys; print(_api_keys(None)); print(_api_keys(['sk-flag']))"
+    env = {**os.environ, "SSE_ADAPTER_API_KEY": "sk-a, sk-b,,"}
+    printed = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    )
+    assert printed.stdout.splitlines() == ["('sk-a', 'sk-b')", "('sk-flag',)"]
