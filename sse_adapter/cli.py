@@ -55,6 +55,9 @@ def serve(
     ],
     host: Annotated[str, _option("HOST", "Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, _option("PORT", "Port to listen on.")] = 8000,
+    workers: Annotated[
+        int, _option("WORKERS", "Worker processes; one per core past a few thousand events a second.")
+    ] = 1,
     heartbeat_interval: Annotated[
         float,
         _option("HEARTBEAT_INTERVAL", "Send a heartbeat after this many idle seconds (fractions allowed)."),
@@ -195,6 +198,7 @@ def serve(
             upstream=upstream,
             host=host,
             port=port,
+            workers=workers,
             heartbeat_interval=heartbeat_interval,
             heartbeat_mode=heartbeat_mode,
             connect_timeout=connect_timeout,

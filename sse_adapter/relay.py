@@ -103,7 +103,7 @@ class StreamRelay:
 
     async def _write(self, out: ObjectSendStream[bytes], frames: bytes) -> None:
         await out.send(frames)
-        self._last_write = anyio.current_time()
+        self._last_write = asyncio.get_running_loop().time()  # the same clock as anyio's, without its lookup
 
     async def _relay(self, out: ObjectSendStream[bytes]) -> bytes:
         """Everything up to the last frames, which it returns: the held-back

@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
+import os
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import uvicorn
+from fastapi import FastAPI
 
 from sse_adapter.app import create_app
 from sse_adapter.settings import Settings
 
-__all__ = ["run_server", "serving"]
+__all__ = ["app_from_environment", "run_server", "serving"]
 
 # uvicorn waits this much longer than the streams' grace before it cuts them
 _DRAIN_MARGIN = 5.0
+_SETTINGS_ENV = "SSE_ADAPTER_WORKER_SETTINGS"
 
 
 def _config(settings: Settings, **options: object) -> uvicorn.Config:
@@ -28,8 +33,29 @@ def _config(settings: Settings, **options: object) -> uvicorn.Config:
 
 
 def run_server(settings: Settings) -> None:
-    """The service: uvicorn picks uvloop and httptools when they are installed."""
-    uvicorn.Server(_config(settings, host=settings.host, port=settings.port)).run()
+    """The service: uvicorn picks uvloop and httptools when they are installed.
+
+    With several workers uvicorn starts each in its own process from an app
+    factory, so the settings travel to them as JSON in the environment.
+    """
+    if settings.workers == 1:
+        uvicorn.Server(_config(settings, host=settings.host, port=settings.port)).run()
+        return
+    os.environ[_SETTINGS_ENV] = json.dumps(dataclasses.asdict(settings))
+    uvicorn.run(
+        f"{__name__}:app_from_environment",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        lifespan="on",
+        timeout_graceful_shutdown=int(settings.shutdown_grace + _DRAIN_MARGIN),
+    )
+
+
+def app_from_environment() -> FastAPI:
+    """A worker's app, from the settings its supervisor left in the environment."""
+    return create_app(Settings(**json.loads(os.environ[_SETTINGS_ENV])))
 
 
 @asynccontextmanager

@@ -52,6 +52,7 @@ class Settings:
     api_keys: tuple[str, ...] = ()
     upstream_api_key: str | None = None
     shutdown_grace: float = 30.0
+    workers: int = 1
     # chunk normalisation: the defaults are what One-API and OpenAI clients need
     map_finish_reason: bool = True
     fill_fields: bool = True
@@ -66,6 +67,7 @@ class Settings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "upstream", _base_url(self.upstream))
+        object.__setattr__(self, "api_keys", tuple(self.api_keys))  # JSON brings a list
         self._coerce("heartbeat_mode", HeartbeatMode)
         self._coerce("reasoning_field", ReasoningField)
         self._coerce("think_tags", ThinkTags)
@@ -90,6 +92,8 @@ class Settings:
         ):
             if amount < 0:
                 raise SettingsError(f"{flag} must be 0 or more (0: off), got {amount}")
+        if self.workers < 1:
+            raise SettingsError(f"--workers must be 1 or more, got {self.workers}")
         if self.max_request_bytes < 1024:
             raise SettingsError(f"--max-request-bytes must be at least 1024, got {self.max_request_bytes}")
         if any(not key or key != key.strip() for key in self.api_keys):

@@ -1,0 +1,105 @@
+"""A load client cheap enough to hold thousands of streams: raw sockets, an
+incremental chunked decoder, frames counted rather than parsed.
+
+    python bench/client.py URL STREAMS JSON_PLAN RESULT_FILE
+
+Writes one JSON object to RESULT_FILE (a file, not stdout: a pipe would
+block a client whose result is large while another's is read): events
+received, seconds, and per mode the event delays (paced) or heartbeat gaps (idle).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import sys
+import time
+from urllib.parse import urlsplit
+
+STAMP = re.compile(rb'"content":"(\d+)"')
+_CRLF_NEXT = -2  # a chunk's data is done; its CRLF comes next
+
+
+class Dechunker:
+    """Transfer-encoding: chunked, decoded as bytes arrive."""
+
+    def __init__(self) -> None:
+        self.buffer = b""
+        self.left = 0  # bytes of the current chunk still to come
+        self.done = False
+
+    def feed(self, data: bytes) -> bytes:
+        self.buffer += data
+        out = []
+        while self.buffer and not self.done:
+            if self.left == _CRLF_NEXT:
+                if len(self.buffer) < 2:
+                    break
+                self.buffer, self.left = self.buffer[2:], 0
+                continue
+            if self.left:
+                piece = self.buffer[: self.left]
+                out.append(piece)
+                self.left -= len(piece)
+                self.buffer = self.buffer[len(piece) :]
+                if self.left == 0:
+                    self.left = _CRLF_NEXT
+                continue
+            end = self.buffer.find(b"\r\n")
+            if end < 0:
+                break
+            size = int(self.buffer[:end].split(b";")[0], 16)
+            self.buffer = self.buffer[end + 2 :]
+            self.left, self.done = size, size == 0
+        return b"".join(out)
+
+
+async def one_stream(url: str, plan: dict[str, object], record: dict[str, list[float]]) -> int:
+    parts = urlsplit(url)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    body = json.dumps({"model": "bench", "stream": True, "messages": [], "bench": plan}).encode()
+    writer.write(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    head = await reader.readuntil(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200"):
+        raise RuntimeError(head.split(b"\r\n")[0].decode())
+    dechunk, events, tail, last = Dechunker(), 0, b"", time.monotonic()
+    while not dechunk.done:
+        data = await reader.read(65536)
+        if not data:
+            break
+        now = time.monotonic()
+        text = tail + dechunk.feed(data)
+        frames = text.split(b"\n\n")
+        tail = frames.pop()
+        events += len(frames)
+        if plan["mode"] == "paced":
+            record["delays"] += [now - int(stamp) / 1e9 for stamp in STAMP.findall(b"".join(frames))]
+        elif plan["mode"] == "idle" and frames:
+            record["gaps"].append(now - last)
+            last = now
+    writer.close()
+    return events
+
+
+async def run(url: str, streams: int, plan: dict[str, object]) -> dict[str, object]:
+    record: dict[str, list[float]] = {"delays": [], "gaps": []}
+    start = time.monotonic()
+    counts = await asyncio.gather(*(one_stream(url, plan, record) for _ in range(streams)))
+    return {"events": sum(counts), "seconds": time.monotonic() - start, **record}
+
+
+if __name__ == "__main__":
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    url, streams, plan, result_file = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3]), sys.argv[4]
+    result = asyncio.run(run(url, streams, plan))
+    with open(result_file, "w") as out:
+        json.dump(result, out)

@@ -1,0 +1,93 @@
+"""A fake model server fast enough never to be the bottleneck.
+
+Raw asyncio and pre-built frames. What to stream comes in the request body's
+"bench" field, which the adapter forwards untouched:
+  {"mode": "burst", "events": N}             N events, as fast as the socket takes them
+  {"mode": "paced", "rate": R, "seconds": S} R events a second, each stamped with its send time
+  {"mode": "idle", "seconds": S}             headers, then silence (a model thinking)
+
+    python bench/upstream.py PORT
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+
+HEAD = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n"
+    b"Connection: close\r\n\r\n"
+)
+# A vLLM-like chunk that needs no repair: the common case, relayed byte for byte.
+PREFIX = b'data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1,"model":"bench",'
+TOKEN = PREFIX + b'"choices":[{"index":0,"delta":{"content":"tok"},"finish_reason":null}]}\n\n'
+DONE = b"data: [DONE]\n\n"
+BATCH = 64  # events per write in burst mode
+
+
+def chunked(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def stamped() -> bytes:
+    """A token whose content is its send time (CLOCK_MONOTONIC is the same in every process)."""
+    stamp = str(time.monotonic_ns()).encode()
+    return PREFIX + b'"choices":[{"index":0,"delta":{"content":"' + stamp + b'"},"finish_reason":null}]}\n\n'
+
+
+async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":")[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length")
+        )
+        plan = json.loads(await reader.readexactly(length))["bench"]
+        writer.write(HEAD)
+        await stream(writer, plan)
+        writer.write(chunked(DONE) + b"0\r\n\r\n")
+        await writer.drain()
+    except (ConnectionError, asyncio.IncompleteReadError):
+        pass
+    finally:
+        writer.close()
+
+
+async def stream(writer: asyncio.StreamWriter, plan: dict[str, float]) -> None:
+    if plan["mode"] == "burst":
+        batch = chunked(TOKEN) * BATCH
+        events = int(plan["events"])
+        for _ in range(events // BATCH):
+            writer.write(batch)
+            await writer.drain()
+        writer.write(chunked(TOKEN) * (events % BATCH))
+    elif plan["mode"] == "paced":
+        interval, end = 1 / plan["rate"], time.monotonic() + plan["seconds"]
+        next_at = time.monotonic()
+        while next_at < end:
+            writer.write(chunked(stamped()))
+            await writer.drain()
+            next_at += interval
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+    else:
+        await asyncio.sleep(plan["seconds"])
+
+
+async def main(port: int) -> None:
+    server = await asyncio.start_server(serve, "127.0.0.1", port, backlog=8192)
+    print("ready", flush=True)
+    async with server:
+        await server.serve_forever()
+
+
+if __name__ == "__main__":
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(main(int(sys.argv[1])))
