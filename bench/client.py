@@ -55,7 +55,8 @@ class Dechunker:
         return b"".join(out)
 
 
-async def one_stream(url: str, plan: dict[str, object], record: dict[str, list[float]]) -> int:
+async def one_stream(url: str, plan: dict[str, object], record: dict[str, list[float]], delay: float) -> int:
+    await asyncio.sleep(delay)  # a ramp: thousands of connects at once would overflow the listen backlog
     parts = urlsplit(url)
     reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
     body = json.dumps({"model": "bench", "stream": True, "messages": [], "bench": plan}).encode()
@@ -67,6 +68,7 @@ async def one_stream(url: str, plan: dict[str, object], record: dict[str, list[f
     if not head.startswith(b"HTTP/1.1 200"):
         raise RuntimeError(head.split(b"\r\n")[0].decode())
     dechunk, events, tail, last = Dechunker(), 0, b"", time.monotonic()
+    record["ready"].append(last)
     while not dechunk.done:
         data = await reader.read(65536)
         if not data:
@@ -79,17 +81,32 @@ async def one_stream(url: str, plan: dict[str, object], record: dict[str, list[f
         if plan["mode"] == "paced":
             record["delays"] += [now - int(stamp) / 1e9 for stamp in STAMP.findall(b"".join(frames))]
         elif plan["mode"] == "idle" and frames:
-            record["gaps"].append(now - last)
+            record["gaps"].append([last, now - last])  # when the silence began, and how long it was
             last = now
     writer.close()
     return events
 
 
+async def counted(url: str, plan: dict[str, object], record: dict[str, list[float]], delay: float) -> int:
+    """One stream's events; a failed stream is counted, not fatal to the run."""
+    try:
+        return await one_stream(url, plan, record, delay)
+    except (OSError, RuntimeError, asyncio.IncompleteReadError) as error:
+        record["errors"].append(repr(error))  # type: ignore[arg-type]
+        return 0
+
+
 async def run(url: str, streams: int, plan: dict[str, object]) -> dict[str, object]:
-    record: dict[str, list[float]] = {"delays": [], "gaps": []}
+    record: dict[str, list[float]] = {"delays": [], "gaps": [], "ready": [], "errors": []}
+    ramp = float(plan.get("ramp", 0.0)) / streams  # type: ignore[arg-type]
     start = time.monotonic()
-    counts = await asyncio.gather(*(one_stream(url, plan, record) for _ in range(streams)))
-    return {"events": sum(counts), "seconds": time.monotonic() - start, **record}
+    counts = await asyncio.gather(*(counted(url, plan, record, n * ramp) for n in range(streams)))
+    return {
+        "events": sum(counts),
+        "seconds": time.monotonic() - start,
+        **record,
+        "ready": max(record["ready"]),
+    }
 
 
 if __name__ == "__main__":

@@ -111,21 +111,30 @@ def family(proc: subprocess.Popen[bytes]) -> list[int]:
     return [proc.pid, *kids]
 
 
-def drive(url: str, streams: int, plan: dict[str, Any], clients: int) -> dict[str, Any]:
-    """Run the load from several client processes at once; their results, merged."""
+def drive(
+    url: str, streams: int, plan: dict[str, Any], clients: int, watch: list[int] | None = None
+) -> dict[str, Any]:
+    """Run the load from several client processes at once; their results, merged, with
+    the peak RSS of the ``watch`` processes while it ran."""
     shares = [streams // clients + (1 if n < streams % clients else 0) for n in range(clients)]
     with tempfile.TemporaryDirectory() as folder:
         files = [Path(folder) / f"client{n}.json" for n in range(len(shares))]
         procs = [client(url, share, plan, path) for share, path in zip(shares, files, strict=True) if share]
-        for proc in procs:
-            if proc.wait() != 0:
-                raise RuntimeError(f"a bench client failed with exit code {proc.returncode}")
+        peak = 0
+        while any(proc.poll() is None for proc in procs):
+            peak = max(peak, rss_bytes(watch)) if watch else 0
+            time.sleep(0.1)
+        if any(proc.returncode for proc in procs):
+            raise RuntimeError(f"a bench client failed: exit codes {[proc.returncode for proc in procs]}")
         results = [json.loads(path.read_text()) for path in files if path.exists()]
     return {
+        "peak_rss": peak,
+        "errors": sum(len(r.get("errors", [])) for r in results),
         "events": sum(r["events"] for r in results),
         "seconds": max(r["seconds"] for r in results),
         "delays": [d for r in results for d in r["delays"]],
         "gaps": [g for r in results for g in r["gaps"]],
+        "ready": max(r.get("ready", 0.0) for r in results),
     }
 
 
@@ -161,18 +170,25 @@ def latency(url: str, streams: int, rate: float, seconds: float, clients: int) -
 
 
 def idle(url: str, streams: int, seconds: float, pids: list[int]) -> dict[str, float]:
+    """Open the streams over a ramp, then measure the steady state: RSS, and
+    how late each heartbeat is once every stream is open."""
+    # Opening a stream costs the adapter ~7 ms of CPU (see README, Performance):
+    # open them no faster than it can take them, or the listen backlog overflows.
+    ramp = streams / 100
     before = rss_bytes(pids)
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "idle.json"
-        proc = client(url, streams, {"mode": "idle", "seconds": seconds}, path)
-        peak = before
+        proc = client(url, streams, {"mode": "idle", "seconds": ramp + seconds, "ramp": ramp}, path)
+        time.sleep(ramp + HEARTBEAT)  # every stream open and past its first heartbeat
+        steady = before
         while proc.poll() is None:
-            peak = max(peak, rss_bytes(pids))
+            steady = max(steady, rss_bytes(pids))
             time.sleep(0.25)
         result = json.loads(path.read_text())
-    lateness = [gap - HEARTBEAT for gap in result["gaps"]]
+    lateness = [gap - HEARTBEAT for began, gap in result["gaps"] if began >= result["ready"]]
     return {
-        "rss_per_stream_kb": (peak - before) / streams / 1024,
+        "failed_streams": len(result["errors"]),
+        "rss_per_stream_kb": (steady - before) / streams / 1024,
         "heartbeats": len(lateness),
         **{f"late_{k}_ms": v * 1000 for k, v in percentiles(lateness).items()},
     }
@@ -215,9 +231,18 @@ def main() -> None:
                     "adapter_ms": {k: v * 1000 for k, v in a.items()},
                     "added_ms": {k: (a[k] - d[k]) * 1000 for k in d},
                 }
+            with console.status("load: 1,000 concurrent streams"):
+                streams = int(1000 * scale)
+                load = drive(url, streams, {"mode": "burst", "events": 100}, args.clients, pids)
+                report["load"] = {
+                    "streams": streams,
+                    "events_per_s": load["events"] / load["seconds"],
+                    "peak_rss_mb": load["peak_rss"] / 2**20,
+                    "failed_streams": load["errors"],
+                }
             with console.status("idle capacity"):
                 streams = int(5000 * scale)
-                report["idle"] = {"streams": streams, **idle(url, streams, 3 * HEARTBEAT + 1, pids)}
+                report["idle"] = {"streams": streams, **idle(url, streams, 3 * HEARTBEAT, pids)}
         with adapter(up_port, workers=2) as (url, proc):
             with console.status("two workers"):
                 two = throughput(url, 100, int(200_000 * scale), args.clients)
@@ -245,6 +270,13 @@ def show(report: dict[str, Any], console: Console) -> None:
         for key in ("p50", "p99", "max"):
             d, a, added = run["direct_ms"][key], run["adapter_ms"][key], run["added_ms"][key]
             table.add_row(f"latency {name} events/s, {key} (ms)", f"{d:.2f}", f"{a:.2f}", f"+{added:.2f} ms")
+    load = report["load"]
+    table.add_row(
+        f"load: {load['streams']} concurrent streams, events/s",
+        "",
+        f"{load['events_per_s']:,.0f}",
+        f"peak RSS {load['peak_rss_mb']:.0f} MB",
+    )
     idle_run = report["idle"]
     table.add_row(
         f"idle: RSS per stream, {idle_run['streams']} streams",
