@@ -13,6 +13,7 @@ import anyio
 import httpx
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST
 from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
@@ -22,7 +23,10 @@ from sse_adapter.dialects import RequestFields
 from sse_adapter.encoder import comment, frame
 from sse_adapter.errors import AdapterError, RequestTooLarge, TooManyStreams, UpstreamTimeout
 from sse_adapter.guard import Guard
+from sse_adapter.health import Readiness
+from sse_adapter.metrics import Metrics
 from sse_adapter.nonstream import complete, keepalive_body
+from sse_adapter.observe import Observe, RequestStats
 from sse_adapter.reading import is_event_stream, refusal
 from sse_adapter.relay import StreamRelay
 from sse_adapter.repair import StreamRepairer
@@ -47,25 +51,31 @@ def create_app(settings: Settings) -> FastAPI:
         openapi_url=None,
     )
     app.add_api_route("/healthz", gateway.healthz, methods=["GET"])
+    app.add_api_route("/readyz", gateway.readyz, methods=["GET"])
+    app.add_api_route("/metrics", gateway.metrics_page, methods=["GET"])
     app.add_api_route("/v1/chat/completions", gateway.chat_completions, methods=["POST"])
     app.add_api_route("/v1/completions", gateway.completions, methods=["POST"])
     app.add_api_route("/v1/{path:path}", gateway.passthrough, methods=_METHODS)
     app.add_exception_handler(AdapterError, _adapter_error)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
     app.add_middleware(Guard, api_keys=settings.api_keys)
+    app.add_middleware(Observe, metrics=gateway.metrics)  # outermost: it sees every answer, 401s too
     return app
 
 
 class _Gateway:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.metrics = Metrics()
         self.streams = 0  # active streaming requests, for --max-concurrent-streams
         self._upstream: Upstream | None = None
+        self._readiness: Readiness | None = None
 
     @asynccontextmanager
     async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
         async with Upstream(self.settings) as upstream:
             self._upstream = upstream
+            self._readiness = Readiness(upstream.client, upstream.base_url)
             yield
             self._upstream = None
 
@@ -77,6 +87,16 @@ class _Gateway:
 
     async def healthz(self) -> dict[str, str]:
         return {"status": "ok"}
+
+    async def readyz(self) -> Response:
+        assert self._readiness is not None, "the app was started without its lifespan"
+        reason = await self._readiness.reason_not_ready()
+        if reason is None:
+            return JSONResponse({"status": "ready"})
+        return JSONResponse({"status": "not ready", "reason": reason}, status_code=503)
+
+    async def metrics_page(self) -> Response:
+        return Response(self.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     async def chat_completions(self, request: Request) -> Response:
         return await self._relay(request, Kind.CHAT)
@@ -91,11 +111,16 @@ class _Gateway:
     async def _relay(self, request: Request, kind: Kind) -> Response:
         upstream_request = await _upstream_request(request, self.settings.max_request_bytes)
         fields = RequestFields.parse(upstream_request.body)
+        stats: RequestStats = request.state.stats
+        stats.model = fields.model
+        stats.mode = "stream" if fields.stream else "nonstream"
         if fields.stream:
-            return await self._stream(upstream_request, fields, kind)
-        return await self._complete(upstream_request, kind)
+            return await self._stream(upstream_request, fields, kind, stats)
+        return await self._complete(upstream_request, kind, stats)
 
-    async def _stream(self, request: UpstreamRequest, fields: RequestFields, kind: Kind) -> Response:
+    async def _stream(
+        self, request: UpstreamRequest, fields: RequestFields, kind: Kind, stats: RequestStats
+    ) -> Response:
         limit = self.settings.max_concurrent_streams
         if limit and self.streams >= limit:
             raise TooManyStreams(
@@ -103,16 +128,20 @@ class _Gateway:
                 "retry shortly"
             )
         self.streams += 1
+        self.metrics.active_streams.inc()
         try:
-            return await self._open_stream(request, fields, kind)
+            return await self._open_stream(request, fields, kind, stats)
         except BaseException:
-            self.streams -= 1
+            self._stream_closed()
             raise
 
     def _stream_closed(self) -> None:
         self.streams -= 1
+        self.metrics.active_streams.dec()
 
-    async def _open_stream(self, request: UpstreamRequest, fields: RequestFields, kind: Kind) -> Response:
+    async def _open_stream(
+        self, request: UpstreamRequest, fields: RequestFields, kind: Kind, stats: RequestStats
+    ) -> Response:
         watch = Watch(self.settings, self.upstream.url(request), anyio.current_time())
         opening = asyncio.ensure_future(self.upstream.open(request))
         # Wait one interval for the upstream's answer, so a fast error keeps its
@@ -125,6 +154,7 @@ class _Gateway:
                     f"the upstream at {watch.url} sent no answer within the first-byte timeout"
                 )
         elif not is_event_stream(response := opening.result()):
+            stats.upstream_status = response.status_code
             raise await self._refused(response, watch)
         identity = StreamIdentity(kind, fields.model, int(time.time()))
         relay = StreamRelay(
@@ -135,14 +165,17 @@ class _Gateway:
             interval=self.settings.heartbeat_interval,
             max_event_bytes=self.settings.max_event_bytes,
             shutdown_grace=self.settings.shutdown_grace,
+            stats=stats,
             on_close=self._stream_closed,
         )
+        stats.heartbeat_mode = self.settings.heartbeat_mode.value
         return _event_stream(relay, self.settings.shutdown_grace)
 
-    async def _complete(self, request: UpstreamRequest, kind: Kind) -> Response:
+    async def _complete(self, request: UpstreamRequest, kind: Kind, stats: RequestStats) -> Response:
         answering = asyncio.ensure_future(complete(self.upstream, request, kind, self.settings))
         if await _settled(answering, self._grace(self.settings.nonstream_keepalive)):
             answer = answering.result()
+            stats.upstream_status = answer.status
             return Response(answer.body, status_code=answer.status, media_type=answer.media_type)
         body = keepalive_body(answering, self.settings.heartbeat_interval)
         return StreamingResponse(body, media_type="application/json")
@@ -234,6 +267,7 @@ def _passthrough(response: httpx.Response) -> Response:
 
 
 async def _adapter_error(request: Request, error: AdapterError) -> JSONResponse:
+    request.state.stats.outcome = error.code
     headers = {"Retry-After": _RETRY_AFTER} if isinstance(error, TooManyStreams) else None
     return JSONResponse(error.to_openai(), status_code=error.http_status, headers=headers)
 
@@ -241,7 +275,7 @@ async def _adapter_error(request: Request, error: AdapterError) -> JSONResponse:
 async def _http_error(request: Request, error: HTTPException) -> JSONResponse:
     message = (
         f"{error.detail}: {request.method} {request.url.path} is not served here; "
-        "sse-adapter serves /v1/* and /healthz"
+        "sse-adapter serves /v1/*, /healthz, /readyz and /metrics"
     )
     body = {
         "error": {"message": message, "type": "invalid_request_error", "code": f"http_{error.status_code}"}

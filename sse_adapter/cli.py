@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from sse_adapter.settings import HeartbeatMode, ReasoningField, Settings, SettingsError, ThinkTags
+from sse_adapter.settings import HeartbeatMode, LogFormat, ReasoningField, Settings, SettingsError, ThinkTags
 
 __all__ = ["app", "main"]
 
@@ -55,6 +55,12 @@ def serve(
     ],
     host: Annotated[str, _option("HOST", "Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, _option("PORT", "Port to listen on.")] = 8000,
+    log_format: Annotated[
+        LogFormat, _option("LOG_FORMAT", "text for people, json for log pipelines.", "Logs")
+    ] = LogFormat.TEXT,
+    log_level: Annotated[
+        str, _option("LOG_LEVEL", "debug, info, warning, error or critical.", "Logs")
+    ] = "info",
     workers: Annotated[
         int, _option("WORKERS", "Worker processes; one per core past a few thousand events a second.")
     ] = 1,
@@ -199,6 +205,8 @@ def serve(
             host=host,
             port=port,
             workers=workers,
+            log_format=log_format,
+            log_level=log_level,
             heartbeat_interval=heartbeat_interval,
             heartbeat_mode=heartbeat_mode,
             connect_timeout=connect_timeout,

@@ -11,6 +11,7 @@ incremental text decoder: each complete line is decoded on its own.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass
 
 from sse_adapter.errors import EventTooLarge
@@ -56,6 +57,8 @@ class SSEDecoder:
         self._data: list[str] = []
         self._event = ""
         self._last_event_id = ""
+        # The framing quirks seen, for the operator: each is valid SSE, and One-API chokes on it.
+        self.quirks: Counter[str] = Counter()
 
     @property
     def buffered(self) -> int:
@@ -70,6 +73,10 @@ class SSEDecoder:
         if self._after_cr and chunk[:1] == b"\n":
             chunk = chunk[1:]
         self._after_cr = chunk.endswith(b"\r")
+        if b"\r" in chunk:
+            crlf = chunk.count(b"\r\n")
+            self.quirks["crlf_line_ends"] += crlf
+            self.quirks["cr_line_ends"] += chunk.count(b"\r") - crlf
         events: list[Event] = []
         try:
             start = 0
@@ -138,6 +145,8 @@ class SSEDecoder:
             return  # a comment
         if value.startswith(" "):
             value = value[1:]
+        elif value and name == "data":
+            self.quirks["no_space_after_data"] += 1
         if name == "data":
             self._data.append(value)
             self._held += len(raw)

@@ -145,6 +145,7 @@ async def repaired(
                     raise failure
     finally:
         reads.close()
+        repairer.repairs.update(+decoder.quirks)
     if not repairer.finished:
         payloads, failure = _repair_all(repairer, decoder.flush(), None)
         if payloads:

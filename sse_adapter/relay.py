@@ -23,6 +23,7 @@ from anyio.abc import ObjectSendStream
 from sse_adapter.chunks import error_chunk
 from sse_adapter.encoder import DONE, frame
 from sse_adapter.errors import AdapterError, InternalError, ShuttingDown
+from sse_adapter.observe import RequestStats
 from sse_adapter.reading import is_event_stream, refusal, repaired
 from sse_adapter.repair import StreamRepairer
 from sse_adapter.timeouts import Watch
@@ -45,6 +46,7 @@ class StreamRelay:
         interval: float,
         max_event_bytes: int,
         shutdown_grace: float,
+        stats: RequestStats,
         on_close: Callable[[], None] = lambda: None,
     ) -> None:
         self._opening = opening
@@ -55,11 +57,11 @@ class StreamRelay:
         self._max_event_bytes = max_event_bytes
         self._shutdown_grace = shutdown_grace
         self._on_close = on_close
+        self._stats = stats
         self._last_write = watch.deadlines.started  # the client has waited since its request came in
         self._pumping = anyio.CancelScope()
         self._closed = False
         self.shutdown = anyio.Event()  # set by the response when the server stops
-        self.heartbeats = 0
 
     async def run(self, out: ObjectSendStream[bytes]) -> None:
         try:
@@ -94,7 +96,7 @@ class StreamRelay:
             await anyio.sleep_until(self._last_write + self._interval)
             if anyio.current_time() >= self._last_write + self._interval:
                 await self._write(out, heartbeat())
-                self.heartbeats += 1
+                self._stats.heartbeats += 1
 
     async def _stop_on_shutdown(self) -> None:
         await self.shutdown.wait()
@@ -117,19 +119,30 @@ class StreamRelay:
                     "sse-adapter is shutting down and the stream outlasted --shutdown-grace; "
                     "the answer is incomplete: send the request again"
                 )
-            return _frames(repairer.finish())
+            if not repairer.finished:
+                repairer.repairs["missing_done"] += 1
+            return self._counted(repairer.finish())
         except AdapterError as error:
             log.warning("stream %s ended in error: %s", repairer.identity.id or "(no id yet)", error.message)
-            return _frames(repairer.finish(failed=True)) + frame(error_chunk(repairer.identity, error))
+            self._stats.outcome = error.code
+            return self._counted(repairer.finish(failed=True)) + frame(error_chunk(repairer.identity, error))
         except Exception:
             log.exception("stream %s failed inside sse-adapter", repairer.identity.id or "(no id yet)")
             failure = InternalError("sse-adapter failed on this stream; see its log")
+            self._stats.outcome = failure.code
             return frame(error_chunk(repairer.identity, failure))
+        finally:
+            self._stats.repairs.update(repairer.repairs)
+
+    def _counted(self, payloads: list[bytes]) -> bytes:
+        self._stats.events += len(payloads)
+        return _frames(payloads)
 
     async def _pump(self, out: ObjectSendStream[bytes]) -> None:
         # Shielded: a cancelled pump must not cancel the opening too, again and
         # again; close() cancels it once, and closes what it opened.
         response = await self._watch.timed(asyncio.shield(self._opening))
+        self._stats.upstream_status = response.status_code
         if not is_event_stream(response):
             error = await refusal(response, self._watch)
             error.message = (
@@ -139,7 +152,11 @@ class StreamRelay:
         reads = repaired(response, self._repairer, self._watch, self._max_event_bytes)
         async with contextlib.aclosing(reads):
             async for payloads in reads:
-                await self._write(out, _frames(payloads))
+                if self._stats.first_event is None:
+                    self._stats.first_event = (
+                        asyncio.get_running_loop().time() - self._watch.deadlines.started
+                    )
+                await self._write(out, self._counted(payloads))
 
 
 def _frames(payloads: list[bytes]) -> bytes:

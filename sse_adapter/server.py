@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import socket
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -14,6 +15,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from sse_adapter.app import create_app
+from sse_adapter.logs import logging_config
 from sse_adapter.settings import Settings
 
 __all__ = ["app_from_environment", "run_server", "serving"]
@@ -38,10 +40,13 @@ def run_server(settings: Settings) -> None:
     With several workers uvicorn starts each in its own process from an app
     factory, so the settings travel to them as JSON in the environment.
     """
+    logs = {"log_config": logging_config(settings.log_format.value, settings.log_level), "access_log": False}
     if settings.workers == 1:
-        uvicorn.Server(_config(settings, host=settings.host, port=settings.port)).run()
+        uvicorn.Server(_config(settings, host=settings.host, port=settings.port, **logs)).run()
         return
     os.environ[_SETTINGS_ENV] = json.dumps(dataclasses.asdict(settings))
+    # Each worker counts into files here; /metrics sums them (prometheus-client's multiprocess mode).
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="sse-adapter-metrics-"))
     uvicorn.run(
         f"{__name__}:app_from_environment",
         factory=True,
@@ -50,6 +55,7 @@ def run_server(settings: Settings) -> None:
         workers=settings.workers,
         lifespan="on",
         timeout_graceful_shutdown=int(settings.shutdown_grace + _DRAIN_MARGIN),
+        **logs,  # type: ignore[arg-type]
     )
 
 

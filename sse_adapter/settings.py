@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-__all__ = ["HeartbeatMode", "ReasoningField", "Settings", "SettingsError", "ThinkTags"]
+__all__ = ["HeartbeatMode", "LogFormat", "ReasoningField", "Settings", "SettingsError", "ThinkTags"]
 
 
 class HeartbeatMode(enum.StrEnum):
@@ -31,6 +31,11 @@ class ThinkTags(enum.StrEnum):
     KEEP = "keep"
 
 
+class LogFormat(enum.StrEnum):
+    TEXT = "text"
+    JSON = "json"
+
+
 class SettingsError(ValueError):
     """A setting that cannot work; the message names the flag and the fix."""
 
@@ -53,6 +58,8 @@ class Settings:
     upstream_api_key: str | None = None
     shutdown_grace: float = 30.0
     workers: int = 1
+    log_format: LogFormat = LogFormat.TEXT
+    log_level: str = "info"
     # chunk normalisation: the defaults are what One-API and OpenAI clients need
     map_finish_reason: bool = True
     fill_fields: bool = True
@@ -71,6 +78,11 @@ class Settings:
         self._coerce("heartbeat_mode", HeartbeatMode)
         self._coerce("reasoning_field", ReasoningField)
         self._coerce("think_tags", ThinkTags)
+        self._coerce("log_format", LogFormat)
+        if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
+            raise SettingsError(
+                f"--log-level must be debug, info, warning, error or critical, got {self.log_level!r}"
+            )
         if not 0 <= self.port < 65536:  # 0: any free port, for the demo and the tests
             raise SettingsError(f"--port must be between 1 and 65535, got {self.port}")
         if not self.heartbeat_interval > 0:

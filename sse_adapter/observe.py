@@ -1,0 +1,101 @@
+"""What each request did, recorded once it is over: one access log line and its metrics.
+
+The routes and the relay fill a :class:`RequestStats` as they go (found at
+``request.state.stats``); this middleware, outermost, writes it out when the
+response has ended, streams included. No prompt text and no key is logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from sse_adapter.metrics import Metrics
+
+__all__ = ["Observe", "RequestStats"]
+
+log = logging.getLogger("sse_adapter.access")
+
+
+@dataclass
+class RequestStats:
+    started: float
+    route: str
+    mode: str = "-"  # stream or nonstream, once the route knows
+    model: str = ""
+    upstream_status: int | None = None
+    outcome: str = "ok"  # else the error code the client was given
+    first_event: float | None = None  # seconds from the request to the upstream's first event
+    events: int = 0
+    heartbeats: int = 0
+    heartbeat_mode: str = ""
+    repairs: Counter[str] = field(default_factory=Counter)
+
+
+def _route(path: str) -> str:
+    if path in ("/v1/chat/completions", "/v1/completions"):
+        return path.removeprefix("/v1/").replace("/", "_")
+    return "passthrough" if path.startswith("/v1/") else path.strip("/") or "root"
+
+
+class Observe:
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        loop = asyncio.get_running_loop()
+        stats = RequestStats(loop.time(), _route(scope["path"]))
+        scope.setdefault("state", {})["stats"] = stats
+        status, request_id = 500, "-"
+
+        async def recording(message: Message) -> None:
+            nonlocal status, request_id
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                request_id = dict(message.get("headers", [])).get(b"x-request-id", b"-").decode("latin-1")
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording)
+        finally:
+            self._record(stats, status, request_id, loop.time() - stats.started)
+
+    def _record(self, stats: RequestStats, status: int, request_id: str, duration: float) -> None:
+        metrics = self.metrics
+        metrics.requests.labels(stats.route, stats.mode, str(status)).inc()
+        metrics.events.inc(stats.events)
+        if stats.heartbeats:
+            metrics.heartbeats.labels(stats.heartbeat_mode).inc(stats.heartbeats)
+        for kind, count in stats.repairs.items():
+            metrics.repairs.labels(kind).inc(count)
+        if stats.outcome != "ok":
+            metrics.upstream_errors.labels(stats.outcome).inc()
+        if stats.first_event is not None:
+            metrics.first_event.observe(stats.first_event)
+        if stats.mode == "stream":
+            metrics.stream_duration.observe(duration)
+        fields = {
+            "request_id": request_id,
+            "route": stats.route,
+            "stream": stats.mode == "stream",
+            "model": stats.model,
+            "status": status,
+            "upstream_status": stats.upstream_status,
+            "outcome": stats.outcome,
+            "ttft_ms": None if stats.first_event is None else round(stats.first_event * 1000, 1),
+            "events": stats.events,
+            "heartbeats": stats.heartbeats,
+            "repairs": dict(stats.repairs),
+            "duration_ms": round(duration * 1000, 1),
+        }
+        text = " ".join(f"{name}={value}" for name, value in fields.items() if name != "repairs")
+        repairs = ",".join(f"{kind}:{count}" for kind, count in stats.repairs.items()) or "-"
+        log.info("%s repairs=%s", text, repairs, extra={"fields": fields})
