@@ -277,6 +277,60 @@ def demo(
         asyncio.run(run_demo(dialects_named(dialect), think_seconds, serve, port, Console()))
 
 
+@app.command()
+def probe(
+    upstream: Annotated[
+        str, typer.Option(help="The model server's base URL, probed directly.", show_default=False)
+    ],
+    model: Annotated[
+        str | None, typer.Option(help="The model to ask for; default: the first the server lists.")
+    ] = None,
+    via: Annotated[
+        str | None,
+        typer.Option(
+            help="Also probe through this base URL: the adapter, or One-API / new-api.", show_default=False
+        ),
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(help="Sent as 'Authorization: Bearer <key>' (to --via too).", show_default=False),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Test a model server's streams as One-API would relay them; exit 0 if they relay cleanly."""
+    import asyncio
+    import json
+
+    from rich.console import Console
+
+    from sse_adapter.probe import RouteReport, first_model, probe, show
+
+    for flag, url in (("--upstream", upstream), ("--via", via)):
+        if url is not None:
+            try:
+                Settings(upstream=url)
+            except SettingsError as exc:
+                raise typer.BadParameter(str(exc).replace("--upstream", flag)) from None
+
+    async def run() -> dict[str, RouteReport]:
+        chosen = model or await first_model(upstream, api_key)
+        routes = {"direct": await probe(upstream, chosen, api_key)}
+        if via is not None:
+            routes["via"] = await probe(via, chosen, api_key)
+        return routes
+
+    console = Console(stderr=as_json)
+    with console.status("Probing: a non-stream and a stream request, then the same through --via..."):
+        reports = asyncio.run(run())
+    final = reports["via" if via is not None else "direct"]
+    if as_json:
+        out: dict[str, object] = {name: report.as_json() for name, report in reports.items()}
+        print(json.dumps({**out, "relays": final.one_api_relays}, indent=2, sort_keys=True))
+    else:
+        show(reports, console)
+    raise typer.Exit(0 if final.one_api_relays else 1)
+
+
 def _api_keys(flags: list[str] | None) -> tuple[str, ...]:
     """The --api-key flags; else the comma list in SSE_ADAPTER_API_KEY (the flag wins)."""
     if flags:

@@ -1,0 +1,224 @@
+"""``sse-adapter probe``: test a model server directly, stream and not, and
+say whether One-API would relay its stream, and why; optionally run the same
+requests through the adapter (or a One-API) and compare.
+
+The verdict uses the tests' One-API double: what its client would get,
+against what the server meant, which the adapter's own decoder and repair
+pipeline read from the same bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import httpx
+import orjson
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from sse_adapter.chunks import Kind, StreamIdentity
+from sse_adapter.decoder import SSEDecoder
+from sse_adapter.endclient import EndClientView, read_through_one_api
+from sse_adapter.errors import AdapterError
+from sse_adapter.oneapi import accepts_stream, nonstream_error
+from sse_adapter.quirks import LABELS, framing_quirks
+from sse_adapter.repair import StreamRepairer
+from sse_adapter.settings import Settings
+
+__all__ = ["RouteReport", "first_model", "probe", "show"]
+
+CHAT = "/v1/chat/completions"
+_TIMEOUT = httpx.Timeout(10.0, read=600.0)  # a reasoning model may think for minutes
+_PROMPT = [{"role": "user", "content": "Say hello in five words."}]
+_OPENAI_CHUNK_KEYS = frozenset(
+    {"id", "object", "created", "model", "choices", "usage", "system_fingerprint", "service_tier", "error"}
+)
+
+
+@dataclass
+class RouteReport:
+    """What one route (the model server itself, or something in front of it) did."""
+
+    url: str
+    nonstream_status: int | None = None
+    nonstream_error: str | None = None
+    stream_status: int | None = None
+    first_byte_ms: float | None = None
+    first_token_ms: float | None = None
+    tokens_per_s: float | None = None
+    text: str = ""
+    errors: list[str] = field(default_factory=list)
+    quirks: dict[str, int] = field(default_factory=dict)
+    one_api_relays: bool = False
+    reasons: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+async def first_model(url: str, api_key: str | None) -> str:
+    """The first model the server lists; TGI answers to any name."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        async with httpx.AsyncClient(timeout=10, headers=headers) as client:
+            listed = (await client.get(url.rstrip("/") + "/v1/models")).json()["data"]
+        return str(listed[0]["id"])
+    except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError):
+        return "default"
+
+
+async def probe(url: str, model: str, api_key: str | None) -> RouteReport:
+    report = RouteReport(url.rstrip("/"))
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    body = {"model": model, "messages": _PROMPT, "max_tokens": 32}
+    async with httpx.AsyncClient(timeout=_TIMEOUT, headers=headers) as client:
+        await _nonstream(client, report, body)
+        try:
+            view = await read_through_one_api(client, report.url + CHAT, {**body, "stream": True})
+        except httpx.HTTPError as error:
+            report.reasons.append(f"the stream request failed: {str(error) or type(error).__name__}")
+            return report
+    _judge(report, view)
+    return report
+
+
+async def _nonstream(client: httpx.AsyncClient, report: RouteReport, body: dict[str, Any]) -> None:
+    try:
+        reply = await client.post(report.url + CHAT, json=body)
+    except httpx.HTTPError as error:
+        report.nonstream_error = str(error) or type(error).__name__
+        return
+    report.nonstream_status = reply.status_code
+    report.nonstream_error = nonstream_error(reply.status_code, reply.content)
+
+
+def _judge(report: RouteReport, view: EndClientView) -> None:
+    """What One-API's client got, against what the server meant to say."""
+    report.stream_status = view.status
+    report.first_byte_ms = view.frames[0][0] * 1000 if view.frames else None
+    report.quirks = dict(framing_quirks(view.raw)) | _foreign_fields(view.raw)
+    meant_text, meant_error = _meant(view.raw)
+    content_times = _content_times(view)
+    if content_times:
+        report.first_token_ms = content_times[0] * 1000
+        span = content_times[-1] - content_times[0]
+        report.tokens_per_s = (len(content_times) - 1) / span if span > 0 else None
+    content_type = view.headers.get("content-type", "")
+    if not accepts_stream(view.status, content_type):
+        report.errors = view.errors()
+        report.reasons.append(
+            f"One-API treats status {view.status} with {content_type or 'no type'} as an error"
+        )
+        return
+    try:
+        report.text, report.errors = view.text(), view.errors()
+    except orjson.JSONDecodeError:
+        report.reasons.append("One-API passes on a frame its client cannot parse")
+    if report.text != meant_text:
+        report.reasons.append(_lost_text(report.quirks))
+    if meant_error and not report.errors:
+        report.reasons.append(
+            "the server's error is dropped (a chunk with no choices): the user sees a truncated success"
+        )
+    if view.dones() != 1:
+        report.reasons.append(f"the client gets {view.dones()} [DONE]")
+    report.one_api_relays = not report.reasons
+
+
+def _meant(raw: bytes) -> tuple[str, bool]:
+    """The text and whether an error, as the adapter's pipeline reads the raw stream."""
+    decoder = SSEDecoder(field_events=frozenset({"error"}))
+    repairer = StreamRepairer(StreamIdentity(Kind.CHAT, "", 0), Settings(upstream="http://probe"))
+    text: list[str] = []
+    try:
+        for event in decoder.feed(raw) + decoder.flush():
+            for payload in repairer.repair(event):
+                for choice in orjson.loads(payload).get("choices") or []:
+                    text.append((choice.get("delta") or {}).get("content") or "")
+            if repairer.finished:
+                break
+        repairer.finish()  # a stream of nothing but other shapes, or no events at all, is an error
+    except AdapterError:
+        return "".join(text), True
+    return "".join(text), False
+
+
+def _content_times(view: EndClientView) -> list[float]:
+    times = []
+    for at, frame in view.frames:
+        try:
+            chunk = orjson.loads(frame[6:])
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(chunk, dict) and any(
+            (c.get("delta") or {}).get("content") for c in chunk.get("choices") or []
+        ):
+            times.append(at)
+    return times
+
+
+def _foreign_fields(raw: bytes) -> dict[str, int]:
+    """Top-level chunk fields no OpenAI client expects (llama.cpp's timings, and the like)."""
+    decoder = SSEDecoder(field_events=frozenset({"error"}))
+    foreign: dict[str, int] = {}
+    for event in decoder.feed(raw) + decoder.flush():
+        try:
+            chunk = orjson.loads(event.data)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(chunk, dict):
+            for key in set(chunk) - _OPENAI_CHUNK_KEYS:
+                foreign[f"field:{key}"] = foreign.get(f"field:{key}", 0) + 1
+    return foreign
+
+
+def _lost_text(quirks: dict[str, int]) -> str:
+    causes = [
+        LABELS[name]
+        for name in ("no_space_after_data", "cr_line_ends", "multi_line_payload", "line_over_64k")
+        if quirks.get(name)
+    ]
+    because = f": {'; '.join(causes)}" if causes else ""
+    return f"One-API's client does not get the text{because}"
+
+
+def show(reports: dict[str, RouteReport], console: Console) -> None:
+    table = Table(title="sse-adapter probe", title_justify="left")
+    table.add_column("", style="bold")
+    for name, report in reports.items():
+        table.add_column(f"{name}\n{escape(report.url)}")
+
+    def row(label: str, cell: Any) -> None:
+        table.add_row(label, *(escape(str(cell(report))) for report in reports.values()))
+
+    row("non-stream status", lambda r: r.nonstream_status if r.nonstream_status is not None else "-")
+    row(
+        "non-stream, One-API reads",
+        lambda r: "ok" if r.nonstream_status and not r.nonstream_error else f"error: {r.nonstream_error}",
+    )
+    row("stream status", lambda r: r.stream_status if r.stream_status is not None else "-")
+    row("first byte / first token", lambda r: f"{_ms(r.first_byte_ms)} / {_ms(r.first_token_ms)}")
+    row("tokens per second", lambda r: f"{r.tokens_per_s:.1f}" if r.tokens_per_s else "-")
+    row("text One-API's client gets", lambda r: repr(r.text[:60]) if r.text else "(nothing)")
+    row("errors it is shown", lambda r: "; ".join(r.errors) or "none")
+    row(
+        "framing quirks",
+        lambda r: ", ".join(f"{LABELS.get(k, k)} ({v})" for k, v in r.quirks.items()) or "none",
+    )
+    table.add_row(
+        "One-API would relay this stream",
+        *(_verdict(report) for report in reports.values()),
+    )
+    console.print(table)
+
+
+def _verdict(report: RouteReport) -> str:
+    if report.one_api_relays:
+        return "[green]yes[/]"
+    return "[red]no[/], because " + escape("; ".join(report.reasons))
+
+
+def _ms(value: float | None) -> str:
+    return f"{value:.0f} ms" if value is not None else "-"

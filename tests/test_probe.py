@@ -1,0 +1,153 @@
+"""``sse-adapter probe``: its verdict agrees with the One-API double on every
+dialect, direct and through the adapter; its JSON and exit codes are stable."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+
+import orjson
+import pytest
+
+from sse_adapter.oneapi import OneAPIRelay
+from sse_adapter.probe import probe
+from sse_adapter.settings import Settings
+from tests.adapter_server import run_adapter
+from tests.end_client import Seen, fixture
+from tests.test_dialects_wire import HANDLERS, ROWS, Row
+from tests.upstream_fake import Handler, Received, Writer, fake_upstream
+
+CHAT_ROWS = [
+    pytest.param(row, id=row.fixture.rsplit(".", 1)[0])
+    for row in ROWS
+    if row.path.endswith("chat/completions")
+]
+COMPLETION = orjson.dumps(
+    {
+        "id": "c",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "m",
+        "usage": {},
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+    }
+)
+
+
+def server(row: Row) -> Handler:
+    streaming = HANDLERS[row.delivery](fixture(row.fixture))
+
+    async def handler(request: Received, out: Writer) -> None:
+        if request.json().get("stream"):  # type: ignore[union-attr]
+            await streaming(request, out)
+        else:
+            await out.start(
+                200,
+                [("Content-Type", "application/json"), ("Content-Length", str(len(COMPLETION)))],
+                chunked=False,
+            )
+            await out.raw(COMPLETION)
+
+    return handler
+
+
+def double_relays(row: Row) -> bool:
+    """The One-API double's own judgement of the raw fixture, against what the server meant."""
+    if row.delivery == "ndjson":
+        return False  # 200 with no event stream: nothing reaches the client as text
+    relay = OneAPIRelay()
+    seen = Seen(
+        200, None, frames=[(0.0, frame) for frame in relay.feed(fixture(row.fixture)) + relay.close()]
+    )  # type: ignore[arg-type]
+    try:
+        text, errors = seen.text(), seen.errors()
+    except orjson.JSONDecodeError:
+        return False
+    return text == row.text and (row.error is None or any(row.error in error for error in errors))
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("row", CHAT_ROWS)
+async def test_the_verdict_matches_the_one_api_double(row: Row) -> None:
+    async with fake_upstream(server(row)) as upstream:
+        async with run_adapter(Settings(upstream=upstream.url)) as adapter:
+            direct, through = await asyncio.gather(probe(upstream.url, "m", None), probe(adapter, "m", None))
+    if row.delivery == "cut":  # the cut is a transport failure, seen as such rather than judged
+        assert not direct.one_api_relays
+    else:
+        assert direct.one_api_relays is double_relays(row), direct.reasons
+    expected_through = row.delivery != "ndjson"  # a wrong upstream stays an error status
+    assert through.one_api_relays is expected_through, through.reasons
+    if expected_through and row.error is not None:
+        assert any(row.error in error for error in through.errors)
+
+
+def test_tgi_2_0_is_no_directly_and_yes_through_the_adapter_in_stable_json() -> None:
+    code = """
+import asyncio, subprocess, sys, json
+from tests.upstream_fake import fake_upstream
+from tests.adapter_server import run_adapter
+from tests.test_probe import server
+from tests.test_dialects_wire import ROWS
+from sse_adapter.settings import Settings
+
+async def main():
+    row = next(r for r in ROWS if r.fixture == "tgi-2.0.sse")
+    async with fake_upstream(server(row)) as up, run_adapter(Settings(upstream=up.url)) as adapter:
+        runs = []
+        for via in ([], ["--via", adapter]):
+            args = ["probe", "--upstream", up.url, "--model", "tgi", "--json", *via]
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "sse_adapter", *args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            out, _ = await proc.communicate()
+            runs.append({"code": proc.returncode, "report": json.loads(out)})
+    print(json.dumps(runs))
+asyncio.run(main())
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "200"},
+        check=True,
+    )
+    direct_only, with_via = json.loads(done.stdout)
+    assert direct_only["code"] == 1
+    assert with_via["code"] == 0
+    report = with_via["report"]
+    assert sorted(report) == ["direct", "relays", "via"]
+    assert report["relays"] is True
+    assert report["direct"]["one_api_relays"] is False
+    assert "`data:` with no space" in report["direct"]["reasons"][0]
+    assert report["direct"]["quirks"]["no_space_after_data"] == 5
+    assert report["via"]["one_api_relays"] is True
+    assert report["via"]["text"] == "Hello from TGI!"
+    assert sorted(report["via"]) == [
+        "errors",
+        "first_byte_ms",
+        "first_token_ms",
+        "nonstream_error",
+        "nonstream_status",
+        "one_api_relays",
+        "quirks",
+        "reasons",
+        "stream_status",
+        "text",
+        "tokens_per_s",
+        "url",
+    ]
+
+
+def test_a_bad_url_is_a_usage_error() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "sse_adapter", "probe", "--upstream", "nope"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "--upstream must be an http://" in result.stderr
