@@ -59,7 +59,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(AdapterError, _adapter_error)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
     app.add_middleware(Guard, api_keys=settings.api_keys)
-    app.add_middleware(Observe, metrics=gateway.metrics)  # outermost: it sees every answer, 401s too
+    # outermost: it sees every answer, 401s too
+    app.add_middleware(
+        Observe, metrics=gateway.metrics, trace_dir=settings.trace_dir, trace_bodies=settings.trace_bodies
+    )
     return app
 
 
@@ -110,8 +113,10 @@ class _Gateway:
 
     async def _relay(self, request: Request, kind: Kind) -> Response:
         upstream_request = await _upstream_request(request, self.settings.max_request_bytes)
-        fields = RequestFields.parse(upstream_request.body)
         stats: RequestStats = request.state.stats
+        if stats.trace is not None:
+            stats.trace.request_body = upstream_request.body
+        fields = RequestFields.parse(upstream_request.body)
         stats.model = fields.model
         stats.mode = "stream" if fields.stream else "nonstream"
         if fields.stream:
@@ -142,7 +147,7 @@ class _Gateway:
     async def _open_stream(
         self, request: UpstreamRequest, fields: RequestFields, kind: Kind, stats: RequestStats
     ) -> Response:
-        watch = Watch(self.settings, self.upstream.url(request), anyio.current_time())
+        watch = Watch(self.settings, self.upstream.url(request), anyio.current_time(), stats.tap)
         opening = asyncio.ensure_future(self.upstream.open(request))
         # Wait one interval for the upstream's answer, so a fast error keeps its
         # real status; past that, commit the 200 and keep the client alive.
@@ -172,7 +177,7 @@ class _Gateway:
         return _event_stream(relay, self.settings.shutdown_grace)
 
     async def _complete(self, request: UpstreamRequest, kind: Kind, stats: RequestStats) -> Response:
-        answering = asyncio.ensure_future(complete(self.upstream, request, kind, self.settings))
+        answering = asyncio.ensure_future(complete(self.upstream, request, kind, self.settings, stats.tap))
         if await _settled(answering, self._grace(self.settings.nonstream_keepalive)):
             answer = answering.result()
             stats.upstream_status = answer.status

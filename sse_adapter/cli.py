@@ -61,6 +61,21 @@ def serve(
     log_level: Annotated[
         str, _option("LOG_LEVEL", "debug, info, warning, error or critical.", "Logs")
     ] = "info",
+    trace_dir: Annotated[
+        str | None,
+        _option(
+            "TRACE_DIR", "Write each request's raw upstream and client bytes here (keys redacted).", "Logs"
+        ),
+    ] = None,
+    trace_bodies: Annotated[
+        bool,
+        typer.Option(
+            "--trace-bodies",
+            envvar="SSE_ADAPTER_TRACE_BODIES",
+            help="Keep request bodies (prompts) in traces.",
+            rich_help_panel="Logs",
+        ),
+    ] = False,
     workers: Annotated[
         int, _option("WORKERS", "Worker processes; one per core past a few thousand events a second.")
     ] = 1,
@@ -207,6 +222,8 @@ def serve(
             workers=workers,
             log_format=log_format,
             log_level=log_level,
+            trace_dir=trace_dir,
+            trace_bodies=trace_bodies,
             heartbeat_interval=heartbeat_interval,
             heartbeat_mode=heartbeat_mode,
             connect_timeout=connect_timeout,

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import anyio
@@ -41,9 +41,15 @@ class Answer:
     media_type: str = "application/json"
 
 
-async def complete(upstream: Upstream, request: UpstreamRequest, kind: Kind, settings: Settings) -> Answer:
+async def complete(
+    upstream: Upstream,
+    request: UpstreamRequest,
+    kind: Kind,
+    settings: Settings,
+    tap: Callable[[bytes], None] | None = None,
+) -> Answer:
     """The normalised non-stream answer; an upstream failure raises our error."""
-    watch = Watch(settings, upstream.url(request), anyio.current_time())
+    watch = Watch(settings, upstream.url(request), anyio.current_time(), tap)
     if settings.nonstream_via_stream:
         return Answer(200, await _assembled(upstream, request, kind, settings, watch))
     response = await watch.timed(upstream.open(request))

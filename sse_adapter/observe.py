@@ -10,11 +10,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sse_adapter.metrics import Metrics
+from sse_adapter.trace import Trace
 
 __all__ = ["Observe", "RequestStats"]
 
@@ -34,6 +37,11 @@ class RequestStats:
     heartbeats: int = 0
     heartbeat_mode: str = ""
     repairs: Counter[str] = field(default_factory=Counter)
+    trace: Trace | None = None  # with --trace-dir
+
+    @property
+    def tap(self) -> Callable[[bytes], None] | None:
+        return self.trace.from_upstream if self.trace is not None else None
 
 
 def _route(path: str) -> str:
@@ -43,9 +51,13 @@ def _route(path: str) -> str:
 
 
 class Observe:
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(
+        self, app: ASGIApp, metrics: Metrics, trace_dir: str | None = None, trace_bodies: bool = False
+    ) -> None:
         self.app = app
         self.metrics = metrics
+        self.trace_dir = Path(trace_dir) if trace_dir else None
+        self.trace_bodies = trace_bodies
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -53,6 +65,9 @@ class Observe:
             return
         loop = asyncio.get_running_loop()
         stats = RequestStats(loop.time(), _route(scope["path"]))
+        if self.trace_dir is not None:
+            headers = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in scope["headers"]]
+            stats.trace = Trace(self.trace_dir, self.trace_bodies, scope["method"], scope["path"], headers)
         scope.setdefault("state", {})["stats"] = stats
         status, request_id = 500, "-"
 
@@ -61,12 +76,16 @@ class Observe:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 request_id = dict(message.get("headers", [])).get(b"x-request-id", b"-").decode("latin-1")
+            elif message["type"] == "http.response.body" and stats.trace is not None:
+                stats.trace.to_client(message.get("body", b""))
             await send(message)
 
         try:
             await self.app(scope, receive, recording)
         finally:
             self._record(stats, status, request_id, loop.time() - stats.started)
+            if stats.trace is not None:
+                await stats.trace.save(request_id, status, stats.upstream_status)
 
     def _record(self, stats: RequestStats, status: int, request_id: str, duration: float) -> None:
         metrics = self.metrics

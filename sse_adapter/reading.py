@@ -35,10 +35,11 @@ async def read_body(response: httpx.Response, watch: Watch, limit: int, *, trunc
     with map_errors(watch.url):
         while True:
             try:
-                body += await watch.timed(anext(chunks))
+                chunk = await watch.timed(anext(chunks))
             except StopAsyncIteration:
                 return bytes(body)
-            watch.saw(event=True)
+            body += chunk
+            watch.received(chunk, event=True)
             if len(body) > limit:
                 if truncate:
                     return bytes(body[:limit])
@@ -137,7 +138,7 @@ async def repaired(
                     events = decoder.feed(raw)
                 except EventTooLarge as too_large:
                     events, failure = too_large.completed, too_large
-                watch.saw(event=bool(events))
+                watch.received(raw, event=bool(events))
                 payloads, failure = _repair_all(repairer, events, failure)
                 if payloads:
                     yield payloads

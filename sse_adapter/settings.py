@@ -60,6 +60,8 @@ class Settings:
     workers: int = 1
     log_format: LogFormat = LogFormat.TEXT
     log_level: str = "info"
+    trace_dir: str | None = None
+    trace_bodies: bool = False
     # chunk normalisation: the defaults are what One-API and OpenAI clients need
     map_finish_reason: bool = True
     fill_fields: bool = True

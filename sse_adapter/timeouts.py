@@ -9,7 +9,7 @@ comments included; and an optional cap on the whole exchange.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -52,16 +52,21 @@ class Deadlines:
 class Watch:
     """Times every wait on one upstream exchange against its deadlines."""
 
-    def __init__(self, settings: Settings, url: str, started: float) -> None:
+    def __init__(
+        self, settings: Settings, url: str, started: float, tap: Callable[[bytes], None] | None = None
+    ) -> None:
         self.deadlines = Deadlines.of(settings, started)
         self.url = url
         self.last_read = started
         self.streaming = False  # the first event has come: the idle clock runs
+        self._tap = tap  # --trace-dir's recorder of the upstream's bytes
 
-    def saw(self, event: bool) -> None:
-        """Something came from the upstream: any byte resets the idle clock."""
+    def received(self, data: bytes, event: bool) -> None:
+        """Bytes came from the upstream: any byte resets the idle clock."""
         self.last_read = asyncio.get_running_loop().time()  # anyio's clock costs a lookup per call
         self.streaming = self.streaming or event
+        if self._tap is not None:
+            self._tap(data)
 
     async def timed(self, awaitable: Awaitable[T]) -> T:
         at, why = self.deadlines.next(self.last_read, self.streaming)

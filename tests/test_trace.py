@@ -1,0 +1,70 @@
+"""--trace-dir keeps the exact bytes of each exchange, redacted and bounded."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from sse_adapter import trace
+from sse_adapter.settings import Settings
+from tests.adapter_server import run_adapter
+from tests.end_client import fixture
+from tests.upstream_fake import fake_upstream, sse
+
+pytestmark = pytest.mark.anyio
+
+CHAT = "/v1/chat/completions"
+BODY = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "MY PROMPT"}]}
+
+
+async def traced(folder: Path, bodies: bool = False, requests: int = 1) -> list[httpx.Response]:
+    replies = []
+    async with fake_upstream(sse([fixture("tgi-2.0.sse")])) as upstream:
+        settings = Settings(upstream=upstream.url, trace_dir=str(folder), trace_bodies=bodies)
+        async with run_adapter(settings) as adapter, httpx.AsyncClient() as client:
+            for n in range(requests):
+                headers = {"Authorization": "Bearer sk-SECRET", "X-Request-ID": f"req-{n}"}
+                replies.append(await client.post(adapter + CHAT, json=BODY, headers=headers))
+    return replies
+
+
+async def test_the_exact_bytes_both_ways_with_keys_redacted(tmp_path: Path) -> None:
+    [reply] = await traced(tmp_path)
+    assert (tmp_path / "req-0.upstream").read_bytes() == fixture("tgi-2.0.sse")
+    assert (tmp_path / "req-0.client").read_bytes() == reply.content
+    meta = json.loads((tmp_path / "req-0.json").read_text())
+    assert ["authorization", "[redacted]"] in meta["request"]["headers"]
+    assert meta["request"]["body"] == "[not kept: --trace-bodies]"
+    assert (meta["status"], meta["upstream_status"], meta["truncated_at"]) == (200, 200, {})
+    everything = b"".join(path.read_bytes() for path in tmp_path.iterdir())
+    assert b"sk-SECRET" not in everything
+    assert b"MY PROMPT" not in everything
+
+
+async def test_prompts_are_kept_only_when_asked(tmp_path: Path) -> None:
+    await traced(tmp_path, bodies=True)
+    assert "MY PROMPT" in json.loads((tmp_path / "req-0.json").read_text())["request"]["body"]
+
+
+async def test_files_are_bounded_in_size_and_number(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(trace, "MAX_BYTES", 100)
+    monkeypatch.setattr(trace, "MAX_REQUESTS", 3)
+    await traced(tmp_path, requests=5)
+    assert sorted(path.name for path in tmp_path.glob("*.json")) == ["req-2.json", "req-3.json", "req-4.json"]
+    assert len(list(tmp_path.iterdir())) == 9
+    meta = json.loads((tmp_path / "req-4.json").read_text())
+    assert meta["truncated_at"] == {"client": 100, "upstream": 100}
+    assert len((tmp_path / "req-4.upstream").read_bytes()) == 100
+
+
+async def test_a_request_id_cannot_escape_the_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "traces"
+    async with fake_upstream(sse([fixture("vllm.sse")])) as upstream:
+        async with run_adapter(Settings(upstream=upstream.url, trace_dir=str(folder))) as adapter:
+            async with httpx.AsyncClient() as client:
+                await client.post(adapter + CHAT, json=BODY, headers={"X-Request-ID": "../../escape"})
+    assert [path.name for path in tmp_path.iterdir()] == ["traces"]
+    assert (folder / ".._.._escape.json").exists()  # no separators: it stays in the folder
