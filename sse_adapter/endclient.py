@@ -28,6 +28,7 @@ class EndClientView:
     headers: httpx.Headers
     raw: bytes = b""  # exactly what the server wrote
     frames: list[tuple[float, bytes]] = field(default_factory=list)  # (seconds since the request, frame)
+    reads: list[tuple[float, bytes]] = field(default_factory=list)  # what came off the socket, and when
     duration: float = 0.0
 
     @property
@@ -106,8 +107,9 @@ async def read_through_one_api(
         raw = bytearray()
         async for piece in response.aiter_raw():
             raw += piece
+            now = anyio.current_time() - start
+            view.reads.append((now, piece))
             if relayed:
-                now = anyio.current_time() - start
                 view.frames += [(now, frame) for frame in relay.feed(piece)]
     view.duration = anyio.current_time() - start
     if relayed:

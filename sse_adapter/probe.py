@@ -9,6 +9,7 @@ pipeline read from the same bytes.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -48,6 +49,7 @@ class RouteReport:
     first_byte_ms: float | None = None
     first_token_ms: float | None = None
     tokens_per_s: float | None = None
+    ping_interval_s: float | None = None
     text: str = ""
     errors: list[str] = field(default_factory=list)
     quirks: dict[str, int] = field(default_factory=dict)
@@ -98,8 +100,9 @@ def _judge(report: RouteReport, view: EndClientView) -> None:
     """What One-API's client got, against what the server meant to say."""
     report.stream_status = view.status
     report.first_byte_ms = view.frames[0][0] * 1000 if view.frames else None
-    report.quirks = dict(framing_quirks(view.raw)) | _foreign_fields(view.raw)
-    meant_text, meant_error = _meant(view.raw)
+    meant_text, meant_error, repairs = _meant(view.raw)
+    report.quirks = dict(framing_quirks(view.raw)) | repairs | _foreign_fields(view.raw)
+    report.ping_interval_s = _ping_interval(view)
     content_times = _content_times(view)
     if content_times:
         report.first_token_ms = content_times[0] * 1000
@@ -127,8 +130,8 @@ def _judge(report: RouteReport, view: EndClientView) -> None:
     report.one_api_relays = not report.reasons
 
 
-def _meant(raw: bytes) -> tuple[str, bool]:
-    """The text and whether an error, as the adapter's pipeline reads the raw stream."""
+def _meant(raw: bytes) -> tuple[str, bool, dict[str, int]]:
+    """The text, whether an error, and the repairs needed, as the adapter's pipeline reads the stream."""
     decoder = SSEDecoder(field_events=frozenset({"error"}))
     repairer = StreamRepairer(StreamIdentity(Kind.CHAT, "", 0), Settings(upstream="http://probe"))
     text: list[str] = []
@@ -141,8 +144,15 @@ def _meant(raw: bytes) -> tuple[str, bool]:
                 break
         repairer.finish()  # a stream of nothing but other shapes, or no events at all, is an error
     except AdapterError:
-        return "".join(text), True
-    return "".join(text), False
+        return "".join(text), True, dict(repairer.repairs)
+    return "".join(text), False, dict(repairer.repairs)
+
+
+def _ping_interval(view: EndClientView) -> float | None:
+    """The median time between reads that held a comment ping (TGI, llama.cpp, Xinference send them)."""
+    times = [at for at, piece in view.reads if piece.startswith(b":") or b"\n:" in piece or b"\r:" in piece]
+    gaps = sorted(later - earlier for earlier, later in itertools.pairwise(times))
+    return gaps[len(gaps) // 2] if gaps else None
 
 
 def _content_times(view: EndClientView) -> list[float]:
@@ -201,6 +211,7 @@ def show(reports: dict[str, RouteReport], console: Console) -> None:
     row("stream status", lambda r: r.stream_status if r.stream_status is not None else "-")
     row("first byte / first token", lambda r: f"{_ms(r.first_byte_ms)} / {_ms(r.first_token_ms)}")
     row("tokens per second", lambda r: f"{r.tokens_per_s:.1f}" if r.tokens_per_s else "-")
+    row("comment pings every", lambda r: f"{r.ping_interval_s:.1f} s" if r.ping_interval_s else "-")
     row("text One-API's client gets", lambda r: repr(r.text[:60]) if r.text else "(nothing)")
     row("errors it is shown", lambda r: "; ".join(r.errors) or "none")
     row(

@@ -124,6 +124,7 @@ asyncio.run(main())
     assert report["direct"]["one_api_relays"] is False
     assert "`data:` with no space" in report["direct"]["reasons"][0]
     assert report["direct"]["quirks"]["no_space_after_data"] == 5
+    assert report["direct"]["quirks"]["finish_reason_mapped"] == 1  # eos_token
     assert report["via"]["one_api_relays"] is True
     assert report["via"]["text"] == "Hello from TGI!"
     assert sorted(report["via"]) == [
@@ -133,6 +134,7 @@ asyncio.run(main())
         "nonstream_error",
         "nonstream_status",
         "one_api_relays",
+        "ping_interval_s",
         "quirks",
         "reasons",
         "stream_status",
@@ -151,3 +153,27 @@ def test_a_bad_url_is_a_usage_error() -> None:
     )
     assert result.returncode == 2
     assert "--upstream must be an http://" in result.stderr
+
+
+@pytest.mark.anyio
+async def test_the_interval_of_comment_pings_is_measured() -> None:
+    async def pinging(request: Received, out: Writer) -> None:
+        if not request.json().get("stream"):  # type: ignore[union-attr]
+            await out.start(
+                200, [("Content-Type", "application/json"), ("Content-Length", "2")], chunked=False
+            )
+            await out.raw(b"{}")
+            return
+        await out.start(200, [("Content-Type", "text/event-stream")])
+        for _ in range(4):
+            await out.chunk(b": ping\n\n")
+            await asyncio.sleep(0.2)
+        await out.chunk(fixture("vllm.sse"))
+        await out.end()
+
+    async with fake_upstream(pinging) as upstream:
+        report = await probe(upstream.url, "m", None)
+    assert report.ping_interval_s is not None
+    assert 0.15 <= report.ping_interval_s <= 0.35
+    assert report.quirks["comment_pings"] == 4
+    assert report.one_api_relays
