@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
 from sse_adapter.server import serving
 from sse_adapter.settings import Settings
+
+
+def free_port() -> int:
+    """A port of 127.0.0.1 nothing listens on, for a server started as its own process."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
 
 
 @contextlib.asynccontextmanager

@@ -9,12 +9,11 @@ import os
 from collections.abc import Callable
 
 import httpx
-import orjson
 import pytest
 
 from sse_adapter.settings import Settings
 from tests.adapter_server import run_adapter
-from tests.upstream_fake import Received, Writer, fake_upstream
+from tests.upstream_fake import Received, Writer, content_frame, fake_upstream
 
 pytestmark = pytest.mark.anyio
 
@@ -24,23 +23,12 @@ ABORTS = 500
 AT_ONCE = 50
 
 
-def tick() -> bytes:
-    body = {
-        "id": "c",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": "m",
-        "choices": [{"index": 0, "delta": {"content": "tick"}, "finish_reason": None}],
-    }
-    return b"data: " + orjson.dumps(body) + b"\n\n"
-
-
 async def endless(request: Received, out: Writer) -> None:
     await out.start(200, [("Content-Type", "text/event-stream")])
     if request.json()["model"] == "thinking":  # type: ignore[index]
         await asyncio.sleep(3600)  # silent: the client only ever sees heartbeats
     while True:
-        await out.chunk(tick())
+        await out.chunk(content_frame("tick"))
         await asyncio.sleep(0.02)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ import httpx
 import pytest
 
 from sse_adapter.settings import HeartbeatMode, Settings, SettingsError
+from tests.adapter_server import free_port
 
 ENV = {key: value for key, value in os.environ.items() if not key.startswith("SSE_ADAPTER_")}
 
@@ -54,13 +54,6 @@ def test_a_bad_value_is_one_line_and_exit_code_2(
     assert needle in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "Traceback" not in result.stderr
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def test_serve_reads_env_and_the_flag_wins() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ import httpx
 import pytest
 
 from sse_adapter.demo_upstream import DIALECTS, demo_upstream, events_of, transcript
+from tests.adapter_server import free_port
 from tests.end_client import FIXTURES, fixture
 
 ENV = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
@@ -97,13 +97,6 @@ async def test_the_embedded_server_says_what_it_serves() -> None:
     assert wrong.status_code == 400
     assert "tgi-2.0" in wrong.json()["error"]["message"]
     assert [model["id"] for model in models.json()["data"]] == list(DIALECTS)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def test_serve_keeps_both_servers_up_until_ctrl_c() -> None:

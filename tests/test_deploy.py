@@ -7,7 +7,6 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import yaml
 from sse_adapter.app import create_app
 from sse_adapter.cli import app as cli
 from sse_adapter.settings import Settings
+from tests.adapter_server import free_port
 
 ROOT = Path(__file__).parent.parent
 DEPLOY = ROOT / "deploy"
@@ -140,13 +140,6 @@ def dockerfile() -> tuple[dict[str, str], list[str], list[str]]:
     entrypoint = json.loads(re.search(r"^ENTRYPOINT (\[.+\])$", final, re.M)[1])  # type: ignore[index]
     healthcheck = json.loads(re.search(r"^HEALTHCHECK .*CMD (\[.+\])$", final, re.M)[1])  # type: ignore[index]
     return env, entrypoint, healthcheck
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def test_the_dockerfile_entrypoint_serves_and_its_healthcheck_passes() -> None:

@@ -17,7 +17,7 @@ import pytest
 from sse_adapter.settings import Settings
 from tests.adapter_server import run_adapter
 from tests.end_client import Seen, assert_spec_clean, fixture, stream
-from tests.upstream_fake import Handler, Received, Writer, fake_upstream, sse
+from tests.upstream_fake import Handler, Received, Writer, content_frame, fake_upstream, sse
 
 pytestmark = pytest.mark.anyio
 
@@ -184,21 +184,10 @@ async def test_with_the_openai_sdk(row: Row) -> None:
     assert "".join(parts) == row.text
 
 
-def content_chunk(content: str) -> bytes:
-    body = {
-        "id": "c1",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": "up",
-        "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}],
-    }
-    return b"data: " + orjson.dumps(body) + b"\n\n"
-
-
 async def test_a_200_kb_delta_arrives_intact_with_no_line_over_the_limit() -> None:
     text = "".join(chr(0x4E00 + i % 500) if i % 3 else f"{i}\n" for i in range(70_000))
     assert len(text.encode()) > 200_000
-    async with fake_upstream(sse([content_chunk(text), b"data: [DONE]\n\n"])) as upstream:
+    async with fake_upstream(sse([content_frame(text), b"data: [DONE]\n\n"])) as upstream:
         async with run_adapter(Settings(upstream=upstream.url)) as adapter:
             seen = await stream(adapter, CHAT, {"model": "m", "stream": True})
     assert_spec_clean(seen.raw)  # no line over One-API's limit
@@ -209,7 +198,7 @@ async def test_a_200_kb_delta_arrives_intact_with_no_line_over_the_limit() -> No
 
 async def test_think_tags_split_across_chunks_reach_the_client_as_reasoning() -> None:
     pieces = ["<thi", "nk>Let me", " think.</th", "ink>\n\nThe answer", " is 4."]
-    body = [content_chunk(piece) for piece in pieces] + [b"data: [DONE]\n\n"]
+    body = [content_frame(piece) for piece in pieces] + [b"data: [DONE]\n\n"]
     async with fake_upstream(sse(body)) as upstream:
         async with run_adapter(Settings(upstream=upstream.url, think_tags="split")) as adapter:  # type: ignore[arg-type]
             seen = await stream(adapter, CHAT, {"model": "m", "stream": True})

@@ -5,29 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 import sys
 
 import httpx
 import orjson
 import pytest
 
-from tests.upstream_fake import Received, Writer, fake_upstream
+from tests.adapter_server import free_port
+from tests.upstream_fake import Received, Writer, content_frame, fake_upstream
 
 pytestmark = pytest.mark.anyio
 
 SHORT, LONG = 10, 10
-
-
-def token(n: int) -> bytes:
-    body = {
-        "id": "c",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": "m",
-        "choices": [{"index": 0, "delta": {"content": f"{n},"}, "finish_reason": None}],
-    }
-    return b"data: " + orjson.dumps(body) + b"\n\n"
 
 
 async def upstream_handler(request: Received, out: Writer) -> None:
@@ -35,18 +24,11 @@ async def upstream_handler(request: Received, out: Writer) -> None:
     await out.start(200, [("Content-Type", "text/event-stream")])
     n = 0
     while endless or n < 8:
-        await out.chunk(token(n))
+        await out.chunk(content_frame(f"{n},"))
         n += 1
         await asyncio.sleep(0.1)
     await out.chunk(b"data: [DONE]\n\n")
     await out.end()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 async def test_sigterm_drains_20_active_streams() -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -17,6 +17,7 @@ import pytest
 from sse_adapter.settings import Settings
 from tests.adapter_server import run_adapter
 from tests.upstream_fake import Handler, Received, Writer, fake_upstream
+from tests.upstream_fake import content_frame as chunk
 
 pytestmark = pytest.mark.anyio
 
@@ -24,17 +25,6 @@ CHAT = "/v1/chat/completions"
 SETTINGS = dict(heartbeat_interval=0.3, first_byte_timeout=1.0, idle_timeout=0.6, connect_timeout=1.0)
 SSE = [("Content-Type", "text/event-stream")]
 JSON = [("Content-Type", "application/json")]
-
-
-def chunk(content: str) -> bytes:
-    body = {
-        "id": "c",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": "m",
-        "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}],
-    }
-    return b"data: " + orjson.dumps(body) + b"\n\n"
 
 
 COMPLETION = orjson.dumps(
@@ -65,35 +55,39 @@ def reset_before_headers(streaming: bool) -> Handler:
     return handler
 
 
-def reset_mid_stream(streaming: bool) -> Handler:
-    async def handler(request: Received, out: Writer) -> None:
-        if streaming:
-            await out.start(200, SSE)
-            await out.chunk(chunk("half"))
-        else:
-            await out.start(200, [*JSON, ("Content-Length", str(len(COMPLETION)))], chunked=False)
-            await out.raw(COMPLETION[:20])
-        await asyncio.sleep(0.05)
-        out.reset()
+def partly_then(ending: Callable[[Writer], Awaitable[None]]) -> Fault:
+    """Headers and part of the answer, then ``ending``."""
 
-    return handler
+    def fault(streaming: bool) -> Handler:
+        async def handler(request: Received, out: Writer) -> None:
+            if streaming:
+                await out.start(200, SSE)
+                await out.chunk(chunk("half"))
+            else:
+                await out.start(200, [*JSON, ("Content-Length", str(len(COMPLETION)))], chunked=False)
+                await out.raw(COMPLETION[:20])
+            await ending(out)
+
+        return handler
+
+    return fault
+
+
+async def reset(out: Writer) -> None:
+    await asyncio.sleep(0.05)
+    out.reset()
+
+
+async def stall(out: Writer) -> None:
+    await asyncio.sleep(30)
+
+
+reset_mid_stream = partly_then(reset)
+stall_mid_stream = partly_then(stall)
 
 
 def stall_before_headers(streaming: bool) -> Handler:
     async def handler(request: Received, out: Writer) -> None:
-        await asyncio.sleep(30)
-
-    return handler
-
-
-def stall_mid_stream(streaming: bool) -> Handler:
-    async def handler(request: Received, out: Writer) -> None:
-        if streaming:
-            await out.start(200, SSE)
-            await out.chunk(chunk("half"))
-        else:
-            await out.start(200, [*JSON, ("Content-Length", str(len(COMPLETION)))], chunked=False)
-            await out.raw(COMPLETION[:20])
         await asyncio.sleep(30)
 
     return handler

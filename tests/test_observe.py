@@ -6,7 +6,6 @@ import asyncio
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sse_adapter import health
 from sse_adapter.settings import Settings
-from tests.adapter_server import run_adapter
+from tests.adapter_server import free_port, run_adapter
 from tests.end_client import fixture, stream
 from tests.upstream_fake import Received, Writer, fake_upstream, sse
 
@@ -131,13 +130,6 @@ async def test_one_access_line_per_request_without_prompts_or_keys(caplog: pytes
     assert len(fields["request_id"]) == 32
     text = line.getMessage() + repr(fields)
     assert "SECRET" not in text
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def test_two_workers_report_the_sum_of_both() -> None:

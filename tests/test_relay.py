@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from functools import partial
 
 import httpx
 import openai
@@ -14,7 +15,7 @@ from sse_adapter.oneapi import OneAPIRelay
 from sse_adapter.settings import Settings
 from tests.adapter_server import run_adapter
 from tests.end_client import Seen, assert_spec_clean, fixture, stream
-from tests.upstream_fake import Received, Writer, fake_upstream, sse
+from tests.upstream_fake import Received, Writer, content_frame, fake_upstream, sse
 
 pytestmark = pytest.mark.anyio
 
@@ -127,16 +128,7 @@ def silent_then(*steps: tuple[float, bytes], headers_after: float = 0.0) -> obje
     return handler
 
 
-def chunk(content: str) -> bytes:
-    body = {
-        "id": "chatcmpl-x",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": "up",
-        "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}],
-    }
-    return b"data: " + orjson.dumps(body) + b"\n\n"
-
+chunk = partial(content_frame, chunk_id="chatcmpl-x", model="up")
 
 INTERVAL = 0.2
 MARGIN = 0.1

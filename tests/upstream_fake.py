@@ -68,6 +68,18 @@ Handler = Callable[[Received, Writer], Awaitable[None]]
 SSE_HEADERS = (("Content-Type", "text/event-stream"),)
 
 
+def content_frame(content: str, chunk_id: str = "c", model: str = "m") -> bytes:
+    """One clean OpenAI chat chunk carrying ``content``, as a data frame."""
+    body = {
+        "id": chunk_id,
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": model,
+        "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}],
+    }
+    return b"data: " + orjson.dumps(body) + b"\n\n"
+
+
 def sse(
     pieces: Iterable[bytes], delay: float = 0.0, headers: Iterable[tuple[str, str]] = SSE_HEADERS
 ) -> Handler:
