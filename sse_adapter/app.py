@@ -152,7 +152,9 @@ class _Gateway:
         # Wait one interval for the upstream's answer, so a fast error keeps its
         # real status; past that, commit the 200 and keep the client alive.
         heartbeats = self.settings.heartbeats
-        if not await _settled(opening, self._grace(heartbeats)):
+        # Without heartbeats nothing keeps the client alive: the status waits, up to the first-byte timeout.
+        grace = self._grace(heartbeats) if heartbeats else self.settings.first_byte_timeout
+        if not await _settled(opening, grace):
             if not heartbeats:
                 opening.cancel()
                 raise UpstreamTimeout(
@@ -187,14 +189,11 @@ class _Gateway:
 
     def _grace(self, keeping_alive: bool) -> float | None:
         """How long to wait for the upstream before the 200 goes out: one
-        interval, so a fast error keeps its real status; with no keep-alive,
-        as long as the first-byte timeout allows."""
-        settings = self.settings
-        return (
-            min(settings.heartbeat_interval, settings.first_byte_timeout)
-            if keeping_alive
-            else (settings.first_byte_timeout)
-        )
+        interval, so a fast error keeps its real status. With no keep-alive,
+        there is no early 200: None, and the exchange's own deadlines apply."""
+        if not keeping_alive:
+            return None
+        return min(self.settings.heartbeat_interval, self.settings.first_byte_timeout)
 
     @staticmethod
     async def _refused(response: httpx.Response, watch: Watch) -> AdapterError:

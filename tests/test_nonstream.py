@@ -243,3 +243,18 @@ async def test_the_stream_upgrade_of_a_completion() -> None:
     assert got["choices"] == [
         {"index": 0, "text": "Once upon a time", "logprobs": None, "finish_reason": "length"}
     ]
+
+
+async def test_without_keepalive_a_silent_upstream_is_a_plain_504_never_spaces() -> None:
+    async with fake_upstream(answer(200, completion(content="never"), delay=3)) as upstream:
+        settings = Settings(
+            upstream=upstream.url,
+            heartbeat_interval=INTERVAL,
+            nonstream_keepalive=False,
+            first_byte_timeout=0.6,
+        )
+        async with run_adapter(settings) as adapter:
+            reply, _ = await post(adapter, ASK)
+    assert reply.status_code == 504
+    assert not reply.content.startswith(b" ")
+    assert reply.json()["error"]["code"] == "upstream_timeout"
