@@ -21,7 +21,7 @@ from rich.table import Table
 
 from sse_adapter.demo_upstream import DIALECTS, DemoDialect, demo_upstream, transcript
 from sse_adapter.endclient import EndClientView, read_through_one_api
-from sse_adapter.quirks import describe, framing_quirks, repairs_for
+from sse_adapter.quirks import describe, framing_quirks, read_as_relay
 from sse_adapter.server import serving
 from sse_adapter.settings import Settings
 
@@ -93,7 +93,7 @@ async def compare(dialect: DemoDialect, upstream: str, adapter: str, client: htt
         judge(direct, dialect),
         judge(adapted, dialect),
         tuple(describe(framing_quirks(raw))),
-        tuple(describe(repairs_for(raw))),
+        tuple(describe(read_as_relay(raw).repairs)),
     )
 
 

@@ -23,6 +23,7 @@ __all__ = [
     "body_error",
     "chunk_error",
     "event_error",
+    "excerpt",
     "is_real_usage",
 ]
 
@@ -48,7 +49,7 @@ class RequestFields:
     def parse(cls, body: bytes) -> RequestFields:
         fields = _loads(body)
         if not isinstance(fields, dict):
-            raise InvalidJSON(f"the request body is not a JSON object: {_excerpt(body)!r}")
+            raise InvalidJSON(f"the request body is not a JSON object: {excerpt(body)!r}")
         model = fields.get("model")
         return cls(stream=fields.get("stream") is True, model=model if isinstance(model, str) else "")
 
@@ -59,7 +60,7 @@ def chunk_error(chunk: dict[str, Any], status: int | None = None) -> UpstreamRep
     if isinstance(error, dict) and error:
         # OpenAI, vLLM, SGLang, llama.cpp, LocalAI; TGI >= 2.4.1 says http_status_code
         code = error.get("code", error.get("http_status_code"))
-        message = _text(error.get("message")) or _text(error.get("msg")) or _excerpt(orjson.dumps(error))
+        message = _text(error.get("message")) or _text(error.get("msg")) or excerpt(orjson.dumps(error))
         kind = _text(error.get("type"))
         return UpstreamReported(message, status=status, upstream_type=kind, upstream_code=code)
     if isinstance(error, str) and error:  # TGI <= 2.x, Xinference, Ollama
@@ -79,7 +80,7 @@ def event_error(data: str) -> UpstreamReported:
         found = chunk_error(parsed) or chunk_error({"error": parsed})
         if found is not None:
             return found
-    return UpstreamReported(_excerpt(data.encode()))
+    return UpstreamReported(excerpt(data.encode()))
 
 
 def body_error(status: int, content_type: str, body: bytes) -> UpstreamReported | None:
@@ -105,12 +106,13 @@ def is_real_usage(usage: object) -> bool:
 
 def _describe(status: int, content_type: str, body: bytes) -> str:
     if "html" in content_type.lower() or body.lstrip().startswith(b"<"):
-        text = _excerpt(_TAGS.sub(b" ", body))
+        text = excerpt(_TAGS.sub(b" ", body))
         return f"{text} (an HTML page: a proxy in front of the model server answered, not the server)"
-    return _excerpt(body) if body.strip() else f"HTTP {status} with an empty body"
+    return excerpt(body) if body.strip() else f"HTTP {status} with an empty body"
 
 
-def _excerpt(raw: bytes) -> str:
+def excerpt(raw: bytes) -> str:
+    """Some bytes of a body, on one line, short enough for an error message."""
     text = " ".join(raw.decode("utf-8", "replace").split())
     return text if len(text) <= _EXCERPT else text[:_EXCERPT] + "..."
 

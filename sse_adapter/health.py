@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import httpx
 
+from sse_adapter.upstream import why
+
 __all__ = ["Readiness"]
 
 _TTL = 5.0  # seconds a verdict is reused
@@ -38,7 +40,7 @@ class Readiness:
             try:
                 reply = await self.client.get(url, timeout=_TIMEOUT)
             except httpx.HTTPError as error:
-                failures.append(f"{url}: {str(error) or type(error).__name__}")
+                failures.append(f"{url}: {why(error)}")
                 continue
             if reply.is_success:
                 return None

@@ -21,7 +21,7 @@ import orjson
 
 from sse_adapter.chunks import Kind, StreamIdentity
 from sse_adapter.completion import Assembler, normalise_completion
-from sse_adapter.dialects import body_error
+from sse_adapter.dialects import body_error, excerpt
 from sse_adapter.errors import AdapterError, InternalError, UpstreamReported
 from sse_adapter.reading import is_event_stream, read_body, refusal, repaired
 from sse_adapter.repair import StreamRepairer
@@ -97,9 +97,8 @@ def _json(body: bytes, status: int) -> object:
     try:
         return orjson.loads(body.decode("utf-8", "replace"))
     except orjson.JSONDecodeError:
-        excerpt = " ".join(body[:200].decode("utf-8", "replace").split())
         raise UpstreamReported(
-            f"the upstream answered {status} with a body that is not JSON: {excerpt!r}"
+            f"the upstream answered {status} with a body that is not JSON: {excerpt(body)!r}"
         ) from None
 
 

@@ -19,14 +19,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from sse_adapter.chunks import Kind, StreamIdentity
 from sse_adapter.decoder import SSEDecoder
 from sse_adapter.endclient import EndClientView, read_through_one_api
-from sse_adapter.errors import AdapterError
 from sse_adapter.oneapi import accepts_stream, nonstream_error
-from sse_adapter.quirks import LABELS, framing_quirks
-from sse_adapter.repair import StreamRepairer
-from sse_adapter.settings import Settings
+from sse_adapter.quirks import LABELS, framing_quirks, read_as_relay
+from sse_adapter.upstream import why
 
 __all__ = ["RouteReport", "first_model", "probe", "show"]
 
@@ -80,7 +77,7 @@ async def probe(url: str, model: str, api_key: str | None) -> RouteReport:
         try:
             view = await read_through_one_api(client, report.url + CHAT, {**body, "stream": True})
         except httpx.HTTPError as error:
-            report.reasons.append(f"the stream request failed: {str(error) or type(error).__name__}")
+            report.reasons.append(f"the stream request failed: {why(error)}")
             return report
     _judge(report, view)
     return report
@@ -90,7 +87,7 @@ async def _nonstream(client: httpx.AsyncClient, report: RouteReport, body: dict[
     try:
         reply = await client.post(report.url + CHAT, json=body)
     except httpx.HTTPError as error:
-        report.nonstream_error = str(error) or type(error).__name__
+        report.nonstream_error = why(error)
         return
     report.nonstream_status = reply.status_code
     report.nonstream_error = nonstream_error(reply.status_code, reply.content)
@@ -100,8 +97,8 @@ def _judge(report: RouteReport, view: EndClientView) -> None:
     """What One-API's client got, against what the server meant to say."""
     report.stream_status = view.status
     report.first_byte_ms = view.frames[0][0] * 1000 if view.frames else None
-    meant_text, meant_error, repairs = _meant(view.raw)
-    report.quirks = dict(framing_quirks(view.raw)) | repairs | _foreign_fields(view.raw)
+    meant = read_as_relay(view.raw)
+    report.quirks = dict(framing_quirks(view.raw)) | dict(meant.repairs) | _foreign_fields(view.raw)
     report.ping_interval_s = _ping_interval(view)
     content_times = _content_times(view)
     if content_times:
@@ -119,33 +116,15 @@ def _judge(report: RouteReport, view: EndClientView) -> None:
         report.text, report.errors = view.text(), view.errors()
     except orjson.JSONDecodeError:
         report.reasons.append("One-API passes on a frame its client cannot parse")
-    if report.text != meant_text:
+    if report.text != meant.text:
         report.reasons.append(_lost_text(report.quirks))
-    if meant_error and not report.errors:
+    if meant.failed and not report.errors:
         report.reasons.append(
             "the server's error is dropped (a chunk with no choices): the user sees a truncated success"
         )
     if view.dones() != 1:
         report.reasons.append(f"the client gets {view.dones()} [DONE]")
     report.one_api_relays = not report.reasons
-
-
-def _meant(raw: bytes) -> tuple[str, bool, dict[str, int]]:
-    """The text, whether an error, and the repairs needed, as the adapter's pipeline reads the stream."""
-    decoder = SSEDecoder(field_events=frozenset({"error"}))
-    repairer = StreamRepairer(StreamIdentity(Kind.CHAT, "", 0), Settings(upstream="http://probe"))
-    text: list[str] = []
-    try:
-        for event in decoder.feed(raw) + decoder.flush():
-            for payload in repairer.repair(event):
-                for choice in orjson.loads(payload).get("choices") or []:
-                    text.append((choice.get("delta") or {}).get("content") or "")
-            if repairer.finished:
-                break
-        repairer.finish()  # a stream of nothing but other shapes, or no events at all, is an error
-    except AdapterError:
-        return "".join(text), True, dict(repairer.repairs)
-    return "".join(text), False, dict(repairer.repairs)
 
 
 def _ping_interval(view: EndClientView) -> float | None:

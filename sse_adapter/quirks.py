@@ -1,15 +1,19 @@
 """Names what is off in an upstream's raw stream, and what the adapter repairs (pure).
 
 ``framing_quirks`` reads the bytes a model server sent and lists the quirks
-of shared/upstream-dialects.md it shows. ``repairs_for`` runs the adapter's
-own decode-and-repair pipeline over the same bytes and returns what it
-changed, so what the demo reports is what the relay does.
+of shared/upstream-dialects.md it shows. ``read_as_relay`` runs the
+adapter's own decode-and-repair pipeline over the same bytes: the text it
+yields, whether it ends in an error, and what it changed, so what the demo
+and the probe report is what the relay does.
 """
 
 from __future__ import annotations
 
 import re
 from collections import Counter
+from dataclasses import dataclass
+
+import orjson
 
 from sse_adapter.chunks import Kind, StreamIdentity
 from sse_adapter.decoder import SSEDecoder
@@ -18,7 +22,7 @@ from sse_adapter.oneapi import LINE_LIMIT
 from sse_adapter.repair import StreamRepairer
 from sse_adapter.settings import Settings
 
-__all__ = ["LABELS", "describe", "framing_quirks", "repairs_for"]
+__all__ = ["LABELS", "Reading", "describe", "framing_quirks", "read_as_relay"]
 
 LABELS = {
     # framing, as read from the raw bytes
@@ -78,20 +82,29 @@ def framing_quirks(raw: bytes) -> Counter[str]:
     return +found  # only what is there
 
 
-def repairs_for(raw: bytes, kind: Kind = Kind.CHAT, settings: Settings | None = None) -> Counter[str]:
-    """What the relay's repair pipeline changes in this body, by kind."""
-    settings = settings or Settings(upstream="http://demo")
-    decoder = SSEDecoder(settings.max_event_bytes, field_events=frozenset({"error"}))
-    repairer = StreamRepairer(StreamIdentity(kind, "", 0), settings)
+@dataclass(frozen=True, slots=True)
+class Reading:
+    text: str  # the content the client gets
+    failed: bool  # the stream ends in an error
+    repairs: Counter[str]
+
+
+def read_as_relay(raw: bytes) -> Reading:
+    """A chat stream's raw bytes, read by the relay's own decode-and-repair pipeline."""
+    decoder = SSEDecoder(field_events=frozenset({"error"}))
+    repairer = StreamRepairer(StreamIdentity(Kind.CHAT, "", 0), Settings(upstream="http://reading"))
+    text: list[str] = []
     try:
         for event in decoder.feed(raw) + decoder.flush():
-            repairer.repair(event)
+            for payload in repairer.repair(event):
+                for choice in orjson.loads(payload).get("choices") or []:
+                    text.append((choice.get("delta") or {}).get("content") or "")
             if repairer.finished:
                 break
-        repairer.finish()
+        repairer.finish()  # a stream of nothing but other shapes, or no events at all, is an error
     except AdapterError:
-        pass  # the error itself is counted; the relay stops there too
-    return +repairer.repairs
+        return Reading("".join(text), True, +repairer.repairs)  # the relay stops there too
+    return Reading("".join(text), False, +repairer.repairs)
 
 
 def describe(found: Counter[str]) -> list[str]:

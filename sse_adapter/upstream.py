@@ -18,7 +18,7 @@ from sse_adapter.errors import (
 )
 from sse_adapter.settings import Settings
 
-__all__ = ["Upstream", "UpstreamRequest", "forwardable", "map_errors"]
+__all__ = ["Upstream", "UpstreamRequest", "forwardable", "map_errors", "why"]
 
 # RFC 9110, section 7.6.1: meaningful for one connection only. Host and the
 # body's length are set again for the upstream connection by httpx.
@@ -65,8 +65,9 @@ class UpstreamRequest:
         return replace(self, body=body)
 
 
-def _why(exc: Exception) -> str:
-    return str(exc) or type(exc).__name__  # some httpx errors carry no message
+def why(exc: Exception) -> str:
+    """An error's words, or its name: some httpx errors carry no message."""
+    return str(exc) or type(exc).__name__
 
 
 @contextmanager
@@ -81,16 +82,16 @@ def map_errors(url: str) -> Iterator[None]:
         ) from exc
     except (httpx.ConnectError, httpx.UnsupportedProtocol) as exc:
         raise UpstreamUnreachable(
-            f"cannot connect to the upstream at {url} ({_why(exc)}); "
+            f"cannot connect to the upstream at {url} ({why(exc)}); "
             "check that the model server is running and that --upstream points at it"
         ) from exc
     except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
         raise UpstreamDisconnected(
-            f"the upstream at {url} broke off the response ({_why(exc)}); "
+            f"the upstream at {url} broke off the response ({why(exc)}); "
             "the answer is incomplete: check the model server's logs"
         ) from exc
     except httpx.HTTPError as exc:
-        raise UpstreamError(f"the request to the upstream at {url} failed: {_why(exc)}") from exc
+        raise UpstreamError(f"the request to the upstream at {url} failed: {why(exc)}") from exc
 
 
 class Upstream:
