@@ -5,7 +5,8 @@ incremental chunked decoder, frames counted rather than parsed.
 
 Writes one JSON object to RESULT_FILE (a file, not stdout: a pipe would
 block a client whose result is large while another's is read): events
-received, seconds, and per mode the event delays (paced) or heartbeat gaps (idle).
+received, seconds, how long the streams took to open, and per mode the event
+delays and arrival times (paced, lockstep) or the heartbeat gaps (idle).
 """
 
 from __future__ import annotations
@@ -78,8 +79,10 @@ async def one_stream(url: str, plan: dict[str, object], record: dict[str, list[f
         frames = text.split(b"\n\n")
         tail = frames.pop()
         events += len(frames)
-        if plan["mode"] == "paced":
-            record["delays"] += [now - int(stamp) / 1e9 for stamp in STAMP.findall(b"".join(frames))]
+        if plan["mode"] in ("paced", "lockstep"):
+            stamps = STAMP.findall(b"".join(frames))
+            record["delays"] += [now - int(stamp) / 1e9 for stamp in stamps]
+            record["arrivals"] += [now] * len(stamps)
         elif plan["mode"] == "idle" and frames:
             record["gaps"].append([last, now - last])  # when the silence began, and how long it was
             last = now
@@ -97,7 +100,7 @@ async def counted(url: str, plan: dict[str, object], record: dict[str, list[floa
 
 
 async def run(url: str, streams: int, plan: dict[str, object]) -> dict[str, object]:
-    record: dict[str, list[float]] = {"delays": [], "gaps": [], "ready": [], "errors": []}
+    record: dict[str, list[float]] = {"delays": [], "arrivals": [], "gaps": [], "ready": [], "errors": []}
     ramp = float(plan.get("ramp", 0.0)) / streams  # type: ignore[arg-type]
     start = time.monotonic()
     counts = await asyncio.gather(*(counted(url, plan, record, n * ramp) for n in range(streams)))
@@ -105,7 +108,8 @@ async def run(url: str, streams: int, plan: dict[str, object]) -> dict[str, obje
         "events": sum(counts),
         "seconds": time.monotonic() - start,
         **record,
-        "ready": max(record["ready"]),
+        "ready": max(record["ready"], default=start),
+        "opened_in": max(record["ready"], default=start) - start,
     }
 
 

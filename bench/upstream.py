@@ -2,9 +2,12 @@
 
 Raw asyncio and pre-built frames. What to stream comes in the request body's
 "bench" field, which the adapter forwards untouched:
-  {"mode": "burst", "events": N}             N events, as fast as the socket takes them
-  {"mode": "paced", "rate": R, "seconds": S} R events a second, each stamped with its send time
-  {"mode": "idle", "seconds": S}             headers, then silence (a model thinking)
+  {"mode": "burst", "events": N}                N events, as fast as the socket takes them
+  {"mode": "paced", "rate": R, "seconds": S}    R events a second, each stamped with its send time
+  {"mode": "lockstep", "rate": R, "seconds": S} as paced, but every lockstep stream of that rate gets
+                                                its event at the same instant, one HTTP chunk each:
+                                                the pattern of a GPU server's continuous batching
+  {"mode": "idle", "seconds": S}                headers, then silence (a model thinking)
 
     python bench/upstream.py PORT
 """
@@ -35,6 +38,39 @@ def stamped() -> bytes:
     """A token whose content is its send time (CLOCK_MONOTONIC is the same in every process)."""
     stamp = str(time.monotonic_ns()).encode()
     return PREFIX + b'"choices":[{"index":0,"delta":{"content":"' + stamp + b'"},"finish_reason":null}]}\n\n'
+
+
+class Lockstep:
+    """One clock per rate: each tick writes the same stamped event to every stream on it."""
+
+    def __init__(self, rate: float) -> None:
+        self.interval = 1 / rate
+        self.streams: dict[asyncio.StreamWriter, tuple[float, asyncio.Future[None]]] = {}
+        self.task: asyncio.Task[None] | None = None
+
+    async def join(self, writer: asyncio.StreamWriter, seconds: float) -> None:
+        done = asyncio.get_running_loop().create_future()
+        self.streams[writer] = (time.monotonic() + seconds, done)
+        if self.task is None or self.task.done():
+            self.task = asyncio.ensure_future(self.tick())
+        await done
+
+    async def tick(self) -> None:
+        next_at = time.monotonic()
+        while self.streams:
+            frame = chunked(stamped())
+            now = time.monotonic()
+            for writer, (end, done) in list(self.streams.items()):
+                if now >= end or writer.is_closing():
+                    del self.streams[writer]
+                    done.set_result(None)
+                else:
+                    writer.write(frame)
+            next_at += self.interval
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+
+
+CLOCKS: dict[float, Lockstep] = {}
 
 
 async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -72,6 +108,9 @@ async def stream(writer: asyncio.StreamWriter, plan: dict[str, float]) -> None:
             await writer.drain()
             next_at += interval
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+    elif plan["mode"] == "lockstep":
+        clock = CLOCKS.setdefault(plan["rate"], Lockstep(plan["rate"]))
+        await clock.join(writer, plan["seconds"])
     else:
         await asyncio.sleep(plan["seconds"])
 

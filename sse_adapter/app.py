@@ -9,29 +9,27 @@ from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
-import anyio
 import httpx
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
-from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp
 
 from sse_adapter.chunks import Kind, StreamIdentity, heartbeat_chunk
 from sse_adapter.dialects import RequestFields
 from sse_adapter.encoder import comment, frame
-from sse_adapter.errors import AdapterError, RequestTooLarge, TooManyStreams, UpstreamTimeout
+from sse_adapter.errors import AdapterError, RequestTooLarge, TooManyStreams
 from sse_adapter.guard import Guard
 from sse_adapter.health import Readiness
 from sse_adapter.metrics import Metrics
 from sse_adapter.nonstream import complete, keepalive_body
 from sse_adapter.observe import Observe, RequestStats
-from sse_adapter.reading import is_event_stream, refusal
-from sse_adapter.relay import StreamRelay
+from sse_adapter.pipeline import Pipeline
+from sse_adapter.relay import EventStream
 from sse_adapter.repair import StreamRepairer
 from sse_adapter.settings import HeartbeatMode, Settings
-from sse_adapter.timeouts import Watch
 from sse_adapter.upstream import Upstream, UpstreamRequest, forwardable
 
 __all__ = ["create_app"]
@@ -43,7 +41,7 @@ _RETRY_AFTER = "1"  # seconds: streams end all the time
 
 def create_app(settings: Settings) -> FastAPI:
     gateway = _Gateway(settings)
-    app = FastAPI(
+    app = _App(
         title="sse-adapter",
         lifespan=gateway.lifespan,
         docs_url=None,
@@ -59,11 +57,21 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(AdapterError, _adapter_error)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
     app.add_middleware(Guard, api_keys=settings.api_keys)
-    # outermost: it sees every answer, 401s too
-    app.add_middleware(
+    app.observer = partial(
         Observe, metrics=gateway.metrics, trace_dir=settings.trace_dir, trace_bodies=settings.trace_bodies
     )
     return app
+
+
+class _App(FastAPI):
+    """FastAPI with the access observer outside even FastAPI's own error
+    middleware: it sees every answer, a 401 or a 500 too, and it hands the
+    server's own ``send`` on to the relay (see observe.py)."""
+
+    observer: Callable[[ASGIApp], ASGIApp] = staticmethod(lambda app: app)
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return self.observer(super().build_middleware_stack())
 
 
 class _Gateway:
@@ -78,7 +86,7 @@ class _Gateway:
     async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
         async with Upstream(self.settings) as upstream:
             self._upstream = upstream
-            self._readiness = Readiness(upstream.client, upstream.base_url)
+            self._readiness = Readiness(upstream)
             yield
             self._upstream = None
 
@@ -134,49 +142,26 @@ class _Gateway:
             )
         self.streams += 1
         self.metrics.active_streams.inc()
-        try:
-            return await self._open_stream(request, fields, kind, stats)
-        except BaseException:
-            self._stream_closed()
-            raise
+        return self._open_stream(request, fields, kind, stats)
 
     def _stream_closed(self) -> None:
         self.streams -= 1
         self.metrics.active_streams.dec()
 
-    async def _open_stream(
+    def _open_stream(
         self, request: UpstreamRequest, fields: RequestFields, kind: Kind, stats: RequestStats
     ) -> Response:
-        watch = Watch(self.settings, self.upstream.url(request), anyio.current_time(), stats.tap)
-        opening = asyncio.ensure_future(self.upstream.open(request))
-        # Wait one interval for the upstream's answer, so a fast error keeps its
-        # real status; past that, commit the 200 and keep the client alive.
-        heartbeats = self.settings.heartbeats
-        # Without heartbeats nothing keeps the client alive: the status waits, up to the first-byte timeout.
-        grace = self._grace(heartbeats) if heartbeats else self.settings.first_byte_timeout
-        if not await _settled(opening, grace):
-            if not heartbeats:
-                opening.cancel()
-                raise UpstreamTimeout(
-                    f"the upstream at {watch.url} sent no answer within the first-byte timeout"
-                )
-        elif not is_event_stream(response := opening.result()):
-            stats.upstream_status = response.status_code
-            raise await self._refused(response, watch)
         identity = StreamIdentity(kind, fields.model, int(time.time()))
-        relay = StreamRelay(
-            opening,
-            watch,
-            StreamRepairer(identity, self.settings),
+        pipeline = Pipeline(StreamRepairer(identity, self.settings), self.settings.max_event_bytes)
+        return EventStream(
+            self.upstream,
+            request,
+            pipeline,
+            self.settings,
+            stats,
             heartbeat=self._heartbeat(identity),
-            interval=self.settings.heartbeat_interval,
-            max_event_bytes=self.settings.max_event_bytes,
-            shutdown_grace=self.settings.shutdown_grace,
-            stats=stats,
             on_close=self._stream_closed,
         )
-        stats.heartbeat_mode = self.settings.heartbeat_mode.value
-        return _event_stream(relay, self.settings.shutdown_grace)
 
     async def _complete(self, request: UpstreamRequest, kind: Kind, stats: RequestStats) -> Response:
         answering = asyncio.ensure_future(complete(self.upstream, request, kind, self.settings, stats.tap))
@@ -194,15 +179,6 @@ class _Gateway:
         if not keeping_alive:
             return None
         return min(self.settings.heartbeat_interval, self.settings.first_byte_timeout)
-
-    @staticmethod
-    async def _refused(response: httpx.Response, watch: Watch) -> AdapterError:
-        """An answer that is no stream becomes our error, with the upstream's
-        words and, when it was an error status, that status."""
-        try:
-            return await refusal(response, watch)
-        finally:
-            await response.aclose()
 
     def _heartbeat(self, identity: StreamIdentity) -> Callable[[], bytes] | None:
         mode = self.settings.heartbeat_mode
@@ -235,25 +211,6 @@ async def _settled(task: asyncio.Future[Any], grace: float | None) -> bool:
         task.cancel()  # the request itself was cancelled
         raise
     return task.done()
-
-
-def _event_stream(relay: StreamRelay, shutdown_grace: float) -> Response:
-    sender, receiver = anyio.create_memory_object_stream[bytes](0)
-    response = EventSourceResponse(
-        receiver,
-        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"},
-        ping=0,  # its pings run on a fixed timer; ours are idle-based, in the relay
-        sep="\n",
-        data_sender_callable=partial(relay.run, sender),
-        background=BackgroundTask(relay.close),
-        # On shutdown it sets the relay's event, which ends the stream cleanly
-        # after --shutdown-grace; its own cut comes only after a margin.
-        shutdown_event=relay.shutdown,
-        shutdown_grace_period=shutdown_grace + 2,
-    )
-    # sse-starlette forces this hop-by-hop header, which HTTP/2 forbids (shared/keepalive.md).
-    del response.headers["connection"]
-    return response
 
 
 def _passthrough(response: httpx.Response) -> Response:

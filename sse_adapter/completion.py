@@ -11,6 +11,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import orjson
+
 from sse_adapter.chunks import Kind
 from sse_adapter.dialects import is_real_usage
 from sse_adapter.repair import map_finish_reason, reasoning_name, rename_reasoning
@@ -104,6 +106,11 @@ class Assembler:
             self._usage = chunk["usage"]
         for choice in chunk.get("choices") or ():
             self._add_choice(choice)
+
+    def add_all(self, payloads: list[bytes]) -> None:
+        """Repaired payloads, as the relay would send them."""
+        for payload in payloads:
+            self.add(orjson.loads(payload))
 
     def result(self) -> dict[str, Any]:
         choices = [self._finished(index) for index in sorted(self._choices)]

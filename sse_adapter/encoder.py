@@ -7,7 +7,7 @@ leaves as a single ``data: <payload>\\n\\n`` frame.
 
 from __future__ import annotations
 
-__all__ = ["DONE", "comment", "frame"]
+__all__ = ["DONE", "comment", "frame", "frames"]
 
 DONE = b"data: [DONE]\n\n"
 
@@ -22,6 +22,19 @@ def frame(payload: bytes) -> bytes:
     if b"\n" in payload or b"\r" in payload:
         raise ValueError("an SSE payload sent to One-API must be a single line")
     return b"data: " + payload + b"\n\n"
+
+
+def frames(payloads: list[bytes]) -> bytes:
+    """The frames of several payloads, as one write: what one upstream read completes.
+
+    Unlike :func:`frame` it does not look for line breaks, for it runs per
+    event: its payloads are single lines by construction, either a line the
+    decoder split off (it splits on CR and LF) or orjson's output (which
+    escapes both).
+    """
+    if not payloads:
+        return b""
+    return b"data: " + b"\n\ndata: ".join(payloads) + b"\n\n"
 
 
 def comment(text: str) -> bytes:

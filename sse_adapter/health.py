@@ -6,9 +6,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-import httpx
-
-from sse_adapter.upstream import why
+from sse_adapter.errors import AdapterError
+from sse_adapter.upstream import Upstream
 
 __all__ = ["Readiness"]
 
@@ -20,8 +19,7 @@ _PATHS = ("/health", "/v1/models")
 
 @dataclass
 class Readiness:
-    client: httpx.AsyncClient
-    base_url: str
+    upstream: Upstream
     _checked_at: float = float("-inf")
     _reason: str | None = None  # None: ready
 
@@ -36,13 +34,16 @@ class Readiness:
     async def _check(self) -> str | None:
         failures = []
         for path in _PATHS:
-            url = self.base_url + path
+            url = self.upstream.base_url + path
             try:
-                reply = await self.client.get(url, timeout=_TIMEOUT)
-            except httpx.HTTPError as error:
-                failures.append(f"{url}: {why(error)}")
+                status = await self.upstream.get(path, _TIMEOUT)
+            except TimeoutError:
+                failures.append(f"{url}: no answer within {_TIMEOUT:g} s")
                 continue
-            if reply.is_success:
+            except AdapterError as error:
+                failures.append(error.message)  # it names the URL
+                continue
+            if 200 <= status < 300:
                 return None
-            failures.append(f"{url} answered {reply.status_code}")
+            failures.append(f"{url} answered {status}")
         return "the upstream does not answer: " + "; ".join(failures)

@@ -10,24 +10,23 @@ with a non-empty ``error.type``, which One-API reads as an error.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-import anyio
 import orjson
 
 from sse_adapter.chunks import Kind, StreamIdentity
 from sse_adapter.completion import Assembler, normalise_completion
 from sse_adapter.dialects import body_error, excerpt
 from sse_adapter.errors import AdapterError, InternalError, UpstreamReported
-from sse_adapter.reading import is_event_stream, read_body, refusal, repaired
+from sse_adapter.pipeline import Pipeline
+from sse_adapter.reading import is_event_stream, read_body, refusal
 from sse_adapter.repair import StreamRepairer
 from sse_adapter.settings import Settings
 from sse_adapter.timeouts import Watch
-from sse_adapter.upstream import Upstream, UpstreamRequest
+from sse_adapter.upstream import Upstream, UpstreamRequest, map_errors
 
 __all__ = ["Answer", "complete", "keepalive_body"]
 
@@ -49,16 +48,18 @@ async def complete(
     tap: Callable[[bytes], None] | None = None,
 ) -> Answer:
     """The normalised non-stream answer; an upstream failure raises our error."""
-    watch = Watch(settings, upstream.url(request), anyio.current_time(), tap)
+    watch = Watch(settings, upstream.url(request), asyncio.get_running_loop().time(), tap)
     if settings.nonstream_via_stream:
-        return Answer(200, await _assembled(upstream, request, kind, settings, watch))
-    response = await watch.timed(upstream.open(request))
-    try:
-        if not response.is_success:
-            raise await refusal(response, watch)
-        body = await read_body(response, watch, settings.max_event_bytes)
-    finally:
-        await response.aclose()
+        with watch:
+            return Answer(200, await _assembled(upstream, request, kind, settings, watch))
+    with watch:
+        response = await upstream.open(request)
+        try:
+            if not response.is_success:
+                raise await refusal(response, watch)
+            body = await read_body(response, watch, settings.max_event_bytes)
+        finally:
+            await response.aclose()
     content_type = response.headers.get("content-type", "")
     error = body_error(response.status_code, content_type, body)
     if error is not None:
@@ -74,19 +75,29 @@ async def _assembled(
     upstream: Upstream, request: UpstreamRequest, kind: Kind, settings: Settings, watch: Watch
 ) -> bytes:
     """Ask for a stream and build the answer from it, so failures show as they happen."""
-    response = await watch.timed(upstream.open(request.with_body(_as_stream_request(request.body))))
+    response = await upstream.open(request.with_body(_as_stream_request(request.body)))
     try:
         if not is_event_stream(response):
             raise await refusal(response, watch)
-        repairer = StreamRepairer(StreamIdentity(kind, "", int(time.time())), settings)
+        pipeline = Pipeline(
+            StreamRepairer(StreamIdentity(kind, "", int(time.time())), settings), settings.max_event_bytes
+        )
         assembler = Assembler(kind)
-        reads = repaired(response, repairer, watch, settings.max_event_bytes)
-        async with contextlib.aclosing(reads):
-            async for payloads in reads:
-                for payload in payloads:
-                    assembler.add(orjson.loads(payload))
-        for payload in repairer.finish():
-            assembler.add(orjson.loads(payload))
+        with map_errors(watch.url):
+            async for raw in response.aiter_bytes():
+                payloads, event, failure = pipeline.feed(raw)
+                watch.received(raw, event)
+                assembler.add_all(payloads)
+                if failure is not None:
+                    raise failure
+                if pipeline.finished:
+                    break
+        if not pipeline.finished:
+            payloads, failure = pipeline.flush()
+            assembler.add_all(payloads)
+            if failure is not None:
+                raise failure
+        assembler.add_all(pipeline.finish())
         return orjson.dumps(assembler.result())
     finally:
         await response.aclose()

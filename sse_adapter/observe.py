@@ -3,6 +3,12 @@
 The routes and the relay fill a :class:`RequestStats` as they go (found at
 ``request.state.stats``); this middleware, outermost, writes it out when the
 response has ended, streams included. No prompt text and no key is logged.
+
+It also leaves the server's own ``send`` in the scope under :data:`WIRE`. A
+stream sends its status line through every middleware, then writes its
+frames there: one event passing five ``send`` wrappers, each a coroutine,
+cost more than decoding it. Nothing between may therefore change a response
+body; the relay records the frames for ``--trace-dir`` itself.
 """
 
 from __future__ import annotations
@@ -19,7 +25,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from sse_adapter.metrics import Metrics
 from sse_adapter.trace import Trace
 
-__all__ = ["Observe", "RequestStats"]
+__all__ = ["WIRE", "Observe", "RequestStats"]
+
+WIRE = "sse_adapter.wire"
 
 log = logging.getLogger("sse_adapter.access")
 
@@ -69,6 +77,7 @@ class Observe:
             headers = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in scope["headers"]]
             stats.trace = Trace(self.trace_dir, self.trace_bodies, scope["method"], scope["path"], headers)
         scope.setdefault("state", {})["stats"] = stats
+        scope[WIRE] = send
         status, request_id = 500, "-"
 
         async def recording(message: Message) -> None:

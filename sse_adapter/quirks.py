@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import orjson
 
 from sse_adapter.chunks import Kind, StreamIdentity
-from sse_adapter.decoder import SSEDecoder
 from sse_adapter.errors import AdapterError
 from sse_adapter.oneapi import LINE_LIMIT
+from sse_adapter.pipeline import Pipeline
 from sse_adapter.repair import StreamRepairer
 from sse_adapter.settings import Settings
 
@@ -91,19 +91,23 @@ class Reading:
 
 def read_as_relay(raw: bytes) -> Reading:
     """A chat stream's raw bytes, read by the relay's own decode-and-repair pipeline."""
-    decoder = SSEDecoder(field_events=frozenset({"error"}))
-    repairer = StreamRepairer(StreamIdentity(Kind.CHAT, "", 0), Settings(upstream="http://reading"))
+    settings = Settings(upstream="http://reading")
+    repairer = StreamRepairer(StreamIdentity(Kind.CHAT, "", 0), settings)
+    pipeline = Pipeline(repairer, settings.max_event_bytes)
     text: list[str] = []
+    payloads, _, failure = pipeline.feed(raw)
+    if failure is None and not pipeline.finished:
+        more, failure = pipeline.flush()
+        payloads += more
+    for payload in payloads:
+        for choice in orjson.loads(payload).get("choices") or []:
+            text.append((choice.get("delta") or {}).get("content") or "")
     try:
-        for event in decoder.feed(raw) + decoder.flush():
-            for payload in repairer.repair(event):
-                for choice in orjson.loads(payload).get("choices") or []:
-                    text.append((choice.get("delta") or {}).get("content") or "")
-            if repairer.finished:
-                break
+        if failure is not None:
+            raise failure  # the relay stops there too
         repairer.finish()  # a stream of nothing but other shapes, or no events at all, is an error
     except AdapterError:
-        return Reading("".join(text), True, +repairer.repairs)  # the relay stops there too
+        return Reading("".join(text), True, +repairer.repairs)
     return Reading("".join(text), False, +repairer.repairs)
 
 

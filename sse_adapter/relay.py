@@ -1,163 +1,298 @@
-"""One stream, from the upstream's bytes to the client's frames, and its clock.
+"""One stream, from the upstream's bytes to the client's frames, and its clocks.
 
-A stream is tasks writing whole frames to one channel: the pump (read,
-decode, repair, encode; one write per upstream read) and the keep-alive,
-which writes a heartbeat whenever the client side has been idle for an
-interval. The channel carries whole frames, so the two never interleave
-inside one; the keep-alive is stopped before the last frames are written, so
-nothing follows ``[DONE]``. On shutdown the stream gets a grace period to
-finish; past it, it ends with an in-band error, between two frames.
+A stream is one task of its own: it opens the upstream, then for each
+upstream read decodes, repairs and makes one ASGI send of the frames the
+read completes. Nothing else runs per event; three things wait beside it:
+
+- the heartbeat timer, re-armed lazily from the time of the last write. When
+  the client has been sent nothing for an interval, a heartbeat goes out from
+  a short task of its own. The two writers take turns (``_writing``), so
+  frames never interleave and nothing follows ``[DONE]``;
+- the watch's deadline timer (:mod:`sse_adapter.timeouts`), which cancels the
+  stream's task with an upstream timeout;
+- one waiter on ``receive()``, which cancels the stream's task when the client
+  leaves, so the upstream request is closed and the model stops generating.
+
+Until something is written the status is open: an upstream that fails fast
+keeps its real status. The first heartbeat commits a 200; after that an
+error goes in-band. On shutdown uvicorn cancels the request once its graceful
+timeout (``--shutdown-grace``) has passed, and the stream ends with an
+in-band ``shutting_down`` error and ``[DONE]``, between two frames.
+
+A slow client slows the upstream: the stream's send waits on uvicorn's flow
+control, so the stream stops reading, and aiohttp stops reading the socket
+once its buffer is full. Nothing is queued in between.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
-import anyio
 import httpx
-from anyio.abc import ObjectSendStream
+import orjson
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
 
 from sse_adapter.chunks import error_chunk
-from sse_adapter.encoder import DONE, frame
+from sse_adapter.encoder import DONE, frame, frames
 from sse_adapter.errors import AdapterError, InternalError, ShuttingDown
-from sse_adapter.observe import RequestStats
-from sse_adapter.reading import is_event_stream, refusal, repaired
-from sse_adapter.repair import StreamRepairer
+from sse_adapter.observe import WIRE, RequestStats
+from sse_adapter.pipeline import Pipeline
+from sse_adapter.reading import is_event_stream, refusal
+from sse_adapter.settings import Settings
 from sse_adapter.timeouts import Watch
+from sse_adapter.upstream import Upstream, UpstreamRequest, map_errors
 
-__all__ = ["StreamRelay"]
+__all__ = ["EventStream"]
 
 log = logging.getLogger(__name__)
 
+_HEADERS = [
+    (b"content-type", b"text/event-stream"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),  # nginx: pass each frame on at once
+]
 
-class StreamRelay:
-    """Relays one upstream stream; ``run`` is the whole life of it."""
+
+class EventStream(Response):
+    """The ASGI response of one streaming request; calling it is the stream's whole life.
+
+    A plain ASGI response, not sse-starlette's: its cancel scope per send and
+    its task group cost more per event than the whole relay may (see README,
+    Performance), and the frames are made here already.
+    """
+
+    _send: Send
+    _loop: asyncio.AbstractEventLoop
+    _watch: Watch
 
     def __init__(
         self,
-        opening: asyncio.Future[httpx.Response],
-        watch: Watch,
-        repairer: StreamRepairer,
+        upstream: Upstream,
+        request: UpstreamRequest,
+        pipeline: Pipeline,
+        settings: Settings,
+        stats: RequestStats,
         *,
         heartbeat: Callable[[], bytes] | None,
-        interval: float,
-        max_event_bytes: int,
-        shutdown_grace: float,
-        stats: RequestStats,
         on_close: Callable[[], None] = lambda: None,
     ) -> None:
-        self._opening = opening
-        self._watch = watch
-        self._repairer = repairer
-        self._heartbeat = heartbeat
-        self._interval = interval
-        self._max_event_bytes = max_event_bytes
-        self._shutdown_grace = shutdown_grace
-        self._on_close = on_close
+        self.status_code = 200  # what the route hands FastAPI; the real status is sent by __call__
+        self.background = None
+        self._upstream = upstream
+        self._request = request
+        self._pipeline = pipeline
+        self._settings = settings
         self._stats = stats
-        self._last_write = watch.deadlines.started  # the client has waited since its request came in
-        self._pumping = anyio.CancelScope()
-        self._closed = False
-        self.shutdown = anyio.Event()  # set by the response when the server stops
+        self._heartbeat = heartbeat
+        self._interval = settings.heartbeat_interval
+        self._on_close = on_close
+        self._last_write = stats.started  # the client has waited since its request came in
+        self._committed = False  # the 200 has gone out
+        self._writing = False  # a send is under way, the stream's or a heartbeat's
+        self._ended = False  # the last frames are due: no more heartbeats, no more cancels
+        self._client_gone = False
+        self._shutting_down = False
+        self._beat_timer: asyncio.TimerHandle | None = None
+        self._beat_task: asyncio.Task[None] | None = None
+        self._response: httpx.Response | None = None
+        self._refusal: AdapterError | None = None
+        self._tail: list[bytes] = []  # the payloads that end a clean stream
 
-    async def run(self, out: ObjectSendStream[bytes]) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run the stream in a task of its own, and wait for it.
+
+        Its own task, not the request's: every resumption of a task runs down
+        its whole stack of awaits, and the request's is some twenty middleware
+        and routing frames deep, a toll each event would pay.
+        """
+        self._send = send
+        self._wire: Send = scope.get(WIRE, send)  # past the middlewares, for the frames
+        self._loop = loop = asyncio.get_running_loop()
+        self._watch = Watch(
+            self._settings, self._upstream.url(self._request), self._stats.started, self._stats.tap
+        )
+        if self._heartbeat is not None:
+            self._beat_timer = loop.call_at(self._last_write + self._interval, self._beat_due)
+        stream = loop.create_task(self._life())
+        waiter = loop.create_task(self._wait_for_leave(receive, stream))
         try:
-            async with out:
-                async with anyio.create_task_group() as helpers:
-                    if self._heartbeat is not None:
-                        helpers.start_soon(self._keep_alive, out, self._heartbeat)
-                    helpers.start_soon(self._stop_on_shutdown)
-                    last = await self._relay(out)
-                    helpers.cancel_scope.cancel()
-                await out.send(last + DONE)
+            await asyncio.wait({stream})  # unlike await, never cancels what it waits on
+        except asyncio.CancelledError:  # uvicorn ends what outlasts its graceful shutdown
+            self._shutting_down = True
+            stream.cancel()
+            await asyncio.wait({stream})
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
         finally:
-            await self.close()
+            waiter.cancel()
+        stream.result()  # a failure of the relay itself is uvicorn's to log
 
-    async def close(self) -> None:
-        """Release the upstream, so no generation goes on for nobody. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        self._on_close()
-        with anyio.move_on_after(5, shield=True):
-            self._opening.cancel()  # once: repeated cancels would cut httpx's own clean-up short
-            await asyncio.wait({self._opening})  # unlike await, never cancels what it waits on
-            if self._opening.cancelled() or self._opening.exception() is not None:
-                return  # it never opened: nothing to close
-            await self._opening.result().aclose()
-
-    async def _keep_alive(self, out: ObjectSendStream[bytes], heartbeat: Callable[[], bytes]) -> None:
-        # One timer per stream: it wakes once per interval at most, and sends
-        # only when nothing else was written since.
-        while True:
-            await anyio.sleep_until(self._last_write + self._interval)
-            if anyio.current_time() >= self._last_write + self._interval:
-                await self._write(out, heartbeat())
-                self._stats.heartbeats += 1
-
-    async def _stop_on_shutdown(self) -> None:
-        await self.shutdown.wait()
-        await anyio.sleep(self._shutdown_grace)
-        self._pumping.cancel()
-
-    async def _write(self, out: ObjectSendStream[bytes], frames: bytes) -> None:
-        await out.send(frames)
-        self._last_write = asyncio.get_running_loop().time()  # the same clock as anyio's, without its lookup
-
-    async def _relay(self, out: ObjectSendStream[bytes]) -> bytes:
-        """Everything up to the last frames, which it returns: the held-back
-        text and the usage, or an error."""
-        repairer = self._repairer
+    async def _life(self) -> None:
         try:
-            with self._pumping:
-                await self._pump(out)
-            if self._pumping.cancelled_caught:
-                raise ShuttingDown(
-                    "sse-adapter is shutting down and the stream outlasted --shutdown-grace; "
-                    "the answer is incomplete: send the request again"
-                )
-            if not repairer.finished:
-                repairer.repairs["missing_done"] += 1
-            return self._counted(repairer.finish())
+            await self._finish(await self._stream())
+        finally:
+            self._stop_heartbeats()
+            if self._beat_task is not None:
+                self._beat_task.cancel()  # a no-op once it is done
+            if self._response is not None:
+                await self._response.aclose()
+            self._stats.repairs.update(self._pipeline.repairs)
+            self._on_close()
+
+    async def _stream(self) -> AdapterError | None:
+        """Everything up to the last frames; the error that ended it, if one did."""
+        try:
+            with self._watch:
+                self._response = response = await self._upstream.open(self._request)
+                self._stats.upstream_status = response.status_code
+                if not is_event_stream(response):
+                    self._refusal = await refusal(response, self._watch)
+                    return self._refusal
+                await self._write(None)  # commit the 200: the upstream streams
+                await self._relay(response)
+                self._tail = self._pipeline.finish()
         except AdapterError as error:
-            log.warning("stream %s ended in error: %s", repairer.identity.id or "(no id yet)", error.message)
-            self._stats.outcome = error.code
-            return self._counted(repairer.finish(failed=True)) + frame(error_chunk(repairer.identity, error))
+            return error
+        except asyncio.CancelledError:
+            if not (self._client_gone or self._shutting_down):
+                raise
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            if self._client_gone:
+                return None
+            return ShuttingDown(
+                "sse-adapter is shutting down and the stream outlasted --shutdown-grace; "
+                "the answer is incomplete: send the request again"
+            )
         except Exception:
-            log.exception("stream %s failed inside sse-adapter", repairer.identity.id or "(no id yet)")
-            failure = InternalError("sse-adapter failed on this stream; see its log")
-            self._stats.outcome = failure.code
-            return frame(error_chunk(repairer.identity, failure))
+            log.exception(
+                "stream %s failed inside sse-adapter", self._pipeline.repairer.identity.id or "(no id yet)"
+            )
+            return InternalError("sse-adapter failed on this stream; see its log")
+        return None
+
+    async def _relay(self, response: httpx.Response) -> None:
+        pipeline, watch, stats = self._pipeline, self._watch, self._stats
+        # aiter_raw passes the bytes as read; aiter_bytes undoes a Content-Encoding
+        reads = response.aiter_bytes() if "content-encoding" in response.headers else response.aiter_raw()
+        repairer = pipeline.repairer
+        with map_errors(watch.url):
+            async for raw in reads:
+                payloads, event, failure = pipeline.feed(raw)
+                watch.received(raw, event)
+                if payloads:
+                    if stats.first_event is None:
+                        stats.first_event = self._loop.time() - stats.started
+                    stats.events += len(payloads)
+                    await self._write(frames(payloads))
+                if failure is not None:
+                    raise failure
+                if repairer.finished:
+                    return
+        payloads, failure = pipeline.flush()
+        if payloads:
+            await self._write(self._counted(payloads))
+        if failure is not None:
+            raise failure
+
+    async def _finish(self, error: AdapterError | None) -> None:
+        """The last frames and ``[DONE]``; or, when nothing was sent yet, the error's own answer."""
+        self._ended = True
+        self._stop_heartbeats()
+        if self._writing and self._beat_task is not None:
+            await asyncio.wait({self._beat_task})  # a heartbeat on its way out goes first
+        if self._client_gone:
+            return
+        if error is None:
+            await self._write(self._counted(self._tail) + DONE, last=True)
+            return
+        self._stats.outcome = error.code
+        if not self._committed:
+            await self._answer_error(error)
+            return
+        if error is self._refusal:  # the 200 is gone: say what the status was
+            error.message = f"the upstream answered {self._stats.upstream_status}: {error.message}"
+        log.warning(
+            "stream %s ended in error: %s",
+            self._pipeline.repairer.identity.id or "(no id yet)",
+            error.message,
+        )
+        held = [] if isinstance(error, InternalError) else self._pipeline.finish(failed=True)
+        end = self._counted(held) + frame(error_chunk(self._pipeline.repairer.identity, error))
+        await self._write(end + DONE, last=True)
+
+    async def _write(self, body: bytes | None, last: bool = False) -> None:
+        """The stream task's one way to the client: ``None`` commits the 200 only."""
+        if self._writing and self._beat_task is not None:
+            await asyncio.wait({self._beat_task})  # never cancels the heartbeat it waits for
+        self._writing = self._watch.paused = True
+        try:
+            if not self._committed:
+                await self._start()
+            if body is not None:
+                await self._wire(self._body(body, last))
         finally:
-            self._stats.repairs.update(repairer.repairs)
+            self._writing = self._watch.paused = False
+        if body is not None:  # a status line alone never reaches the client behind One-API
+            self._last_write = self._loop.time()
+
+    def _body(self, body: bytes, last: bool = False) -> Message:
+        if self._stats.trace is not None:  # the frames pass no middleware that would record them
+            self._stats.trace.to_client(body)
+        return {"type": "http.response.body", "body": body, "more_body": not last}
+
+    async def _start(self) -> None:
+        self._committed = True
+        self._stats.heartbeat_mode = self._settings.heartbeat_mode.value
+        await self._send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
+
+    async def _answer_error(self, error: AdapterError) -> None:
+        body = orjson.dumps(error.to_openai())
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+        start: Message = {"type": "http.response.start", "status": error.http_status, "headers": headers}
+        await self._send(start)
+        await self._send({"type": "http.response.body", "body": body})
 
     def _counted(self, payloads: list[bytes]) -> bytes:
         self._stats.events += len(payloads)
-        return _frames(payloads)
+        return frames(payloads)
 
-    async def _pump(self, out: ObjectSendStream[bytes]) -> None:
-        # Shielded: a cancelled pump must not cancel the opening too, again and
-        # again; close() cancels it once, and closes what it opened.
-        response = await self._watch.timed(asyncio.shield(self._opening))
-        self._stats.upstream_status = response.status_code
-        if not is_event_stream(response):
-            error = await refusal(response, self._watch)
-            error.message = (
-                f"the upstream answered {response.status_code}: {error.message}"  # the 200 is gone
-            )
-            raise error
-        reads = repaired(response, self._repairer, self._watch, self._max_event_bytes)
-        async with contextlib.aclosing(reads):
-            async for payloads in reads:
-                if self._stats.first_event is None:
-                    self._stats.first_event = (
-                        asyncio.get_running_loop().time() - self._watch.deadlines.started
-                    )
-                await self._write(out, self._counted(payloads))
+    def _beat_due(self) -> None:
+        self._beat_timer = None
+        if self._ended:
+            return
+        now = self._loop.time()
+        due = self._last_write + self._interval
+        if self._writing:  # frames are on their way out: the client is not idle
+            due = now + self._interval
+        if now < due:
+            self._beat_timer = self._loop.call_at(due, self._beat_due)
+            return
+        self._writing = True
+        self._beat_task = self._loop.create_task(self._beat())
 
+    async def _beat(self) -> None:
+        assert self._heartbeat is not None
+        try:
+            if not self._committed:
+                await self._start()
+            await self._wire(self._body(self._heartbeat()))
+            self._stats.heartbeats += 1
+        finally:
+            self._writing = False
+            self._last_write = self._loop.time()
+        if not self._ended:
+            self._beat_timer = self._loop.call_at(self._last_write + self._interval, self._beat_due)
 
-def _frames(payloads: list[bytes]) -> bytes:
-    return b"".join(map(frame, payloads))
+    def _stop_heartbeats(self) -> None:
+        if self._beat_timer is not None:
+            self._beat_timer.cancel()
+            self._beat_timer = None
+
+    async def _wait_for_leave(self, receive: Receive, task: asyncio.Task[object]) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        if not self._ended:
+            self._client_gone = True
+            task.cancel()

@@ -47,33 +47,57 @@ class StreamRepairer:
         self._sent = 0
         self._events = 0
         self._thinking: dict[object, ThinkSplitter] = {}
+        # The settings the per-event path asks about, looked up once.
+        self._fill_fields = settings.fill_fields
+        self._map_reasons = settings.map_finish_reason
+        self._split_thinking = settings.think_tags is ThinkTags.SPLIT
+        self._other_reasoning = _other_reasoning_name(settings)
 
     def repair(self, event: Event) -> list[bytes]:
+        """The payloads one event becomes. Each check is a dict lookup, and a
+        repair runs only where one is due: most chunks need none and go out
+        byte for byte."""
         self._events += 1
+        data = event.data
         if event.event == "error":
             self.repairs["error_shape"] += 1
-            raise event_error(event.data)
-        data = event.data
-        if data.strip() == "[DONE]":
+            raise event_error(data)
+        if not data.startswith("{") and data.strip() == "[DONE]":
             self.finished = True
             return []
-        chunk = _json_object(data)
-        if (error := chunk_error(chunk)) is not None:
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            chunk = None
+        if type(chunk) is not dict:
+            raise _not_an_object(data)
+        if ("error" in chunk or "error_code" in chunk) and (error := chunk_error(chunk)) is not None:
             self.repairs["error_shape"] += 1
             raise error
-        multi_line = self._count("multi_line_payload", "\n" in data)
-        held_usage = self._hold_usage(chunk)
-        if not chunk.get("choices") and "usage" not in chunk:
+        changed = "\n" in data and self._count("multi_line_payload", True)
+        held_usage = "usage" in chunk and self._hold_usage(chunk)
+        choices = chunk.get("choices")
+        if not choices and "usage" not in chunk:
             if held_usage:
                 return []  # nothing left but the usage, which goes out at the end
             if self.settings.drop_non_chunks:  # LocalAI MCP events, llama.cpp prompt_progress
                 self.repairs["non_chunk_dropped"] += 1
                 return []
-            return self._send(chunk, data, changed=multi_line)  # not a chunk: not ours to repair
-        changed = multi_line | held_usage | self._fill(chunk)
-        for choice in chunk.get("choices") or ():
+            return self._send(chunk, data, changed=changed)  # not a chunk: not ours to repair
+        changed |= held_usage
+        identity = self.identity
+        if not identity.id or chunk.get("id") != identity.id:
+            changed |= self._unify_id(chunk)
+        if self._fill_fields and ("object" not in chunk or not isinstance(chunk.get("created"), int)):
+            changed |= self._fill(chunk)
+        for choice in choices or ():
             if isinstance(choice, dict):
                 changed |= self._repair_choice(choice)
+        if not changed:  # the common case, inline: _send's first branch
+            raw = data.encode()
+            if len(raw) + 6 <= self.settings.max_line_bytes:
+                self._sent += 1
+                return [raw]
         return self._send(chunk, data, changed)
 
     def finish(self, failed: bool = False) -> list[bytes]:
@@ -100,8 +124,10 @@ class StreamRepairer:
 
     def _send(self, chunk: dict[str, Any], data: str, changed: bool) -> list[bytes]:
         self._sent += 1
-        if not changed and len(data) + 6 <= self.settings.max_line_bytes:
-            return [data.encode()]  # as the upstream sent it, byte for byte
+        if not changed:
+            raw = data.encode()
+            if len(raw) + 6 <= self.settings.max_line_bytes:
+                return [raw]  # as the upstream sent it, byte for byte
         return fit(chunk, self.settings.max_line_bytes, self.repairs)
 
     def _count(self, repair: str, applies: bool) -> bool:
@@ -112,7 +138,7 @@ class StreamRepairer:
     def _hold_usage(self, chunk: dict[str, Any]) -> bool:
         """Keep the last real usage for the end: it must be the last chunk
         before ``[DONE]``, and servers repeat null or zero usage on every chunk."""
-        if not self.settings.final_usage_only or "usage" not in chunk:
+        if not self.settings.final_usage_only:
             return False
         usage = chunk.pop("usage")
         if is_real_usage(usage):
@@ -129,29 +155,34 @@ class StreamRepairer:
             self.repairs["empty_usage_dropped"] += 1
         return True
 
-    def _fill(self, chunk: dict[str, Any]) -> bool:
+    def _unify_id(self, chunk: dict[str, Any]) -> bool:
         upstream_id = chunk.get("id")
         chunk["id"] = self.identity.claim(upstream_id)
-        changed = self._count("id_unified", chunk["id"] != upstream_id)
-        if self.settings.fill_fields:
-            if "object" not in chunk:
-                chunk["object"] = self.identity.kind.value
-                changed = self._count("object_filled", True)
-            if not isinstance(chunk.get("created"), int):
-                chunk["created"] = self.identity.created
-                changed = self._count("created_filled", True)
+        return self._count("id_unified", chunk["id"] != upstream_id)
+
+    def _fill(self, chunk: dict[str, Any]) -> bool:
+        changed = False
+        if "object" not in chunk:
+            chunk["object"] = self.identity.kind.value
+            changed = self._count("object_filled", True)
+        if not isinstance(chunk.get("created"), int):
+            chunk["created"] = self.identity.created
+            changed = self._count("created_filled", True)
         return changed
 
     def _repair_choice(self, choice: dict[str, Any]) -> bool:
         changed = False
-        if self.settings.fill_fields and "finish_reason" not in choice:  # vLLM may leave it out
-            choice["finish_reason"] = None
-            changed = self._count("finish_reason_filled", True)
-        changed |= self._map_finish_reason(choice)
+        if "finish_reason" not in choice:
+            if self._fill_fields:  # vLLM may leave it out
+                choice["finish_reason"] = None
+                changed = self._count("finish_reason_filled", True)
+        elif choice["finish_reason"] is not None and self._map_reasons:
+            changed = self._map_finish_reason(choice)
         delta = choice.get("delta")
         if isinstance(delta, dict):
-            changed |= self._rename_reasoning(delta)
-            if self.settings.think_tags is ThinkTags.SPLIT:
+            if self._other_reasoning is not None and self._other_reasoning in delta:
+                changed |= self._rename_reasoning(delta)
+            if self._split_thinking:
                 changed |= self._split_think(choice, delta)
         return changed
 
@@ -209,16 +240,22 @@ def map_finish_reason(choice: dict[str, Any], settings: Settings) -> bool:
 
 def rename_reasoning(holder: dict[str, Any], settings: Settings) -> bool:
     """Reasoning text under the one configured name, in a delta or a message."""
-    target = settings.reasoning_field
-    if target is ReasoningField.KEEP:
-        return False
-    other = "reasoning" if target is ReasoningField.REASONING_CONTENT else "reasoning_content"
-    if other not in holder:
+    other = _other_reasoning_name(settings)
+    if other is None or other not in holder:
         return False
     text = holder.pop(other)
+    target = settings.reasoning_field
     if holder.get(target.value) is None:  # servers that send both send the same text twice
         holder[target.value] = text
     return True
+
+
+def _other_reasoning_name(settings: Settings) -> str | None:
+    """The reasoning field that gets renamed; None when both are kept."""
+    target = settings.reasoning_field
+    if target is ReasoningField.KEEP:
+        return None
+    return "reasoning" if target is ReasoningField.REASONING_CONTENT else "reasoning_content"
 
 
 def reasoning_name(settings: Settings) -> str:
@@ -227,14 +264,8 @@ def reasoning_name(settings: Settings) -> str:
     return "reasoning_content" if field is ReasoningField.KEEP else field.value
 
 
-def _json_object(data: str) -> dict[str, Any]:
-    try:
-        chunk = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        chunk = None
-    if not isinstance(chunk, dict):
-        raise UpstreamError(
-            f"the upstream sent an event that is not a JSON object: {data[:_EXCERPT]!r}; "
-            "check that --upstream points at an OpenAI-compatible endpoint"
-        )
-    return chunk
+def _not_an_object(data: str) -> UpstreamError:
+    return UpstreamError(
+        f"the upstream sent an event that is not a JSON object: {data[:_EXCERPT]!r}; "
+        "check that --upstream points at an OpenAI-compatible endpoint"
+    )

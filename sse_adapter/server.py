@@ -20,18 +20,19 @@ from sse_adapter.settings import Settings
 
 __all__ = ["app_from_environment", "run_server", "serving"]
 
-# uvicorn waits this much longer than the streams' grace before it cuts them
-_DRAIN_MARGIN = 5.0
 _SETTINGS_ENV = "SSE_ADAPTER_WORKER_SETTINGS"
+_STOP_MARGIN = 5.0  # seconds past the grace that the in-loop server gets to stop
+
+
+def _drain(settings: Settings) -> dict[str, object]:
+    """The drain, by uvicorn's own signalling: on SIGTERM it stops accepting and
+    waits ``--shutdown-grace`` for requests to finish, then cancels the rest;
+    a stream cancelled so ends with an in-band ``shutting_down`` error."""
+    return {"lifespan": "on", "timeout_graceful_shutdown": settings.shutdown_grace}
 
 
 def _config(settings: Settings, **options: object) -> uvicorn.Config:
-    return uvicorn.Config(
-        create_app(settings),
-        lifespan="on",
-        timeout_graceful_shutdown=int(settings.shutdown_grace + _DRAIN_MARGIN),
-        **options,  # type: ignore[arg-type]
-    )
+    return uvicorn.Config(create_app(settings), **_drain(settings), **options)  # type: ignore[arg-type]
 
 
 def run_server(settings: Settings) -> None:
@@ -53,8 +54,7 @@ def run_server(settings: Settings) -> None:
         host=settings.host,
         port=settings.port,
         workers=settings.workers,
-        lifespan="on",
-        timeout_graceful_shutdown=int(settings.shutdown_grace + _DRAIN_MARGIN),
+        **_drain(settings),  # type: ignore[arg-type]
         **logs,  # type: ignore[arg-type]
     )
 
@@ -85,5 +85,5 @@ async def serving(settings: Settings, log_level: str = "warning") -> AsyncIterat
         yield f"http://{settings.host}:{port}"
     finally:
         server.should_exit = True
-        await asyncio.wait_for(task, settings.shutdown_grace + 2 * _DRAIN_MARGIN)
+        await asyncio.wait_for(task, settings.shutdown_grace + _STOP_MARGIN)
         sock.close()

@@ -4,23 +4,26 @@ Three clocks (shared/keepalive.md): the wait for the first event, which a
 reasoning model may stretch to minutes (heartbeats keep the client alive
 meanwhile); the silence between reads once it streams, reset by any byte,
 comments included; and an optional cap on the whole exchange.
+
+The watch is one event-loop timer per exchange, not a cancel scope per read:
+a read costs it one clock reading. When the timer fires it looks at the time
+of the last read; if the deadline has moved it sleeps again, and if it has
+passed it cancels the task doing the exchange, which leaves the ``with``
+block as :class:`UpstreamTimeout`. So the total timeout fires however fast
+the upstream streams.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
-
-import anyio
+from types import TracebackType
 
 from sse_adapter.errors import UpstreamTimeout
 from sse_adapter.settings import Settings
 
 __all__ = ["Deadlines", "Watch"]
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +53,13 @@ class Deadlines:
 
 
 class Watch:
-    """Times every wait on one upstream exchange against its deadlines."""
+    """Times one upstream exchange against its deadlines.
+
+    ``with watch:`` around the exchange arms the timer for the current task;
+    ``received`` is called for every read. While ``paused`` is true (the relay
+    is blocked writing to a slow client, so it reads nothing), silence is not
+    the upstream's fault and only the total timeout can fire.
+    """
 
     def __init__(
         self, settings: Settings, url: str, started: float, tap: Callable[[bytes], None] | None = None
@@ -59,17 +68,52 @@ class Watch:
         self.url = url
         self.last_read = started
         self.streaming = False  # the first event has come: the idle clock runs
+        self.paused = False
+        self.expired: UpstreamTimeout | None = None
         self._tap = tap  # --trace-dir's recorder of the upstream's bytes
+        self._loop = asyncio.get_running_loop()
+        self._task: asyncio.Task[object] | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     def received(self, data: bytes, event: bool) -> None:
         """Bytes came from the upstream: any byte resets the idle clock."""
-        self.last_read = asyncio.get_running_loop().time()  # anyio's clock costs a lookup per call
-        self.streaming = self.streaming or event
+        self.last_read = self._loop.time()
+        if event:
+            self.streaming = True
         if self._tap is not None:
             self._tap(data)
 
-    async def timed(self, awaitable: Awaitable[T]) -> T:
+    def __enter__(self) -> Watch:
+        self._task = asyncio.current_task()
+        self._arm()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if exc_type is asyncio.CancelledError and self.expired is not None:
+            if self._task is not None:
+                self._task.uncancel()
+            raise self.expired from None
+
+    def _arm(self) -> None:
+        at, _ = self.deadlines.next(self.last_read, self.streaming)
+        self._timer = self._loop.call_at(at, self._check)
+
+    def _check(self) -> None:
+        now = self._loop.time()
+        if self.paused:
+            self.last_read = now  # blocked on the client, not waiting on the upstream
         at, why = self.deadlines.next(self.last_read, self.streaming)
-        with anyio.move_on_after(at - asyncio.get_running_loop().time()):
-            return await awaitable
-        raise UpstreamTimeout(f"the upstream at {self.url} {why}; check that the model server is not stuck")
+        if now < at:
+            self._timer = self._loop.call_at(at, self._check)
+            return
+        self._timer = None
+        self.expired = UpstreamTimeout(
+            f"the upstream at {self.url} {why}; check that the model server is not stuck"
+        )
+        if self._task is not None:
+            self._task.cancel()

@@ -1,16 +1,31 @@
 """The one HTTP client to the model server, and the boundary where its
-failures become our error tree (shared/keepalive.md: no 5 s read timeout)."""
+failures become our error tree (shared/keepalive.md: no 5 s read timeout).
+
+httpx's request and response API, over the httpx-aiohttp transport: aiohttp
+parses HTTP in C, where httpx's own transport (h11, httpcore) spends several
+times the CPU per streamed event. Requests go straight to the transport, not
+through an ``httpx.AsyncClient``: a client keeps one cookie jar for every
+caller, so a cookie the model server set for one client would ride along on
+every other client's requests, and its cookie handling costs CPU quadratic in
+the number of request headers. Cookies here are end to end: the client's
+``Cookie`` header goes up as it came, a ``Set-Cookie`` comes back to it, and
+the adapter keeps none.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from types import TracebackType
 
+import aiohttp
 import httpx
+from httpx_aiohttp import AiohttpTransport
 
 from sse_adapter.errors import (
+    AdapterError,
     UpstreamDisconnected,
     UpstreamError,
     UpstreamTimeout,
@@ -21,7 +36,7 @@ from sse_adapter.settings import Settings
 __all__ = ["Upstream", "UpstreamRequest", "forwardable", "map_errors", "why"]
 
 # RFC 9110, section 7.6.1: meaningful for one connection only. Host and the
-# body's length are set again for the upstream connection by httpx.
+# body's length are set again for the upstream connection.
 _HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -37,6 +52,8 @@ _HOP_BY_HOP = frozenset(
         "content-length",
     }
 )
+_WRITE_TIMEOUT = 60.0  # sending the request body; the answer may take as long as it takes
+_IDLE_CONNECTIONS = 30.0  # seconds an unused keep-alive connection to the model server stays open
 
 
 def forwardable(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -48,7 +65,8 @@ def forwardable(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
         if name.lower() == "connection"
         for token in value.split(",")
     }
-    return [(name, value) for name, value in pairs if name.lower() not in _HOP_BY_HOP | named]
+    dropped = _HOP_BY_HOP | named
+    return [(name, value) for name, value in pairs if name.lower() not in dropped]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,56 +83,103 @@ class UpstreamRequest:
         return replace(self, body=body)
 
 
-def why(exc: Exception) -> str:
-    """An error's words, or its name: some httpx errors carry no message."""
+def why(exc: BaseException) -> str:
+    """An error's words, or its name: some transport errors carry no message."""
     return str(exc) or type(exc).__name__
 
 
 @contextmanager
 def map_errors(url: str) -> Iterator[None]:
-    """Turn httpx's failures into ours, each saying what to check."""
+    """Turn the transport's failures into ours, each saying what to check."""
     try:
         yield
-    except httpx.TimeoutException as exc:
-        raise UpstreamTimeout(
-            f"the upstream at {url} did not answer in time ({type(exc).__name__}); "
+    except (httpx.HTTPError, aiohttp.ClientError) as exc:
+        raise _ours(exc, url) from exc
+
+
+def _ours(exc: httpx.HTTPError | aiohttp.ClientError, url: str) -> AdapterError:
+    # httpx-aiohttp re-raises aiohttp's errors as httpx's, but coarsely (a
+    # refused connection becomes ConnectTimeout): judge by the original.
+    cause = exc.__cause__ if isinstance(exc.__cause__, aiohttp.ClientError) else exc
+    if isinstance(cause, (httpx.TimeoutException, aiohttp.ServerTimeoutError)):
+        return UpstreamTimeout(
+            f"the upstream at {url} did not answer in time ({type(cause).__name__}); "
             "check that the model server is up and not overloaded"
-        ) from exc
-    except (httpx.ConnectError, httpx.UnsupportedProtocol) as exc:
-        raise UpstreamUnreachable(
-            f"cannot connect to the upstream at {url} ({why(exc)}); "
+        )
+    if isinstance(
+        cause,
+        (
+            httpx.ConnectError,
+            httpx.UnsupportedProtocol,
+            aiohttp.ClientConnectorError,
+            aiohttp.InvalidURL,
+            aiohttp.NonHttpUrlClientError,
+        ),
+    ):
+        return UpstreamUnreachable(
+            f"cannot connect to the upstream at {url} ({why(cause)}); "
             "check that the model server is running and that --upstream points at it"
-        ) from exc
-    except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
-        raise UpstreamDisconnected(
-            f"the upstream at {url} broke off the response ({why(exc)}); "
+        )
+    if isinstance(
+        cause,
+        (
+            httpx.RemoteProtocolError,
+            httpx.ReadError,
+            aiohttp.ClientConnectionError,
+            aiohttp.ClientPayloadError,
+        ),
+    ):
+        return UpstreamDisconnected(
+            f"the upstream at {url} broke off the response ({why(cause)}); "
             "the answer is incomplete: check the model server's logs"
-        ) from exc
-    except httpx.HTTPError as exc:
-        raise UpstreamError(f"the request to the upstream at {url} failed: {why(exc)}") from exc
+        )
+    return UpstreamError(f"the request to the upstream at {url} failed: {why(cause)}")
 
 
 class Upstream:
-    """The model server: one pooled client for the app's whole life."""
+    """The model server: one pooled connection set for the app's whole life.
+
+    Open it with ``async with``: aiohttp binds its session to the running loop.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.base_url = settings.upstream
         # No read timeout: a reasoning model may think for minutes before its
         # first token. Stalls are the relay's business, not the socket's.
-        timeout = httpx.Timeout(connect=settings.connect_timeout, read=None, write=60.0, pool=None)
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
-        self.client = httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False)
+        self._timeouts = {
+            "connect": settings.connect_timeout,
+            "read": None,
+            "write": _WRITE_TIMEOUT,
+            "pool": None,
+        }
         # With --api-key the client's key is the adapter's, never the model server's.
         self._keep_client_key = not settings.api_keys and settings.upstream_api_key is None
         self._key = settings.upstream_api_key
+        self._session: aiohttp.ClientSession | None = None
+        self._transport: AiohttpTransport | None = None
 
     async def __aenter__(self) -> Upstream:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=_IDLE_CONNECTIONS),
+            cookie_jar=aiohttp.DummyCookieJar(),  # the adapter keeps no cookies
+            auto_decompress=False,  # httpx decodes, for the clients that asked for an encoding
+            trust_env=False,  # the upstream is what --upstream says, whatever HTTP_PROXY says
+        )
+        self._transport = AiohttpTransport(client=self._session)
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        await self.client.aclose()
+        if self._transport is not None:
+            await self._transport.aclose()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The aiohttp session underneath, for what looks at its connection pool."""
+        if self._session is None:
+            raise RuntimeError("the upstream client is used outside 'async with'")
+        return self._session
 
     def url(self, request: UpstreamRequest) -> str:
         return self.base_url + request.path + (f"?{request.query}" if request.query else "")
@@ -122,14 +187,41 @@ class Upstream:
     async def open(self, request: UpstreamRequest) -> httpx.Response:
         """Send a request; the response comes back with its body unread."""
         url = self.url(request)
-        forwarded = forwardable(request.headers)
+        built = httpx.Request(
+            request.method,
+            url,
+            headers=self._headers(request.headers),
+            content=request.body,
+            extensions={"timeout": self._timeouts},
+        )
+        return await self.send(built, url)
+
+    async def send(self, request: httpx.Request, url: str) -> httpx.Response:
+        if self._transport is None:
+            raise RuntimeError("the upstream client is used outside 'async with'")
+        with map_errors(url):
+            return await self._transport.handle_async_request(request)
+
+    async def get(self, path: str, within: float) -> int:
+        """The status of a small GET (a health check), its body read and dropped;
+        TimeoutError past ``within`` seconds."""
+        url = self.base_url + path
+        async with asyncio.timeout(within):
+            response = await self.send(httpx.Request("GET", url), url)
+            try:
+                with map_errors(url):
+                    await response.aread()
+            finally:
+                await response.aclose()
+        return response.status_code
+
+    def _headers(self, given: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+        forwarded = forwardable(given)
         if not self._keep_client_key:
             forwarded = [(name, value) for name, value in forwarded if name.lower() != "authorization"]
         if self._key is not None:
             forwarded.append(("authorization", f"Bearer {self._key}"))
         if not any(name.lower() == "accept-encoding" for name, _ in forwarded):
-            # else httpx would ask for gzip on behalf of a client that never did
+            # else aiohttp would ask for gzip on behalf of a client that never did
             forwarded.append(("accept-encoding", "identity"))
-        built = self.client.build_request(request.method, url, headers=forwarded, content=request.body)
-        with map_errors(url):
-            return await self.client.send(built, stream=True)
+        return forwarded

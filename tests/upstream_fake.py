@@ -140,8 +140,13 @@ class FakeUpstream:
             watch.cancel()
 
     async def _watch(self, reader: asyncio.StreamReader, handler: asyncio.Future[None]) -> None:
-        # A client that hangs up shows as EOF on the read side, even while we write nothing.
-        if await reader.read(1) == b"":
+        # A client that hangs up shows as EOF on the read side, even while we write nothing;
+        # or as a reset, when it closed with our answer still unread in its socket.
+        try:
+            hung_up = await reader.read(1) == b""
+        except ConnectionError:
+            hung_up = True
+        if hung_up:
             self.hangups.put_nowait(asyncio.get_running_loop().time())
             handler.cancel()
 

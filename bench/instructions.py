@@ -1,0 +1,89 @@
+"""Instructions per relayed event, counted by valgrind's callgrind: stable where wall time is not.
+
+The server runs under ``valgrind --tool=callgrind --instr-atstart=no``. Streams
+in lockstep (every stream's event written at the same instant, one HTTP chunk
+each) run until the client has caught up; then counting is switched on for a
+window, dumped, and divided by the events the client received inside that
+window, so a server that stalls cannot look cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).parent
+_TOTAL = re.compile(rb"^(?:summary|totals): (\d+)", re.M)
+
+
+def _control(*args: str) -> None:
+    subprocess.run(["callgrind_control", *args], check=True, capture_output=True, timeout=120)
+
+
+def instructions_per_event(
+    command: list[str],
+    port: int,
+    wait_for_port: object,
+    streams: int = 20,
+    rate: float = 2.0,
+    warmup: float = 20.0,
+    window: float = 20.0,
+) -> dict[str, float]:
+    """Run ``command`` (a server listening on ``port``) under callgrind and measure it."""
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder)
+        server = subprocess.Popen(
+            [
+                "valgrind",
+                "--tool=callgrind",
+                "--instr-atstart=no",
+                f"--callgrind-out-file={out}/cg.%p",
+                *command,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_for_port(port, server, 300)  # type: ignore[operator]
+            result = out / "client.json"
+            plan = {"mode": "lockstep", "rate": rate, "seconds": warmup + window + 10}
+            client = subprocess.Popen(
+                [
+                    sys.executable,
+                    str(HERE / "client.py"),
+                    f"http://127.0.0.1:{port}",
+                    str(streams),
+                    json.dumps(plan),
+                    str(result),
+                ]
+            )
+            time.sleep(warmup)
+            pid = str(server.pid)
+            _control("-i", "on", pid)
+            began = time.monotonic()
+            time.sleep(window)
+            _control("-d", pid)
+            ended = time.monotonic()
+            _control("-i", "off", pid)
+            client.wait(warmup + window + 120)
+            received = json.loads(result.read_text())
+        finally:
+            server.terminate()
+            try:
+                server.wait(60)
+            except subprocess.TimeoutExpired:
+                server.kill()
+        dumps = [path for path in out.glob(f"cg.{server.pid}.*") if path.suffix != ".json"]
+        total = sum(int(m.group(1)) for path in dumps if (m := _TOTAL.search(path.read_bytes())))
+    events = sum(began <= at < ended for at in received["arrivals"])
+    return {
+        "instructions": total,
+        "events": events,
+        "per_event": total / events if events else float("nan"),
+        "failed_streams": len(received["errors"]),
+    }

@@ -1,0 +1,75 @@
+"""One stream's upstream bytes in, the payloads to send out (pure).
+
+The decoder and the repairer, run together the one way the relay, the
+non-stream assembler and the probe all need: every read gives the payloads
+it completes and, when something in it failed, the error, which comes after
+the payloads that preceded it, so nothing before a fault is lost.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from sse_adapter.decoder import Event, SSEDecoder
+from sse_adapter.errors import AdapterError, EventTooLarge
+from sse_adapter.repair import StreamRepairer
+
+__all__ = ["Pipeline"]
+
+_FIELD_EVENTS = frozenset({"error"})  # llama.cpp before Sep 2025: a bare `error: {...}` line
+
+
+class Pipeline:
+    def __init__(self, repairer: StreamRepairer, max_event_bytes: int) -> None:
+        self.repairer = repairer
+        self.decoder = SSEDecoder(max_event_bytes, field_events=_FIELD_EVENTS)
+        self._ending: Counter[str] = Counter()
+
+    @property
+    def finished(self) -> bool:
+        """The upstream sent its ``[DONE]``: read no further."""
+        return self.repairer.finished
+
+    def feed(self, raw: bytes) -> tuple[list[bytes], bool, AdapterError | None]:
+        """One read: its payloads, whether it completed an event, and its failure if any."""
+        try:
+            events = self.decoder.feed(raw)
+        except EventTooLarge as too_large:
+            payloads, failure = self._repair_all(too_large.completed)
+            return payloads, bool(too_large.completed), failure or too_large
+        if len(events) == 1:  # the common read: one event, repaired without the loop
+            try:
+                return self.repairer.repair(events[0]), True, None
+            except AdapterError as error:
+                return [], True, error
+        payloads, failure = self._repair_all(events)
+        return payloads, bool(events), failure
+
+    def flush(self) -> tuple[list[bytes], AdapterError | None]:
+        """The end of the body: the event still open, if any."""
+        if self.repairer.finished:
+            return [], None
+        return self._repair_all(self.decoder.flush())
+
+    @property
+    def repairs(self) -> Counter[str]:
+        """Every repair made: the framing quirks decoded away, and the chunks' own."""
+        return self.decoder.quirks + self.repairer.repairs + self._ending
+
+    def finish(self, failed: bool = False) -> list[bytes]:
+        """The last payloads (held text, then usage); raises if the stream was no answer."""
+        if not failed and not self.repairer.finished:
+            self._ending["missing_done"] += 1
+        return self.repairer.finish(failed)
+
+    def _repair_all(self, events: list[Event]) -> tuple[list[bytes], AdapterError | None]:
+        repairer = self.repairer
+        payloads: list[bytes] = []
+        for event in events:
+            try:
+                payloads += repairer.repair(event)
+            except AdapterError as error:
+                return payloads, error
+            if repairer.finished:
+                break
+        return payloads, None
