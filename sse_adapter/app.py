@@ -56,7 +56,13 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_api_route("/v1/{path:path}", gateway.passthrough, methods=_METHODS)
     app.add_exception_handler(AdapterError, _adapter_error)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
-    app.add_middleware(Guard, api_keys=settings.api_keys)
+    app.add_middleware(
+        Guard,
+        api_keys=settings.api_keys,
+        max_header_count=settings.max_header_count,
+        max_header_bytes=settings.max_header_bytes,
+    )
+    app.state.gateway = gateway
     app.observer = partial(
         Observe, metrics=gateway.metrics, trace_dir=settings.trace_dir, trace_bodies=settings.trace_bodies
     )

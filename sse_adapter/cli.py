@@ -111,6 +111,12 @@ def serve(
     max_request_bytes: Annotated[
         int, _option("MAX_REQUEST_BYTES", "Largest request body; past it, 413.", _LIMITS)
     ] = 20 * 1024 * 1024,
+    max_header_count: Annotated[
+        int, _option("MAX_HEADER_COUNT", "Most request headers; past it, 431.", _LIMITS)
+    ] = 100,
+    max_header_bytes: Annotated[
+        int, _option("MAX_HEADER_BYTES", "Most bytes of request headers; past it, 431.", _LIMITS)
+    ] = 64 * 1024,
     max_event_bytes: Annotated[
         int,
         _option(
@@ -231,6 +237,8 @@ def serve(
             idle_timeout=idle_timeout,
             total_timeout=total_timeout,
             max_request_bytes=max_request_bytes,
+            max_header_count=max_header_count,
+            max_header_bytes=max_header_bytes,
             max_event_bytes=max_event_bytes,
             max_concurrent_streams=max_concurrent_streams,
             shutdown_grace=shutdown_grace,

@@ -10,6 +10,7 @@ answers with before a stream has started, and its OpenAI ``type`` and stable
     │   ├── InvalidJSON          400  invalid_request_error / invalid_json
     │   ├── Unauthorized         401  invalid_request_error / invalid_api_key
     │   ├── RequestTooLarge      413  invalid_request_error / request_too_large
+    │   ├── HeadersTooLarge      431  invalid_request_error / request_headers_too_large
     │   └── TooManyStreams       429  rate_limit_error / too_many_streams
     ├── EventTooLarge            502  upstream_error / event_too_large
     ├── LineTooLong              502  upstream_error / line_too_long
@@ -70,6 +71,13 @@ class Unauthorized(ClientError):
 class RequestTooLarge(ClientError):
     status = 413
     code = "request_too_large"
+
+
+class HeadersTooLarge(ClientError):
+    """More request headers, or more header bytes, than --max-header-count / --max-header-bytes."""
+
+    status = 431
+    code = "request_headers_too_large"
 
 
 class TooManyStreams(ClientError):

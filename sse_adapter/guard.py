@@ -1,4 +1,5 @@
-"""Who may use the adapter, and the id every request carries (ASGI middleware).
+"""Who may use the adapter, how big a request's head may be, and the id
+every request carries (ASGI middleware).
 
 Plain ASGI rather than a BaseHTTPMiddleware, which would buffer and break
 streaming responses.
@@ -13,7 +14,7 @@ import uuid
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sse_adapter.errors import Unauthorized
+from sse_adapter.errors import AdapterError, HeadersTooLarge, Unauthorized
 
 __all__ = ["Guard"]
 
@@ -22,9 +23,13 @@ _SAFE_ID = re.compile(rb"[\x21-\x7e]{1,200}")  # printable, no spaces: safe to l
 
 
 class Guard:
-    def __init__(self, app: ASGIApp, api_keys: tuple[str, ...]) -> None:
+    def __init__(
+        self, app: ASGIApp, api_keys: tuple[str, ...], max_header_count: int, max_header_bytes: int
+    ) -> None:
         self.app = app
         self.api_keys = tuple(key.encode() for key in api_keys)
+        self.max_header_count = max_header_count
+        self.max_header_bytes = max_header_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -40,15 +45,32 @@ class Guard:
                 message = {**message, "headers": [*message.get("headers", []), (_REQUEST_ID, request_id)]}
             await send(message)
 
-        if self.api_keys and scope["path"].startswith("/v1/") and not self._authorised(headers):
-            error = Unauthorized(
-                "missing or wrong API key: send 'Authorization: Bearer <key>' with one of the adapter's "
-                "--api-key values (in One-API, the channel's key)"
-            )
-            reply = JSONResponse(error.to_openai(), status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        refusal = self._refusal(scope["path"], headers)
+        if refusal is not None:
+            error, extra = refusal
+            reply = JSONResponse(error.to_openai(), status_code=error.http_status, headers=extra)
             await reply(scope, receive, send_with_id)
             return
         await self.app(scope, receive, send_with_id)
+
+    def _refusal(
+        self, path: str, headers: list[tuple[bytes, bytes]]
+    ) -> tuple[AdapterError, dict[str, str] | None] | None:
+        """Why a request is turned away before anything reads it, or None."""
+        size = sum(len(name) + len(value) for name, value in headers)
+        if len(headers) > self.max_header_count or size > self.max_header_bytes:
+            # caught before any header is looked at one by one: each such pass would cost as much again
+            return HeadersTooLarge(
+                f"the request carries {len(headers)} headers ({size} bytes); sse-adapter takes at most "
+                f"{self.max_header_count} headers and {self.max_header_bytes} bytes of them "
+                "(--max-header-count, --max-header-bytes): send fewer"
+            ), None
+        if self.api_keys and path.startswith("/v1/") and not self._authorised(headers):
+            return Unauthorized(
+                "missing or wrong API key: send 'Authorization: Bearer <key>' with one of the adapter's "
+                "--api-key values (in One-API, the channel's key)"
+            ), {"WWW-Authenticate": "Bearer"}
+        return None
 
     def _authorised(self, headers: list[tuple[bytes, bytes]]) -> bool:
         value = next((value for name, value in headers if name == b"authorization"), b"")

@@ -31,8 +31,9 @@ def _drain(settings: Settings) -> dict[str, object]:
     return {"lifespan": "on", "timeout_graceful_shutdown": settings.shutdown_grace}
 
 
-def _config(settings: Settings, **options: object) -> uvicorn.Config:
-    return uvicorn.Config(create_app(settings), **_drain(settings), **options)  # type: ignore[arg-type]
+def _config(settings: Settings, app: FastAPI | None = None, **options: object) -> uvicorn.Config:
+    app = app or create_app(settings)
+    return uvicorn.Config(app, **_drain(settings), **options)  # type: ignore[arg-type]
 
 
 def run_server(settings: Settings) -> None:
@@ -43,7 +44,7 @@ def run_server(settings: Settings) -> None:
     """
     logs = {"log_config": logging_config(settings.log_format.value, settings.log_level), "access_log": False}
     if settings.workers == 1:
-        uvicorn.Server(_config(settings, host=settings.host, port=settings.port, **logs)).run()
+        uvicorn.Server(_config(settings, None, host=settings.host, port=settings.port, **logs)).run()
         return
     os.environ[_SETTINGS_ENV] = json.dumps(dataclasses.asdict(settings))
     # Each worker counts into files here; /metrics sums them (prometheus-client's multiprocess mode).
@@ -65,17 +66,20 @@ def app_from_environment() -> FastAPI:
 
 
 @asynccontextmanager
-async def serving(settings: Settings, log_level: str = "warning") -> AsyncIterator[str]:
+async def serving(
+    settings: Settings, log_level: str = "warning", app: FastAPI | None = None
+) -> AsyncIterator[str]:
     """Serve the adapter inside the running event loop; yields its base URL.
 
     Binds ``settings.host`` on ``settings.port``, or on a free port when it is 0.
-    For the demo and the tests, which run their own clients beside it.
+    For the demo and the tests, which run their own clients beside it; a test
+    that looks inside the app passes the one it made with ``create_app``.
     """
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((settings.host, settings.port))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(_config(settings, log_level=log_level))
+    server = uvicorn.Server(_config(settings, app, log_level=log_level))
     task = asyncio.ensure_future(server.serve(sockets=[sock]))
     try:
         while not server.started:

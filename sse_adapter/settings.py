@@ -52,6 +52,8 @@ class Settings:
     idle_timeout: float = 300.0
     total_timeout: float = 0.0  # 0: none
     max_request_bytes: int = 20 * 1024 * 1024
+    max_header_count: int = 100
+    max_header_bytes: int = 64 * 1024
     max_event_bytes: int = 16 * 1024 * 1024
     max_concurrent_streams: int = 0  # 0: no limit
     api_keys: tuple[str, ...] = ()
@@ -108,6 +110,10 @@ class Settings:
                 raise SettingsError(f"{flag} must be 0 or more (0: off), got {amount}")
         if self.workers < 1:
             raise SettingsError(f"--workers must be 1 or more, got {self.workers}")
+        if self.max_header_count < 16:
+            raise SettingsError(f"--max-header-count must be at least 16, got {self.max_header_count}")
+        if self.max_header_bytes < 4096:
+            raise SettingsError(f"--max-header-bytes must be at least 4096, got {self.max_header_bytes}")
         if self.max_request_bytes < 1024:
             raise SettingsError(f"--max-request-bytes must be at least 1024, got {self.max_request_bytes}")
         if any(not key or key != key.strip() for key in self.api_keys):

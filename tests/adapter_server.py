@@ -7,6 +7,8 @@ import socket
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
+from fastapi import FastAPI
+
 from sse_adapter.server import serving
 from sse_adapter.settings import Settings
 
@@ -20,8 +22,8 @@ def free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def run_adapter(settings: Settings) -> AsyncIterator[str]:
-    """Yields the adapter's base URL while it serves."""
+async def run_adapter(settings: Settings, app: FastAPI | None = None) -> AsyncIterator[str]:
+    """Yields the adapter's base URL while it serves (``app``, when a test made its own)."""
     quick = replace(settings, host="127.0.0.1", port=0, shutdown_grace=min(settings.shutdown_grace, 1.0))
-    async with serving(quick) as url:
+    async with serving(quick, app=app) as url:
         yield url

@@ -162,6 +162,54 @@ async def test_the_total_timeout_ends_a_stream_that_never_stops() -> None:
     assert seen.duration < 3
 
 
+async def test_the_total_timeout_ends_a_stream_that_never_pauses() -> None:
+    """An upstream that streams as fast as it can: no read ever waits, and the
+    total timeout must fire all the same."""
+
+    async def torrent(request: Received, out: Writer) -> None:
+        await out.start(200, [("Content-Type", "text/event-stream")])
+        piece = b'data: {"id":"c","choices":[{"index":0,"delta":{"content":"."}}]}\n\n' * 50
+        while True:
+            await out.chunk(piece)
+
+    async with fake_upstream(torrent) as upstream:
+        async with run_adapter(Settings(upstream=upstream.url, total_timeout=1.0)) as adapter:
+            # bounded: with a total timeout that never fires, the stream would run forever
+            seen = await asyncio.wait_for(stream(adapter, CHAT, {"model": "m", "stream": True}), 10)
+    assert seen.text().startswith("....")
+    assert seen.chunks[-1]["error"]["code"] == "upstream_timeout"
+    assert "--total-timeout" in seen.chunks[-1]["error"]["message"]
+    assert seen.duration < 3
+
+
+@pytest.mark.parametrize(
+    ("headers", "why"),
+    [
+        ({f"x-h{n}": "v" for n in range(5000)}, "5,000 headers"),
+        ({"x-big": "v" * 70_000}, "one header of 70 KB"),
+    ],
+    ids=["count", "bytes"],
+)
+async def test_too_many_header_bytes_or_headers_get_a_431_at_once(headers: dict[str, str], why: str) -> None:
+    async with fake_upstream(DONE_STREAM) as upstream:
+        async with run_adapter(Settings(upstream=upstream.url)) as adapter, httpx.AsyncClient() as client:
+            started = asyncio.get_running_loop().time()
+            reply = await client.post(adapter + CHAT, json={"model": "m", "stream": True}, headers=headers)
+            took = asyncio.get_running_loop().time() - started
+            fine = await client.post(
+                adapter + CHAT,
+                json={"model": "m", "stream": True},
+                headers={f"x-h{n}": "v" for n in range(60)},
+            )
+    assert reply.status_code == 431, why
+    error = reply.json()["error"]
+    assert (error["type"], error["code"]) == ("invalid_request_error", "request_headers_too_large")
+    assert "--max-header-count" in error["message"]
+    assert took < 1.0, why
+    assert fine.status_code == 200  # a request with a reasonable head passes
+    assert len(upstream.requests) == 1
+
+
 async def test_heartbeats_off_and_no_headers_is_a_504_at_the_first_byte_timeout() -> None:
     async def mute(request: Received, out: Writer) -> None:
         await asyncio.sleep(30)

@@ -117,3 +117,27 @@ async def test_healthz_and_unknown_paths() -> None:
     assert unknown.json()["error"]["type"] == "invalid_request_error"
     assert docs.status_code == 404
     assert upstream.requests == []
+
+
+async def test_cookies_stay_between_one_client_and_the_model_server() -> None:
+    """A cookie the model server sets goes to the client that got it, and is
+    never replayed for another client: the adapter keeps no cookie jar."""
+
+    async def sets_a_cookie(request: Received, out: Writer) -> None:
+        user = request.headers.get("x-user", "")
+        headers = [("Content-Length", "2"), ("Set-Cookie", f"session={user}; Path=/")]
+        await out.start(200, headers, chunked=False)
+        await out.raw(b"{}")
+
+    async with fake_upstream(sets_a_cookie) as upstream:  # type: ignore[arg-type]
+        async with run_adapter(Settings(upstream=upstream.url)) as adapter:
+            async with httpx.AsyncClient() as alice:
+                got = await alice.get(adapter + "/v1/models", headers={"X-User": "alice"})
+                await alice.get(adapter + "/v1/models", headers={"X-User": "alice"})
+            async with httpx.AsyncClient() as bob:
+                await bob.get(adapter + "/v1/models", headers={"X-User": "bob"})
+    assert got.headers["set-cookie"] == "session=alice; Path=/"  # end to end, to the client
+    first, alice_again, bob_first = upstream.requests
+    assert "cookie" not in first.headers
+    assert alice_again.headers["cookie"] == "session=alice"  # alice's own client sent it back
+    assert "cookie" not in bob_first.headers  # nobody else's
