@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from procs import process, wait_for_port
+
 HERE = Path(__file__).parent
 _TOTAL = re.compile(rb"^(?:summary|totals): (\d+)", re.M)
 
@@ -28,7 +30,7 @@ def _control(*args: str) -> None:
 def instructions_per_event(
     command: list[str],
     port: int,
-    wait_for_port: object,
+    *,
     streams: int = 20,
     rate: float = 2.0,
     warmup: float = 20.0,
@@ -37,47 +39,23 @@ def instructions_per_event(
     """Run ``command`` (a server listening on ``port``) under callgrind and measure it."""
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder)
-        server = subprocess.Popen(
-            [
-                "valgrind",
-                "--tool=callgrind",
-                "--instr-atstart=no",
-                f"--callgrind-out-file={out}/cg.%p",
-                *command,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            wait_for_port(port, server, 300)  # type: ignore[operator]
+        valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}/cg.%p"]
+        with process(*valgrind, *command, stop_within=60) as server:
+            wait_for_port(port, server, 300)  # python under valgrind starts slowly
             result = out / "client.json"
             plan = {"mode": "lockstep", "rate": rate, "seconds": warmup + window + 10}
-            client = subprocess.Popen(
-                [
-                    sys.executable,
-                    str(HERE / "client.py"),
-                    f"http://127.0.0.1:{port}",
-                    str(streams),
-                    json.dumps(plan),
-                    str(result),
-                ]
-            )
+            client = [sys.executable, str(HERE / "client.py"), f"http://127.0.0.1:{port}", str(streams)]
+            load = subprocess.Popen([*client, json.dumps(plan), str(result)])
             time.sleep(warmup)
             pid = str(server.pid)
             _control("-i", "on", pid)
             began = time.monotonic()
             time.sleep(window)
-            _control("-d", pid)
+            _control("-d", pid)  # dump before switching off
             ended = time.monotonic()
             _control("-i", "off", pid)
-            client.wait(warmup + window + 120)
+            load.wait(warmup + window + 120)
             received = json.loads(result.read_text())
-        finally:
-            server.terminate()
-            try:
-                server.wait(60)
-            except subprocess.TimeoutExpired:
-                server.kill()
         dumps = [path for path in out.glob(f"cg.{server.pid}.*") if path.suffix != ".json"]
         total = sum(int(m.group(1)) for path in dumps if (m := _TOTAL.search(path.read_bytes())))
     events = sum(began <= at < ended for at in received["arrivals"])

@@ -1,19 +1,33 @@
 """The benchmark: the direct connection and the adapter, measured in one run.
 
-    .venv/bin/python bench/run.py [--quick]
+    .venv/bin/python bench/run.py [--quick] [--only SECTION ...]
 
 It starts the fast fake upstream (bench/upstream.py) and the adapter as users
-run it (the CLI; uvicorn takes uvloop and httptools), then drives both with
-bench/client.py processes and prints every figure with its ratio to direct.
-The JSON goes to bench/results/.
+run it (the CLI; uvicorn takes uvloop and httptools), drives both with
+bench/client.py processes, and prints every figure beside the direct
+connection's. The JSON goes to bench/results/. Sections:
+
+  throughput    events/s with 1, 10 and 100 streams in bursts
+  lockstep      one event per read, every stream's event written at the same
+                instant (a GPU server's continuous batching): CPU per event at
+                200 x 20/s, added latency at 100 x 20/s and 1,000 x 5/s, and the
+                time 1,000 streams take to open
+  setup         time to the first event of one stream, one stream after another
+  memory        RSS across 10,000 sequential streams, ending in [DONE] and in errors
+  idle          5,000 silent streams: RSS each, and how late heartbeats are
+  workers       --workers 2 against one worker
+  instructions  CPU instructions per relayed event under valgrind's callgrind, for
+                the adapter and for the floor (bench/floor.py), in the same run
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
+import shutil
 import socket
 import statistics
 import subprocess
@@ -29,47 +43,19 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+sys.path.insert(0, str(Path(__file__).parent))
+from instructions import instructions_per_event
+from procs import free_port, process, wait_for_port
+
 HERE = Path(__file__).parent
 PY = sys.executable
 HEARTBEAT = 5.0
+SECTIONS = ("throughput", "lockstep", "setup", "memory", "idle", "workers", "instructions")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_for_port(port: int, process: subprocess.Popen[bytes], seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{process.args} exited with {process.returncode}")
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
-
-
-@contextmanager
-def process(*args: str) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen([*args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
-@contextmanager
-def adapter(upstream: int, workers: int = 1) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    port = free_port()
-    args = [
+def adapter_command(upstream: int, port: int, workers: int = 1) -> list[str]:
+    return [
+        PY,
         "-m",
         "sse_adapter",
         "serve",
@@ -81,8 +67,24 @@ def adapter(upstream: int, workers: int = 1) -> Iterator[tuple[str, subprocess.P
         str(HEARTBEAT),
         "--workers",
         str(workers),
+        "--log-level",
+        "warning",
     ]
-    with process(PY, *args) as proc:
+
+
+@contextmanager
+def adapter(upstream: int, workers: int = 1) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    port = free_port()
+    with process(*adapter_command(upstream, port, workers)) as proc:
+        wait_for_port(port, proc)
+        yield f"http://127.0.0.1:{port}", proc
+
+
+@contextmanager
+def floor(upstream: int) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """bench/floor.py: the least work a relay of these streams can do on this stack."""
+    port = free_port()
+    with process(PY, str(HERE / "floor.py"), str(port), f"http://127.0.0.1:{upstream}") as proc:
         wait_for_port(port, proc)
         yield f"http://127.0.0.1:{port}", proc
 
@@ -135,6 +137,7 @@ def drive(
         "delays": [d for r in results for d in r["delays"]],
         "gaps": [g for r in results for g in r["gaps"]],
         "ready": max(r.get("ready", 0.0) for r in results),
+        "opened_in": max(r.get("opened_in", 0.0) for r in results),
     }
 
 
@@ -160,21 +163,82 @@ def throughput(
     result = drive(url, streams, {"mode": "burst", "events": total // streams}, clients)
     figures = {"events_per_s": result["events"] / result["seconds"], "events": result["events"]}
     if pids:
-        figures["cpu_s_per_100k"] = (cpu_seconds(pids) - cpu) / result["events"] * 100_000
+        figures["cpu_us_per_event"] = (cpu_seconds(pids) - cpu) / result["events"] * 1e6
     return figures
 
 
-def latency(url: str, streams: int, rate: float, seconds: float, clients: int) -> dict[str, float]:
-    result = drive(url, streams, {"mode": "paced", "rate": rate, "seconds": seconds}, clients)
-    return percentiles(result["delays"])
+def lockstep(
+    url: str, streams: int, rate: float, seconds: float, clients: int, pids: list[int] | None = None
+) -> dict[str, Any]:
+    """Every stream's event at the same instant: the delays, the time to open, and the CPU."""
+    cpu = cpu_seconds(pids) if pids else 0.0
+    result = drive(url, streams, {"mode": "lockstep", "rate": rate, "seconds": seconds}, clients)
+    figures: dict[str, Any] = {
+        "delay_ms": {k: v * 1000 for k, v in percentiles(result["delays"]).items()},
+        "opened_in_s": result["opened_in"],
+        "events": result["events"],
+        "failed_streams": result["errors"],
+    }
+    if pids:
+        figures["cpu_us_per_event"] = (cpu_seconds(pids) - cpu) / result["events"] * 1e6
+    return figures
+
+
+def first_events(url: str, count: int, end: str = "done", events: int = 1) -> list[float]:
+    """``count`` streams one after another on one kept-alive connection, as a
+    gateway sends them; the seconds from each request to its first event."""
+    host, port = url.removeprefix("http://").split(":")
+    plan = {"mode": "burst", "events": events, "end": end}
+    body = json.dumps({"model": "bench", "stream": True, "bench": plan}).encode()
+    request = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    times = []
+    with socket.create_connection((host, int(port))) as sock:
+        for _ in range(count):
+            started = time.perf_counter()
+            sock.sendall(request)
+            seen, first = b"", float("nan")
+            while not seen.endswith(b"\r\n0\r\n\r\n"):
+                data = sock.recv(65536)
+                if not data:
+                    raise RuntimeError(f"{url} closed the connection")
+                if first != first and b"data: " in seen + data:
+                    first = time.perf_counter() - started
+                seen += data
+            times.append(first)
+    return times
+
+
+def setup(direct: str, url: str, count: int) -> dict[str, float]:
+    first_events(url, 20)  # warm both
+    first_events(direct, 20)
+    d = statistics.median(first_events(direct, count))
+    a = statistics.median(first_events(url, count))
+    return {"direct_ms": d * 1000, "adapter_ms": a * 1000, "added_ms": (a - d) * 1000}
+
+
+def memory(url: str, pids: list[int], requests: int) -> dict[str, float]:
+    """RSS after the first tenth of the streams and after all of them: flat, or a leak."""
+    marks = {}
+    for done in range(1, requests + 1):
+        first_events(url, 1, end="error" if done % 2 else "done", events=5)
+        if done in (requests // 10, requests):
+            marks[done] = rss_bytes(pids)
+    early, late = marks[requests // 10], marks[requests]
+    return {
+        "requests": requests,
+        "rss_early_mb": early / 2**20,
+        "rss_late_mb": late / 2**20,
+        "growth_mb": (late - early) / 2**20,
+    }
 
 
 def idle(url: str, streams: int, seconds: float, pids: list[int]) -> dict[str, float]:
     """Open the streams over a ramp, then measure the steady state: RSS, and
     how late each heartbeat is once every stream is open."""
-    # Opening a stream costs the adapter ~7 ms of CPU (see README, Performance):
-    # open them no faster than it can take them, or the listen backlog overflows.
-    ramp = streams / 100
+    ramp = streams / 500
     before = rss_bytes(pids)
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "idle.json"
@@ -194,13 +258,31 @@ def idle(url: str, streams: int, seconds: float, pids: list[int]) -> dict[str, f
     }
 
 
+def instructions(up_port: int) -> dict[str, Any]:
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        return {"skipped": "valgrind with callgrind_control is not installed"}
+    upstream = f"http://127.0.0.1:{up_port}"
+    runs: dict[str, Any] = {}
+    port = free_port()
+    runs["floor"] = instructions_per_event([PY, str(HERE / "floor.py"), str(port), upstream], port)
+    port = free_port()
+    runs["adapter"] = instructions_per_event(adapter_command(up_port, port), port)
+    if importlib.util.find_spec("sse_starlette") is not None:
+        port = free_port()
+        command = [PY, str(HERE / "floor.py"), str(port), upstream, "--sse-starlette"]
+        runs["floor_sse_starlette"] = instructions_per_event(command, port)
+    runs["ratio"] = runs["adapter"]["per_event"] / runs["floor"]["per_event"]
+    return runs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller runs: a smoke test of the harness")
     parser.add_argument("--clients", type=int, default=2, help="client processes driving the load")
+    parser.add_argument("--only", nargs="+", choices=SECTIONS, default=SECTIONS, help="sections to run")
     args = parser.parse_args()
     scale = 0.1 if args.quick else 1.0
-    console = Console()
+    console = Console(width=150)
     report: dict[str, Any] = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
@@ -210,44 +292,24 @@ def main() -> None:
     with process(PY, str(HERE / "upstream.py"), str(up_port)) as up:
         wait_for_port(up_port, up)
         direct = f"http://127.0.0.1:{up_port}"
-        with adapter(up_port) as (url, proc):
-            pids = family(proc)
-            report["throughput"] = {}
-            for streams in (1, 10, 100):
-                total = int(200_000 * scale)
-                with console.status(f"throughput, {streams} streams"):
-                    report["throughput"][streams] = {
-                        "direct": throughput(direct, streams, total, args.clients),
-                        "adapter": throughput(url, streams, total, args.clients, pids),
-                    }
-            report["latency"] = {}
-            for streams, rate in ((100, 20.0), (1000, 5.0)):
-                with console.status(f"latency, {streams} streams x {rate:g} events/s"):
-                    seconds = max(2.0, 10 * scale)
-                    d = latency(direct, streams, rate, seconds, args.clients)
-                    a = latency(url, streams, rate, seconds, args.clients)
-                report["latency"][f"{streams}x{rate:g}"] = {
-                    "direct_ms": {k: v * 1000 for k, v in d.items()},
-                    "adapter_ms": {k: v * 1000 for k, v in a.items()},
-                    "added_ms": {k: (a[k] - d[k]) * 1000 for k in d},
-                }
-            with console.status("load: 1,000 concurrent streams"):
-                streams = int(1000 * scale)
-                load = drive(url, streams, {"mode": "burst", "events": 100}, args.clients, pids)
-                report["load"] = {
-                    "streams": streams,
-                    "events_per_s": load["events"] / load["seconds"],
-                    "peak_rss_mb": load["peak_rss"] / 2**20,
-                    "failed_streams": load["errors"],
-                }
-            with console.status("idle capacity"):
-                streams = int(5000 * scale)
-                report["idle"] = {"streams": streams, **idle(url, streams, 3 * HEARTBEAT, pids)}
-        with adapter(up_port, workers=2) as (url, proc):
-            with console.status("two workers"):
-                two = throughput(url, 100, int(200_000 * scale), args.clients)
-        one = report["throughput"][100]["adapter"]["events_per_s"]
-        report["workers"] = {"one": one, "two": two["events_per_s"], "ratio": two["events_per_s"] / one}
+        with adapter(up_port) as (url, proc), floor(up_port) as (floor_url, floor_proc):
+            servers = {
+                "direct": (direct, []),
+                "floor": (floor_url, [floor_proc.pid]),
+                "adapter": (url, family(proc)),
+            }
+            run_one_worker(report, args, scale, console, servers)
+        if "workers" in args.only:
+            with console.status("workers"):
+                with adapter(up_port) as (url, _):
+                    one = throughput(url, 100, int(200_000 * scale), args.clients)
+                with adapter(up_port, workers=2) as (url, _):
+                    two = throughput(url, 100, int(200_000 * scale), args.clients)
+            ratio = two["events_per_s"] / one["events_per_s"]
+            report["workers"] = {"one": one["events_per_s"], "two": two["events_per_s"], "ratio": ratio}
+        if "instructions" in args.only:
+            with console.status("instructions per event, under callgrind (a few minutes)"):
+                report["instructions"] = instructions(up_port)
     show(report, console)
     results = HERE / "results"
     results.mkdir(exist_ok=True)
@@ -257,39 +319,126 @@ def main() -> None:
     console.print(f"written to {results / name}")
 
 
+def run_one_worker(
+    report: dict[str, Any],
+    args: argparse.Namespace,
+    scale: float,
+    console: Console,
+    servers: dict[str, tuple[str, list[int]]],
+) -> None:
+    """The sections that need one adapter worker, with the direct connection and the floor beside it."""
+    direct, (url, pids) = servers["direct"][0], servers["adapter"]
+    if "throughput" in args.only:
+        report["throughput"] = {}
+        for streams in (1, 10, 100):
+            with console.status(f"throughput, {streams} streams"):
+                total = int(200_000 * scale)
+                report["throughput"][streams] = {
+                    "direct": throughput(direct, streams, total, args.clients),
+                    "adapter": throughput(url, streams, total, args.clients, pids),
+                }
+    if "lockstep" in args.only:
+        report["lockstep"] = {}
+        seconds = max(3.0, 10 * scale)
+        for streams, rate in ((200, 20.0), (100, 20.0), (1000, 5.0)):
+            streams = max(10, int(streams * scale))
+            with console.status(f"lockstep, {streams} streams x {rate:g} events/s"):
+                runs = {
+                    name: lockstep(where, streams, rate, seconds, args.clients, watch or None)
+                    for name, (where, watch) in servers.items()
+                }
+            for name in ("floor", "adapter"):
+                runs[name]["added_ms"] = {
+                    key: runs[name]["delay_ms"][key] - runs["direct"]["delay_ms"][key]
+                    for key in ("p50", "p99", "max")
+                }
+            report["lockstep"][f"{streams}x{rate:g}"] = runs
+    if "setup" in args.only:
+        with console.status("setup: time to the first event"):
+            report["setup"] = setup(direct, url, max(50, int(500 * scale)))
+    if "memory" in args.only:
+        with console.status("memory: sequential streams"):
+            report["memory"] = memory(url, pids, max(1000, int(10_000 * scale)))
+    if "idle" in args.only:
+        with console.status("idle capacity"):
+            streams = int(5000 * scale)
+            report["idle"] = {"streams": streams, **idle(url, streams, 3 * HEARTBEAT, pids)}
+
+
 def show(report: dict[str, Any], console: Console) -> None:
     table = Table(title=f"sse-adapter benchmark, {report['machine']}", title_justify="left")
     for column in ("measure", "direct", "through the adapter", "ratio or difference"):
         table.add_column(column)
-    for streams, run in report["throughput"].items():
+    for streams, run in report.get("throughput", {}).items():
         d, a = run["direct"]["events_per_s"], run["adapter"]["events_per_s"]
         table.add_row(f"throughput, {streams} streams (events/s)", f"{d:,.0f}", f"{a:,.0f}", f"{a / d:.2f}x")
-    cpu = report["throughput"][100]["adapter"]["cpu_s_per_100k"]
-    table.add_row("adapter CPU per 100,000 events", "", f"{cpu:.2f} s", "")
-    for name, run in report["latency"].items():
+        if streams == 100:
+            cpu = run["adapter"]["cpu_us_per_event"]
+            table.add_row("  adapter CPU per event, in bursts", "", f"{cpu:.1f} us", "")
+    for name, run in report.get("lockstep", {}).items():
+        d, f, a = run["direct"], run["floor"], run["adapter"]
+        cpu_f, cpu_a = f["cpu_us_per_event"], a["cpu_us_per_event"]
+        table.add_row(
+            f"lockstep {name}/s: CPU per event (floor | adapter)",
+            "",
+            f"{cpu_f:.1f} | {cpu_a:.1f} us",
+            f"{cpu_a / cpu_f:.2f}x the floor",
+        )
         for key in ("p50", "p99", "max"):
-            d, a, added = run["direct_ms"][key], run["adapter_ms"][key], run["added_ms"][key]
-            table.add_row(f"latency {name} events/s, {key} (ms)", f"{d:.2f}", f"{a:.2f}", f"+{added:.2f} ms")
-    load = report["load"]
-    table.add_row(
-        f"load: {load['streams']} concurrent streams, events/s",
-        "",
-        f"{load['events_per_s']:,.0f}",
-        f"peak RSS {load['peak_rss_mb']:.0f} MB",
-    )
-    idle_run = report["idle"]
-    table.add_row(
-        f"idle: RSS per stream, {idle_run['streams']} streams",
-        "",
-        f"{idle_run['rss_per_stream_kb']:.1f} KB",
-        "",
-    )
-    for key in ("p50", "p99", "max"):
-        table.add_row(f"idle: heartbeat lateness {key}", "", f"{idle_run[f'late_{key}_ms']:.1f} ms", "")
-    workers = report["workers"]
-    table.add_row(
-        "throughput, 100 streams, 2 workers", "", f"{workers['two']:,.0f}", f"{workers['ratio']:.2f}x of 1"
-    )
+            table.add_row(
+                f"lockstep {name}/s: delay {key} (ms; floor | adapter)",
+                f"{d['delay_ms'][key]:.1f}",
+                f"{f['delay_ms'][key]:.1f} | {a['delay_ms'][key]:.1f}",
+                f"+{f['added_ms'][key]:.1f} | +{a['added_ms'][key]:.1f} ms",
+            )
+        table.add_row(
+            f"lockstep {name}/s: all streams open (s; floor | adapter)",
+            f"{d['opened_in_s']:.2f}",
+            f"{f['opened_in_s']:.2f} | {a['opened_in_s']:.2f}",
+            "",
+        )
+    if setup_run := report.get("setup"):
+        table.add_row(
+            "setup: first event of one stream (ms, median)",
+            f"{setup_run['direct_ms']:.2f}",
+            f"{setup_run['adapter_ms']:.2f}",
+            f"+{setup_run['added_ms']:.2f} ms",
+        )
+    if mem := report.get("memory"):
+        table.add_row(
+            f"memory: RSS after {mem['requests'] // 10:,} / {mem['requests']:,} sequential streams",
+            "",
+            f"{mem['rss_early_mb']:.1f} / {mem['rss_late_mb']:.1f} MB",
+            f"{mem['growth_mb']:+.2f} MB",
+        )
+    if idle_run := report.get("idle"):
+        table.add_row(
+            f"idle: RSS per stream, {idle_run['streams']} streams",
+            "",
+            f"{idle_run['rss_per_stream_kb']:.1f} KB",
+            "",
+        )
+        for key in ("p50", "p99", "max"):
+            table.add_row(f"idle: heartbeat lateness {key}", "", f"{idle_run[f'late_{key}_ms']:.1f} ms", "")
+    if workers := report.get("workers"):
+        table.add_row(
+            "throughput, 100 streams, 2 workers",
+            f"{workers['one']:,.0f} (1 worker)",
+            f"{workers['two']:,.0f}",
+            f"{workers['ratio']:.2f}x of 1",
+        )
+    if runs := report.get("instructions"):
+        if "skipped" in runs:
+            table.add_row("instructions per event", "", runs["skipped"], "")
+        else:
+            floor = runs["floor"]["per_event"]
+            table.add_row("instructions per event: the floor", "", f"{floor:,.0f}", "1.00x")
+            if "floor_sse_starlette" in runs:
+                sse = runs["floor_sse_starlette"]["per_event"]
+                table.add_row("  the floor through sse-starlette", "", f"{sse:,.0f}", f"{sse / floor:.2f}x")
+            table.add_row(
+                "  the adapter", "", f"{runs['adapter']['per_event']:,.0f}", f"{runs['ratio']:.2f}x"
+            )
     console.print(table)
 
 

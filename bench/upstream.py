@@ -8,6 +8,8 @@ Raw asyncio and pre-built frames. What to stream comes in the request body's
                                                 its event at the same instant, one HTTP chunk each:
                                                 the pattern of a GPU server's continuous batching
   {"mode": "idle", "seconds": S}                headers, then silence (a model thinking)
+Any plan may say "end": "error": the stream then ends in an in-band error
+chunk (vLLM's shape) before its [DONE].
 
     python bench/upstream.py PORT
 """
@@ -18,15 +20,15 @@ import asyncio
 import json
 import sys
 import time
+from typing import Any
 
-HEAD = (
-    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n"
-    b"Connection: close\r\n\r\n"
-)
+# Keep-alive, as vLLM, TGI and llama.cpp are: a client may send its next request on the same connection.
+HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
 # A vLLM-like chunk that needs no repair: the common case, relayed byte for byte.
 PREFIX = b'data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1,"model":"bench",'
 TOKEN = PREFIX + b'"choices":[{"index":0,"delta":{"content":"tok"},"finish_reason":null}]}\n\n'
 DONE = b"data: [DONE]\n\n"
+ERROR = b'data: {"error": {"message": "bench error", "type": "BadRequestError", "code": 400}}\n\n'
 BATCH = 64  # events per write in burst mode
 
 
@@ -75,24 +77,27 @@ CLOCKS: dict[float, Lockstep] = {}
 
 async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = next(
-            int(line.split(b":")[1])
-            for line in head.split(b"\r\n")
-            if line.lower().startswith(b"content-length")
-        )
-        plan = json.loads(await reader.readexactly(length))["bench"]
-        writer.write(HEAD)
-        await stream(writer, plan)
-        writer.write(chunked(DONE) + b"0\r\n\r\n")
-        await writer.drain()
+        while True:  # one request after another, until the client closes
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(
+                int(line.split(b":")[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length")
+            )
+            plan = json.loads(await reader.readexactly(length))["bench"]
+            writer.write(HEAD)
+            await stream(writer, plan)
+            if plan.get("end") == "error":
+                writer.write(chunked(ERROR))
+            writer.write(chunked(DONE) + b"0\r\n\r\n")
+            await writer.drain()
     except (ConnectionError, asyncio.IncompleteReadError):
         pass
     finally:
         writer.close()
 
 
-async def stream(writer: asyncio.StreamWriter, plan: dict[str, float]) -> None:
+async def stream(writer: asyncio.StreamWriter, plan: dict[str, Any]) -> None:
     if plan["mode"] == "burst":
         batch = chunked(TOKEN) * BATCH
         events = int(plan["events"])

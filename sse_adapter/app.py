@@ -20,7 +20,7 @@ from starlette.types import ASGIApp
 from sse_adapter.chunks import Kind, StreamIdentity, heartbeat_chunk
 from sse_adapter.dialects import RequestFields
 from sse_adapter.encoder import comment, frame
-from sse_adapter.errors import AdapterError, RequestTooLarge, TooManyStreams
+from sse_adapter.errors import AdapterError, RequestTooLarge, ShuttingDown, TooManyStreams
 from sse_adapter.guard import Guard
 from sse_adapter.health import Readiness
 from sse_adapter.metrics import Metrics
@@ -213,8 +213,15 @@ async def _settled(task: asyncio.Future[Any], grace: float | None) -> bool:
     """Whether the task is done within ``grace`` seconds (None: however long it takes)."""
     try:
         await asyncio.wait({task}, timeout=grace)
+    except asyncio.CancelledError:
+        # Nothing but uvicorn cancels a request, once --shutdown-grace has passed.
+        task.cancel()
+        asyncio.current_task().uncancel()  # type: ignore[union-attr]
+        raise ShuttingDown(
+            "sse-adapter is shutting down and this request outlasted --shutdown-grace: send it again"
+        ) from None
     except BaseException:
-        task.cancel()  # the request itself was cancelled
+        task.cancel()
         raise
     return task.done()
 

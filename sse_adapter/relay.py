@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterable, Callable
+from typing import cast
 
 import httpx
 import orjson
@@ -174,8 +175,13 @@ class EventStream(Response):
 
     async def _relay(self, response: httpx.Response) -> None:
         pipeline, watch, stats = self._pipeline, self._watch, self._stats
-        # aiter_raw passes the bytes as read; aiter_bytes undoes a Content-Encoding
-        reads = response.aiter_bytes() if "content-encoding" in response.headers else response.aiter_raw()
+        # The transport's stream itself, as read: aiter_raw would add a generator
+        # per read only to count bytes. aiter_bytes undoes a Content-Encoding.
+        reads: AsyncIterable[bytes] = (
+            response.aiter_bytes()
+            if "content-encoding" in response.headers
+            else cast(httpx.AsyncByteStream, response.stream)  # an async transport's
+        )
         repairer = pipeline.repairer
         with map_errors(watch.url):
             async for raw in reads:

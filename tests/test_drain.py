@@ -4,8 +4,10 @@ in-band shutdown error, and [DONE]; none is cut. The real CLI, in its own proces
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
+from collections.abc import AsyncIterator
 
 import httpx
 import orjson
@@ -31,34 +33,34 @@ async def upstream_handler(request: Received, out: Writer) -> None:
     await out.end()
 
 
+@contextlib.asynccontextmanager
+async def cli_adapter(upstream: str, *flags: str) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
+    """The real CLI in its own process, once it answers; killed at the end if still running."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    command = ["-m", "sse_adapter", "serve", "--upstream", upstream, "--port", str(port), *flags]
+    adapter = await asyncio.create_subprocess_exec(
+        sys.executable, *command, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+    )
+    try:
+        async with httpx.AsyncClient() as client:
+            for _ in range(200):
+                try:
+                    await client.get(base + "/healthz")
+                    break
+                except httpx.TransportError:
+                    await asyncio.sleep(0.05)
+        yield adapter, base
+    finally:
+        if adapter.returncode is None:
+            adapter.kill()
+
+
 async def test_sigterm_drains_20_active_streams() -> None:
     async with fake_upstream(upstream_handler) as upstream:
-        port = free_port()
-        base = f"http://127.0.0.1:{port}"
-        adapter = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "sse_adapter",
-            "serve",
-            "--upstream",
-            upstream.url,
-            "--port",
-            str(port),
-            "--shutdown-grace",
-            "1.5",
-            "--heartbeat-interval",
-            "0.3",
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        try:
+        flags = ("--shutdown-grace", "1.5", "--heartbeat-interval", "0.3")
+        async with cli_adapter(upstream.url, *flags) as (adapter, base):
             async with httpx.AsyncClient(timeout=20) as client:
-                for _ in range(200):
-                    try:
-                        await client.get(base + "/healthz")
-                        break
-                    except httpx.TransportError:
-                        await asyncio.sleep(0.05)
                 started = asyncio.Event()
                 streaming = 0
 
@@ -85,9 +87,6 @@ async def test_sigterm_drains_20_active_streams() -> None:
                     await client.get(base + "/healthz")
                 results = await asyncio.wait_for(asyncio.gather(*readers), 15)
             code = await asyncio.wait_for(adapter.wait(), 15)
-        finally:
-            if adapter.returncode is None:
-                adapter.kill()
     assert code in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has drained
     for n, raw in enumerate(results):
         assert raw.endswith(b"data: [DONE]\n\n"), raw[-120:]
@@ -101,3 +100,28 @@ async def test_sigterm_drains_20_active_streams() -> None:
         else:
             assert errors == ["shutting_down"]
             assert text == "".join(f"{i}," for i in range(text.count(",")))  # in order, none lost
+
+
+async def test_sigterm_ends_a_waiting_non_stream_request_with_a_503() -> None:
+    """A non-stream answer still pending when --shutdown-grace runs out gets
+    a clear 503, not a dropped connection."""
+
+    async def slow(request: Received, out: Writer) -> None:
+        await asyncio.sleep(30)
+
+    async with fake_upstream(slow) as upstream:
+        flags = ("--shutdown-grace", "0.5", "--nonstream-keepalive", "off")
+        async with cli_adapter(upstream.url, *flags) as (adapter, base):
+            async with httpx.AsyncClient(timeout=20) as client:
+                waiting = asyncio.ensure_future(
+                    client.post(base + "/v1/chat/completions", json={"model": "m", "messages": []})
+                )
+                for _ in range(100):  # until the request has reached the model server
+                    if upstream.requests:
+                        break
+                    await asyncio.sleep(0.05)
+                adapter.send_signal(signal.SIGTERM)
+                reply = await asyncio.wait_for(waiting, 10)
+            await asyncio.wait_for(adapter.wait(), 15)
+    assert reply.status_code == 503
+    assert reply.json()["error"]["code"] == "shutting_down"
