@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -20,7 +21,14 @@ from starlette.types import ASGIApp
 from sse_adapter.chunks import Kind, StreamIdentity, heartbeat_chunk
 from sse_adapter.dialects import RequestFields
 from sse_adapter.encoder import comment, frame
-from sse_adapter.errors import AdapterError, RequestTooLarge, ShuttingDown, TooManyStreams
+from sse_adapter.errors import (
+    AdapterError,
+    InternalError,
+    RequestTimeout,
+    RequestTooLarge,
+    ShuttingDown,
+    TooManyStreams,
+)
 from sse_adapter.guard import Guard
 from sse_adapter.health import Readiness
 from sse_adapter.metrics import Metrics
@@ -30,9 +38,11 @@ from sse_adapter.pipeline import Pipeline
 from sse_adapter.relay import EventStream
 from sse_adapter.repair import StreamRepairer
 from sse_adapter.settings import HeartbeatMode, Settings
-from sse_adapter.upstream import Upstream, UpstreamRequest, forwardable
+from sse_adapter.upstream import Upstream, UpstreamRequest, forwardable, upstream_path
 
 __all__ = ["create_app"]
+
+log = logging.getLogger("sse_adapter")
 
 _METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 _OWN_HEADERS = frozenset({"date", "server"})  # uvicorn writes its own
@@ -47,6 +57,7 @@ def create_app(settings: Settings) -> FastAPI:
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
+        redirect_slashes=False,  # a redirect would echo the client's Host header back to it
     )
     app.add_api_route("/healthz", gateway.healthz, methods=["GET"])
     app.add_api_route("/readyz", gateway.readyz, methods=["GET"])
@@ -56,6 +67,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_api_route("/v1/{path:path}", gateway.passthrough, methods=_METHODS)
     app.add_exception_handler(AdapterError, _adapter_error)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, _internal_error)
     app.add_middleware(
         Guard,
         api_keys=settings.api_keys,
@@ -93,8 +105,20 @@ class _Gateway:
         async with Upstream(self.settings) as upstream:
             self._upstream = upstream
             self._readiness = Readiness(upstream)
+            # said once, without holding up the start: a model server may take minutes to load
+            announcing = asyncio.ensure_future(self._announce())
             yield
+            announcing.cancel()
             self._upstream = None
+
+    async def _announce(self) -> None:
+        assert self._readiness is not None
+        url = self.upstream.base_url
+        reason = await self._readiness.reason_not_ready()
+        if reason is None:
+            log.info("sse-adapter relays to %s, which answers", url)
+        else:
+            log.warning("sse-adapter relays to %s, which does not answer yet: %s", url, reason)
 
     @property
     def upstream(self) -> Upstream:
@@ -122,11 +146,15 @@ class _Gateway:
         return await self._relay(request, Kind.COMPLETION)
 
     async def passthrough(self, request: Request) -> Response:
-        upstream_request = await _upstream_request(request, self.settings.max_request_bytes)
+        upstream_request = await _upstream_request(
+            request, self.settings.max_request_bytes, self.settings.request_read_timeout
+        )
         return _passthrough(await self.upstream.open(upstream_request))
 
     async def _relay(self, request: Request, kind: Kind) -> Response:
-        upstream_request = await _upstream_request(request, self.settings.max_request_bytes)
+        upstream_request = await _upstream_request(
+            request, self.settings.max_request_bytes, self.settings.request_read_timeout
+        )
         stats: RequestStats = request.state.stats
         if stats.trace is not None:
             stats.trace.request_body = upstream_request.body
@@ -195,18 +223,26 @@ class _Gateway:
         return None
 
 
-async def _upstream_request(request: Request, limit: int) -> UpstreamRequest:
+async def _upstream_request(request: Request, limit: int, read_timeout: float) -> UpstreamRequest:
     declared = request.headers.get("content-length", "")
     too_large = RequestTooLarge(f"the request body is over {limit} bytes (--max-request-bytes)")
     if declared.isdigit() and int(declared) > limit:
         raise too_large
     body = bytearray()
-    async for part in request.stream():
-        body += part
-        if len(body) > limit:
-            raise too_large
-    url = request.url
-    return UpstreamRequest(request.method, url.path, url.query, tuple(request.headers.items()), bytes(body))
+    try:
+        async with asyncio.timeout(read_timeout):
+            async for part in request.stream():
+                body += part
+                if len(body) > limit:
+                    raise too_large
+    except TimeoutError:
+        raise RequestTimeout(
+            f"the request body did not arrive within {read_timeout:g} s (--request-read-timeout): "
+            "send it whole"
+        ) from None
+    path = upstream_path(request.scope.get("raw_path") or request.scope["path"].encode())
+    headers = tuple(request.headers.items())
+    return UpstreamRequest(request.method, path, request.url.query, headers, bytes(body))
 
 
 async def _settled(task: asyncio.Future[Any], grace: float | None) -> bool:
@@ -242,7 +278,11 @@ def _passthrough(response: httpx.Response) -> Response:
 
 async def _adapter_error(request: Request, error: AdapterError) -> JSONResponse:
     request.state.stats.outcome = error.code
-    headers = {"Retry-After": _RETRY_AFTER} if isinstance(error, TooManyStreams) else None
+    headers = None
+    if isinstance(error, TooManyStreams):
+        headers = {"Retry-After": _RETRY_AFTER}
+    elif isinstance(error, RequestTimeout):
+        headers = {"Connection": "close"}  # the rest of its body may still come: the connection is spent
     return JSONResponse(error.to_openai(), status_code=error.http_status, headers=headers)
 
 
@@ -255,3 +295,10 @@ async def _http_error(request: Request, error: HTTPException) -> JSONResponse:
         "error": {"message": message, "type": "invalid_request_error", "code": f"http_{error.status_code}"}
     }
     return JSONResponse(body, status_code=error.status_code, headers=error.headers)
+
+
+async def _internal_error(request: Request, error: Exception) -> JSONResponse:
+    """A bug of ours still answers in OpenAI's shape; the traceback goes to the log."""
+    failure = InternalError("sse-adapter failed on this request; see its log")
+    request.state.stats.outcome = failure.code
+    return JSONResponse(failure.to_openai(), status_code=failure.http_status)

@@ -117,6 +117,17 @@ def serve(
     max_header_bytes: Annotated[
         int, _option("MAX_HEADER_BYTES", "Most bytes of request headers; past it, 431.", _LIMITS)
     ] = 64 * 1024,
+    request_read_timeout: Annotated[
+        float,
+        _option(
+            "REQUEST_READ_TIMEOUT",
+            "Longest wait for a request's head, then for its body; past it, 408.",
+            _LIMITS,
+        ),
+    ] = 30.0,
+    max_connections: Annotated[
+        int, _option("MAX_CONNECTIONS", "Most open client connections; past it, 503 at once.", _LIMITS)
+    ] = 10_000,
     max_event_bytes: Annotated[
         int,
         _option(
@@ -239,6 +250,8 @@ def serve(
             max_request_bytes=max_request_bytes,
             max_header_count=max_header_count,
             max_header_bytes=max_header_bytes,
+            request_read_timeout=request_read_timeout,
+            max_connections=max_connections,
             max_event_bytes=max_event_bytes,
             max_concurrent_streams=max_concurrent_streams,
             shutdown_grace=shutdown_grace,
@@ -254,9 +267,9 @@ def serve(
             nonstream_keepalive=nonstream_keepalive is Switch.ON,
             nonstream_via_stream=nonstream_via_stream is Switch.ON,
         )
+        run_server(settings)
     except SettingsError as exc:
         raise typer.BadParameter(str(exc)) from None
-    run_server(settings)
 
 
 @app.command()
@@ -299,7 +312,10 @@ def demo(
         raise typer.BadParameter(f"--port must be between 1 and 65534, got {port}")
     logging.getLogger("sse_adapter").setLevel(logging.ERROR)  # the tables report the upstreams' errors
     with contextlib.suppress(KeyboardInterrupt):  # --serve ends with Ctrl-C
-        asyncio.run(run_demo(dialects_named(dialect), think_seconds, serve, port, Console()))
+        try:
+            asyncio.run(run_demo(dialects_named(dialect), think_seconds, serve, port, Console()))
+        except SettingsError as exc:
+            raise typer.BadParameter(str(exc)) from None
 
 
 @app.command()

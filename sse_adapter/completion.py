@@ -38,7 +38,7 @@ def normalise_completion(
         body.setdefault("object", completion_object(kind))
         if not isinstance(body.get("created"), int):
             body["created"] = created
-    for choice in body.get("choices") or ():
+    for choice in _list(body.get("choices")):
         if isinstance(choice, dict):
             _normalise_choice(choice, settings)
     body["usage"] = usage_of(body)
@@ -104,8 +104,9 @@ class Assembler:
                 self._head[key] = chunk[key]
         if is_real_usage(chunk.get("usage")):
             self._usage = chunk["usage"]
-        for choice in chunk.get("choices") or ():
-            self._add_choice(choice)
+        for choice in _list(chunk.get("choices")):
+            if isinstance(choice, dict):
+                self._add_choice(choice)
 
     def add_all(self, payloads: list[bytes]) -> None:
         """Repaired payloads, as the relay would send them."""
@@ -119,23 +120,28 @@ class Assembler:
         return body
 
     def _add_choice(self, choice: dict[str, Any]) -> None:
-        index = choice.get("index", 0)
+        # Every value is checked before it is used: what is not of the shape
+        # OpenAI gives it is left out of the answer, never a crash.
+        index = _position(choice.get("index"), 0)
         into = self._choices.setdefault(index, self._empty_choice(index))
         if choice.get("finish_reason") is not None:
             into["finish_reason"] = choice["finish_reason"]
         _merge_logprobs(into, choice.get("logprobs"))
         if self.kind is Kind.COMPLETION:
-            into["text"] += choice.get("text") or ""
+            into["text"] += _text(choice.get("text"))
             return
-        delta = choice.get("delta") or {}
+        delta = choice.get("delta")
+        if not isinstance(delta, dict):
+            return
         message = into["message"]
-        if delta.get("role"):
+        if isinstance(delta.get("role"), str) and delta["role"]:
             message["role"] = delta["role"]
         for key in ("content", *_REASONING):
-            if delta.get(key):
-                message[key] = (message.get(key) or "") + delta[key]
-        for call in delta.get("tool_calls") or ():
-            self._add_tool_call(index, call)
+            if text := _text(delta.get(key)):
+                message[key] = (message.get(key) or "") + text
+        for call in _list(delta.get("tool_calls")):
+            if isinstance(call, dict):
+                self._add_tool_call(index, call)
 
     def _empty_choice(self, index: int) -> dict[str, Any]:
         if self.kind is Kind.COMPLETION:
@@ -150,16 +156,17 @@ class Assembler:
     def _add_tool_call(self, choice_index: int, call: dict[str, Any]) -> None:
         calls = self._tools.setdefault(choice_index, {})
         into = calls.setdefault(
-            call.get("index", len(calls)),
+            _position(call.get("index"), len(calls)),
             {"id": None, "type": "function", "function": {"name": "", "arguments": ""}},
         )
-        if call.get("id"):
+        if isinstance(call.get("id"), str) and call["id"]:
             into["id"] = call["id"]
-        if call.get("type"):
+        if isinstance(call.get("type"), str) and call["type"]:
             into["type"] = call["type"]
-        function = call.get("function") or {}
-        into["function"]["name"] += function.get("name") or ""
-        into["function"]["arguments"] += function.get("arguments") or ""
+        function = call.get("function")
+        if isinstance(function, dict):
+            into["function"]["name"] += _text(function.get("name"))
+            into["function"]["arguments"] += _text(function.get("arguments"))
 
     def _finished(self, index: int) -> dict[str, Any]:
         choice = self._choices[index]
@@ -170,6 +177,22 @@ class Assembler:
             elif message["content"] is None:
                 message["content"] = ""
         return choice
+
+
+def _list(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _text(value: object) -> str:
+    """A text field's text: a string, or the text parts of a content list."""
+    if isinstance(value, str):
+        return value
+    parts = [part.get("text") for part in _list(value) if isinstance(part, dict)]
+    return "".join(part for part in parts if isinstance(part, str))
+
+
+def _position(value: object, otherwise: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else otherwise
 
 
 def _merge_logprobs(into: dict[str, Any], logprobs: object) -> None:

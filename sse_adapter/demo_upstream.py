@@ -17,6 +17,8 @@ from importlib import resources
 
 import orjson
 
+from sse_adapter.settings import SettingsError
+
 __all__ = ["DIALECTS", "DemoDialect", "demo_upstream", "events_of", "transcript"]
 
 _EVENT_END = re.compile(rb"(?<=\r\n\r\n)|(?<=\n\n)|(?<=\r\r)(?!\n)")
@@ -136,7 +138,13 @@ async def _json(writer: asyncio.StreamWriter, status: int, body: bytes) -> None:
 @contextlib.asynccontextmanager
 async def demo_upstream(think_seconds: float, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
     """Serve the demo dialects; yields the server's base URL."""
-    server = await asyncio.start_server(_DemoServer(think_seconds).serve, host, port)
+    try:
+        server = await asyncio.start_server(_DemoServer(think_seconds).serve, host, port)
+    except OSError as error:
+        raise SettingsError(
+            f"cannot listen on {host}:{port} (the demo's model server takes the port after --port): "
+            f"{error.strerror or error}; pick another --port"
+        ) from None
     bound = server.sockets[0].getsockname()[1]
     try:
         yield f"http://{host}:{bound}"

@@ -8,16 +8,20 @@ answers with before a stream has started, and its OpenAI ``type`` and stable
     AdapterError
     ├── ClientError              400  invalid_request_error / invalid_request
     │   ├── InvalidJSON          400  invalid_request_error / invalid_json
+    │   ├── InvalidPath          400  invalid_request_error / invalid_path
     │   ├── Unauthorized         401  invalid_request_error / invalid_api_key
+    │   ├── RequestTimeout       408  invalid_request_error / request_timeout
     │   ├── RequestTooLarge      413  invalid_request_error / request_too_large
     │   ├── HeadersTooLarge      431  invalid_request_error / request_headers_too_large
-    │   └── TooManyStreams       429  rate_limit_error / too_many_streams
+    │   ├── TooManyStreams       429  rate_limit_error / too_many_streams
+    │   └── TooManyConnections   503  rate_limit_error / too_many_connections
     ├── EventTooLarge            502  upstream_error / event_too_large
     ├── LineTooLong              502  upstream_error / line_too_long
     ├── UpstreamError            502  upstream_error / upstream_error
     │   ├── UpstreamUnreachable  502  upstream_error / upstream_unreachable
     │   ├── UpstreamTimeout      504  upstream_error / upstream_timeout
     │   ├── UpstreamDisconnected 502  upstream_error / upstream_disconnected
+    │   ├── NotAnEventStream     502  upstream_error / not_an_event_stream
     │   ├── ResponseTooLarge     502  upstream_error / response_too_large
     │   └── UpstreamReported     the upstream's own status, type and code
     ├── ShuttingDown             503  adapter_error / shutting_down
@@ -63,9 +67,22 @@ class InvalidJSON(ClientError):
     code = "invalid_json"
 
 
+class InvalidPath(ClientError):
+    """A request target that leaves ``/v1/`` once decoded, or holds control characters."""
+
+    code = "invalid_path"
+
+
 class Unauthorized(ClientError):
     status = 401
     code = "invalid_api_key"
+
+
+class RequestTimeout(ClientError):
+    """The request's head or body did not arrive within --request-read-timeout."""
+
+    status = 408
+    code = "request_timeout"
 
 
 class RequestTooLarge(ClientError):
@@ -86,6 +103,14 @@ class TooManyStreams(ClientError):
     status = 429
     type = "rate_limit_error"
     code = "too_many_streams"
+
+
+class TooManyConnections(ClientError):
+    """Past --max-connections: the client should come back shortly."""
+
+    status = 503
+    type = "rate_limit_error"
+    code = "too_many_connections"
 
 
 class EventTooLarge(AdapterError):
@@ -127,6 +152,12 @@ class UpstreamDisconnected(UpstreamError):
     """The connection ended mid-stream: never to be mistaken for a clean finish."""
 
     code = "upstream_disconnected"
+
+
+class NotAnEventStream(UpstreamError):
+    """A streaming request answered with a success status but no event stream."""
+
+    code = "not_an_event_stream"
 
 
 class ResponseTooLarge(UpstreamError):

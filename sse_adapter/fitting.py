@@ -16,9 +16,9 @@ from typing import Any
 import orjson
 
 from sse_adapter.dialects import BULKY_FIELDS
-from sse_adapter.errors import LineTooLong
+from sse_adapter.errors import LineTooLong, UpstreamError
 
-__all__ = ["fit"]
+__all__ = ["fit", "serialised"]
 
 _PREFIX = len(b"data: ")
 _CHAT_TEXT = ("reasoning_content", "reasoning", "content")
@@ -26,13 +26,13 @@ _LEAST_ROOM = 64  # bytes of text a split chunk must carry to be worth it
 
 
 def fit(chunk: dict[str, Any], limit: int, repairs: Counter[str]) -> list[bytes]:
-    """The chunk as one or more payloads whose ``data: `` lines fit ``limit``."""
-    payload = orjson.dumps(chunk)
+    """The chunk as one or more payloads whose ``data: `` lines fit ``limit`` bytes."""
+    payload = serialised(chunk)
     if _PREFIX + len(payload) <= limit:
         return [payload]
     if _drop_bulky(chunk):
         repairs["bulky_field_dropped"] += 1
-        payload = orjson.dumps(chunk)
+        payload = serialised(chunk)
         if _PREFIX + len(payload) <= limit:
             return [payload]
     payloads = _split_text(chunk, limit)
@@ -45,8 +45,18 @@ def fit(chunk: dict[str, Any], limit: int, repairs: Counter[str]) -> list[bytes]
     return payloads
 
 
+def serialised(body: dict[str, Any]) -> bytes:
+    """The JSON of a repaired chunk or body; an upstream error if it holds
+    what JSON cannot carry on (orjson refuses integers past 64 bits)."""
+    try:
+        return orjson.dumps(body)
+    except orjson.JSONEncodeError as error:
+        raise UpstreamError(f"the upstream's answer cannot be sent on as JSON: {error}") from None
+
+
 def _drop_bulky(chunk: dict[str, Any]) -> bool:
-    holders = [chunk, *(c for c in chunk.get("choices") or () if isinstance(c, dict))]
+    choices = chunk.get("choices")
+    holders = [chunk, *(c for c in choices if isinstance(c, dict))] if isinstance(choices, list) else [chunk]
     dropped = [holder.pop(name) for holder in holders for name in BULKY_FIELDS if name in holder]
     return bool(dropped)
 
@@ -63,8 +73,13 @@ def _split_text(chunk: dict[str, Any], limit: int) -> list[bytes] | None:
         return None
     for name, _ in texts:
         holder[name] = ""
-    finish = choice["finish_reason"] = choice.get("finish_reason")  # measured in: it goes on the last piece
-    room = limit - _PREFIX - len(orjson.dumps(chunk))
+    # Measured with the longer of the two finish reasons: the last piece carries the
+    # real one, every other piece null, and either may be the longer.
+    finish = choice.get("finish_reason")
+    choice["finish_reason"] = None
+    without = len(orjson.dumps(chunk))
+    choice["finish_reason"] = finish
+    room = limit - _PREFIX - max(without, len(serialised(chunk)))
     if room < _LEAST_ROOM:
         return None
     pieces = [(name, piece) for name, text in texts for piece in _pieces(text, room)]

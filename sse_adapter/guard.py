@@ -14,7 +14,8 @@ import uuid
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sse_adapter.errors import AdapterError, HeadersTooLarge, Unauthorized
+from sse_adapter.errors import AdapterError, HeadersTooLarge, InvalidPath, Unauthorized
+from sse_adapter.upstream import upstream_path
 
 __all__ = ["Guard"]
 
@@ -45,7 +46,7 @@ class Guard:
                 message = {**message, "headers": [*message.get("headers", []), (_REQUEST_ID, request_id)]}
             await send(message)
 
-        refusal = self._refusal(scope["path"], headers)
+        refusal = self._refusal(scope, headers)
         if refusal is not None:
             error, extra = refusal
             reply = JSONResponse(error.to_openai(), status_code=error.http_status, headers=extra)
@@ -54,9 +55,10 @@ class Guard:
         await self.app(scope, receive, send_with_id)
 
     def _refusal(
-        self, path: str, headers: list[tuple[bytes, bytes]]
+        self, scope: Scope, headers: list[tuple[bytes, bytes]]
     ) -> tuple[AdapterError, dict[str, str] | None] | None:
         """Why a request is turned away before anything reads it, or None."""
+        path: str = scope["path"]
         size = sum(len(name) + len(value) for name, value in headers)
         if len(headers) > self.max_header_count or size > self.max_header_bytes:
             # caught before any header is looked at one by one: each such pass would cost as much again
@@ -65,6 +67,11 @@ class Guard:
                 f"{self.max_header_count} headers and {self.max_header_bytes} bytes of them "
                 "(--max-header-count, --max-header-bytes): send fewer"
             ), None
+        if path.startswith("/v1/"):
+            try:  # before routing: a path that only leaves /v1/ once decoded still routes as /v1/
+                upstream_path(scope.get("raw_path") or path.encode())
+            except InvalidPath as error:
+                return error, None
         if self.api_keys and path.startswith("/v1/") and not self._authorised(headers):
             return Unauthorized(
                 "missing or wrong API key: send 'Authorization: Bearer <key>' with one of the adapter's "

@@ -1,16 +1,40 @@
 """Logging: plain text for people, JSON lines for log pipelines.
 
 The access line (``sse_adapter.access``) carries its fields as ``extra``;
-the JSON format puts them at the top level of each line.
+the JSON format puts them at the top level of each line. In the text format
+every message has its control characters escaped, so that no value a client
+or an upstream sent (a model name, an error message) can start a forged line.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any
 
-__all__ = ["JSONFormatter", "logging_config"]
+__all__ = ["JSONFormatter", "TextFormatter", "logfmt", "logging_config"]
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_BARE = re.compile(r"[^\s\"=\\\x00-\x1f\x7f]+")
+
+
+def _escaped(match: re.Match[str]) -> str:
+    char = match.group()
+    return {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(char, f"\\x{ord(char):02x}")
+
+
+def logfmt(value: object) -> str:
+    """A value for a ``name=value`` text line: as it is when it is one plain
+    word, else quoted and escaped, so it cannot break out of its field."""
+    text = str(value)
+    return text if _BARE.fullmatch(text) else json.dumps(text, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = _CONTROL.sub(_escaped, record.message)
+        return super().formatMessage(record)
 
 
 class JSONFormatter(logging.Formatter):
@@ -32,7 +56,7 @@ def logging_config(log_format: str, level: str) -> dict[str, Any]:
     formatter: dict[str, Any] = (
         {"()": f"{__name__}.JSONFormatter"}
         if log_format == "json"
-        else {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}
+        else {"()": f"{__name__}.TextFormatter", "fmt": "%(asctime)s %(levelname)s %(name)s: %(message)s"}
     )
     return {
         "version": 1,

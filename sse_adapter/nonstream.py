@@ -21,6 +21,7 @@ from sse_adapter.chunks import Kind, StreamIdentity
 from sse_adapter.completion import Assembler, normalise_completion
 from sse_adapter.dialects import body_error, excerpt
 from sse_adapter.errors import AdapterError, InternalError, UpstreamReported
+from sse_adapter.fitting import serialised
 from sse_adapter.pipeline import Pipeline
 from sse_adapter.reading import is_event_stream, read_body, refusal
 from sse_adapter.repair import StreamRepairer
@@ -68,7 +69,7 @@ async def complete(
     if not isinstance(parsed, dict) or not isinstance(parsed.get("choices"), list):
         return Answer(response.status_code, body, content_type or "application/json")  # not ours to repair
     normalised = normalise_completion(parsed, kind, settings, int(time.time()))
-    return Answer(response.status_code, orjson.dumps(normalised))
+    return Answer(response.status_code, serialised(normalised))
 
 
 async def _assembled(
@@ -98,7 +99,7 @@ async def _assembled(
             if failure is not None:
                 raise failure
         assembler.add_all(pipeline.finish())
-        return orjson.dumps(assembler.result())
+        return serialised(assembler.result())
     finally:
         await response.aclose()
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from sse_adapter.logs import logfmt
 from sse_adapter.metrics import Metrics
 from sse_adapter.trace import Trace
 
@@ -52,10 +53,18 @@ class RequestStats:
         return self.trace.from_upstream if self.trace is not None else None
 
 
+_ROUTES = {
+    "/v1/chat/completions": "chat_completions",
+    "/v1/completions": "completions",
+    "/healthz": "healthz",
+    "/readyz": "readyz",
+    "/metrics": "metrics",
+}
+
+
 def _route(path: str) -> str:
-    if path in ("/v1/chat/completions", "/v1/completions"):
-        return path.removeprefix("/v1/").replace("/", "_")
-    return "passthrough" if path.startswith("/v1/") else path.strip("/") or "root"
+    """A fixed set, so that no client can add a label, a series, to /metrics."""
+    return _ROUTES.get(path) or ("passthrough" if path.startswith("/v1/") else "other")
 
 
 class Observe:
@@ -66,6 +75,7 @@ class Observe:
         self.metrics = metrics
         self.trace_dir = Path(trace_dir) if trace_dir else None
         self.trace_bodies = trace_bodies
+        self._trace_failed = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -94,7 +104,17 @@ class Observe:
         finally:
             self._record(stats, status, request_id, loop.time() - stats.started)
             if stats.trace is not None:
-                await stats.trace.save(request_id, status, stats.upstream_status)
+                await self._save(stats.trace, request_id, status, stats.upstream_status)
+
+    async def _save(self, trace: Trace, request_id: str, status: int, upstream_status: int | None) -> None:
+        """Tracing never fails a request: a trace that cannot be written is
+        logged, the first time as a warning."""
+        try:
+            await trace.save(request_id, status, upstream_status)
+        except OSError as error:
+            level = logging.DEBUG if self._trace_failed else logging.WARNING
+            self._trace_failed = True
+            log.log(level, "could not write the trace of %s to %s: %s", request_id, trace.folder, error)
 
     def _record(self, stats: RequestStats, status: int, request_id: str, duration: float) -> None:
         metrics = self.metrics
@@ -124,6 +144,6 @@ class Observe:
             "repairs": dict(stats.repairs),
             "duration_ms": round(duration * 1000, 1),
         }
-        text = " ".join(f"{name}={value}" for name, value in fields.items() if name != "repairs")
+        text = " ".join(f"{name}={logfmt(value)}" for name, value in fields.items() if name != "repairs")
         repairs = ",".join(f"{kind}:{count}" for kind, count in stats.repairs.items()) or "-"
         log.info("%s repairs=%s", text, repairs, extra={"fields": fields})

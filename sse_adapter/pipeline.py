@@ -8,13 +8,16 @@ the payloads that preceded it, so nothing before a fault is lost.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 
 from sse_adapter.decoder import Event, SSEDecoder
-from sse_adapter.errors import AdapterError, EventTooLarge
+from sse_adapter.errors import AdapterError, EventTooLarge, InternalError
 from sse_adapter.repair import StreamRepairer
 
 __all__ = ["Pipeline"]
+
+log = logging.getLogger(__name__)
 
 _FIELD_EVENTS = frozenset({"error"})  # llama.cpp before Sep 2025: a bare `error: {...}` line
 
@@ -37,11 +40,13 @@ class Pipeline:
         except EventTooLarge as too_large:
             payloads, failure = self._repair_all(too_large.completed)
             return payloads, bool(too_large.completed), failure or too_large
-        if len(events) == 1:  # the common read: one event, repaired without the loop
+        if len(events) == 1:  # the common read: one event, repaired without a loop or a call
             try:
                 return self.repairer.repair(events[0]), True, None
             except AdapterError as error:
                 return [], True, error
+            except Exception:
+                return [], True, _bug()
         payloads, failure = self._repair_all(events)
         return payloads, bool(events), failure
 
@@ -63,6 +68,8 @@ class Pipeline:
         return self.repairer.finish(failed)
 
     def _repair_all(self, events: list[Event]) -> tuple[list[bytes], AdapterError | None]:
+        """The events' payloads, up to the first that fails: what came before a
+        fault always goes out before its error, even a fault of ours."""
         repairer = self.repairer
         payloads: list[bytes] = []
         for event in events:
@@ -70,6 +77,13 @@ class Pipeline:
                 payloads += repairer.repair(event)
             except AdapterError as error:
                 return payloads, error
+            except Exception:
+                return payloads, _bug()
             if repairer.finished:
                 break
         return payloads, None
+
+
+def _bug() -> InternalError:
+    log.exception("sse-adapter failed to repair an upstream event")
+    return InternalError("sse-adapter failed on this stream; see its log")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 
 from sse_adapter.dialects import body_error
-from sse_adapter.errors import ResponseTooLarge, UpstreamReported
+from sse_adapter.errors import AdapterError, NotAnEventStream, ResponseTooLarge
 from sse_adapter.timeouts import Watch
 from sse_adapter.upstream import map_errors
 
@@ -38,15 +38,14 @@ async def read_body(response: httpx.Response, watch: Watch, limit: int, *, trunc
     return bytes(body)
 
 
-async def refusal(response: httpx.Response, watch: Watch) -> UpstreamReported:
+async def refusal(response: httpx.Response, watch: Watch) -> AdapterError:
     """The error an upstream answer that is no event stream stands for."""
     content_type = response.headers.get("content-type", "no content type")
     body = await read_body(response, watch, _ERROR_BODY_LIMIT, truncate=True)
     error = body_error(response.status_code, content_type, body)
     if error is None:
-        return UpstreamReported(
+        return NotAnEventStream(
             f"the upstream answered {response.status_code} with {content_type} instead of an event stream; "
-            "check that --upstream is the server's OpenAI-compatible endpoint (for Ollama, its /v1 API)",
-            status=response.status_code,
+            "check that --upstream is the server's OpenAI-compatible endpoint (for Ollama, its /v1 API)"
         )
     return error

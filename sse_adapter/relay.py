@@ -38,7 +38,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from sse_adapter.chunks import error_chunk
 from sse_adapter.encoder import DONE, frame, frames
-from sse_adapter.errors import AdapterError, InternalError, ShuttingDown
+from sse_adapter.errors import AdapterError, InternalError, ShuttingDown, UpstreamReported
 from sse_adapter.observe import WIRE, RequestStats
 from sse_adapter.pipeline import Pipeline
 from sse_adapter.reading import is_event_stream, refusal
@@ -217,7 +217,7 @@ class EventStream(Response):
         if not self._committed:
             await self._answer_error(error)
             return
-        if error is self._refusal:  # the 200 is gone: say what the status was
+        if error is self._refusal and isinstance(error, UpstreamReported):  # the 200 is gone: say the status
             error.message = f"the upstream answered {self._stats.upstream_status}: {error.message}"
         log.warning(
             "stream %s ended in error: %s",

@@ -52,6 +52,7 @@ class StreamRepairer:
         self._map_reasons = settings.map_finish_reason
         self._split_thinking = settings.think_tags is ThinkTags.SPLIT
         self._other_reasoning = _other_reasoning_name(settings)
+        self._unknown_reasons: set[str] = set()  # logged once a stream
 
     def repair(self, event: Event) -> list[bytes]:
         """The payloads one event becomes. Each check is a dict lookup, and a
@@ -85,6 +86,8 @@ class StreamRepairer:
                 return []
             return self._send(chunk, data, changed=changed)  # not a chunk: not ours to repair
         changed |= held_usage
+        if choices is not None and not isinstance(choices, list):
+            return self._send(chunk, data, changed)  # a shape no client reads: sent on as it came
         identity = self.identity
         if not identity.id or chunk.get("id") != identity.id:
             changed |= self._unify_id(chunk)
@@ -176,7 +179,7 @@ class StreamRepairer:
             if self._fill_fields:  # vLLM may leave it out
                 choice["finish_reason"] = None
                 changed = self._count("finish_reason_filled", True)
-        elif choice["finish_reason"] is not None and self._map_reasons:
+        elif isinstance(choice["finish_reason"], str) and self._map_reasons:
             changed = self._map_finish_reason(choice)
         delta = choice.get("delta")
         if isinstance(delta, dict):
@@ -187,7 +190,8 @@ class StreamRepairer:
         return changed
 
     def _map_finish_reason(self, choice: dict[str, Any]) -> bool:
-        return self._count("finish_reason_mapped", map_finish_reason(choice, self.settings))
+        mapped = map_finish_reason(choice, self.settings, self._unknown_reasons)
+        return self._count("finish_reason_mapped", mapped)
 
     def _rename_reasoning(self, delta: dict[str, Any]) -> bool:
         return self._count("reasoning_renamed", rename_reasoning(delta, self.settings))
@@ -199,9 +203,12 @@ class StreamRepairer:
     def _split_think(self, choice: dict[str, Any], delta: dict[str, Any]) -> bool:
         content = delta.get("content")
         finish = choice.get("finish_reason")
-        if not isinstance(content, str) and finish is None:
+        index = choice.get("index", 0)
+        if content is not None and not isinstance(content, str):
+            return False  # parts, or no text at all: not ours to split
+        if (content is None and finish is None) or not isinstance(index, int | str):
             return False
-        splitter = self._thinking.setdefault(choice.get("index", 0), ThinkSplitter())
+        splitter = self._thinking.setdefault(index, ThinkSplitter())
         reasoning, text = splitter.feed(content or "")
         if finish is not None:
             held_reasoning, held_text = splitter.flush()
@@ -227,13 +234,16 @@ class StreamRepairer:
         return fit(chunk, self.settings.max_line_bytes, self.repairs)
 
 
-def map_finish_reason(choice: dict[str, Any], settings: Settings) -> bool:
-    """OpenAI's finish reasons only: TGI's names and ``""`` are a stop; unknown ones are logged."""
+def map_finish_reason(choice: dict[str, Any], settings: Settings, logged: set[str] | None = None) -> bool:
+    """OpenAI's finish reasons only: TGI's names and ``""`` are a stop; unknown
+    ones are logged, once per reason when ``logged`` remembers them."""
     reason = choice.get("finish_reason")
-    if not settings.map_finish_reason or reason is None or reason in OPENAI_FINISH_REASONS:
-        return False
-    if reason not in STOP_ALIASES:
+    if not settings.map_finish_reason or not isinstance(reason, str) or reason in OPENAI_FINISH_REASONS:
+        return False  # only a name is mapped: any other value is sent on as it came
+    if reason not in STOP_ALIASES and (logged is None or reason not in logged):
         log.warning("unknown finish_reason %r from the upstream, sent on as 'stop'", reason)
+        if logged is not None:
+            logged.add(reason)
     choice["finish_reason"] = "stop"
     return True
 

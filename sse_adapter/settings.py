@@ -6,7 +6,15 @@ import enum
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-__all__ = ["HeartbeatMode", "LogFormat", "ReasoningField", "Settings", "SettingsError", "ThinkTags"]
+__all__ = [
+    "HeartbeatMode",
+    "LogFormat",
+    "ReasoningField",
+    "Settings",
+    "SettingsError",
+    "ThinkTags",
+    "shown_url",
+]
 
 
 class HeartbeatMode(enum.StrEnum):
@@ -54,6 +62,8 @@ class Settings:
     max_request_bytes: int = 20 * 1024 * 1024
     max_header_count: int = 100
     max_header_bytes: int = 64 * 1024
+    request_read_timeout: float = 30.0
+    max_connections: int = 10_000
     max_event_bytes: int = 16 * 1024 * 1024
     max_concurrent_streams: int = 0  # 0: no limit
     api_keys: tuple[str, ...] = ()
@@ -95,6 +105,7 @@ class Settings:
                 "use --heartbeat-mode off to send no heartbeats"
             )
         for flag, seconds in (
+            ("--request-read-timeout", self.request_read_timeout),
             ("--connect-timeout", self.connect_timeout),
             ("--first-byte-timeout", self.first_byte_timeout),
             ("--idle-timeout", self.idle_timeout),
@@ -108,6 +119,8 @@ class Settings:
         ):
             if amount < 0:
                 raise SettingsError(f"{flag} must be 0 or more (0: off), got {amount}")
+        if self.max_connections < 1:
+            raise SettingsError(f"--max-connections must be 1 or more, got {self.max_connections}")
         if self.workers < 1:
             raise SettingsError(f"--workers must be 1 or more, got {self.workers}")
         if self.max_header_count < 16:
@@ -141,19 +154,41 @@ class Settings:
         return self.heartbeat_mode is not HeartbeatMode.OFF
 
 
+_ENDPOINTS = ("/chat/completions", "/completions", "/embeddings", "/models")
+
+
 def _base_url(url: str) -> str:
     """The upstream's base URL, to which each request's own path is appended.
 
     One-API users often paste a base URL ending in ``/v1``; the paths we
-    forward already start with ``/v1``, so a trailing one is dropped.
+    forward already start with ``/v1``, so a trailing one is dropped. A full
+    endpoint URL is refused: every request would go to it with its own path
+    appended again.
     """
     parts = urlsplit(url.strip())
+    shown = repr(shown_url(url.strip()))
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise SettingsError(
-            f"--upstream must be an http:// or https:// URL such as http://127.0.0.1:8080, got {url!r}"
+            f"--upstream must be an http:// or https:// URL such as http://127.0.0.1:8080, got {shown}"
         )
     if parts.query or parts.fragment:
-        raise SettingsError(f"--upstream must not have a query or fragment, got {url!r}")
+        raise SettingsError(f"--upstream must not have a query or fragment, got {shown}")
     path = parts.path.rstrip("/")
+    endpoint = next((name for name in _ENDPOINTS if path.endswith(name)), None)
+    if endpoint is not None:
+        base = shown_url(f"{parts.scheme}://{parts.netloc}{path.removesuffix(endpoint).removesuffix('/v1')}")
+        raise SettingsError(
+            f"--upstream must be the model server's base URL, not an endpoint: got {shown}; use {base!r} "
+            "(each request's own path, such as /v1/chat/completions, is appended to it)"
+        )
     path = path.removesuffix("/v1")
     return f"{parts.scheme}://{parts.netloc}{path}"
+
+
+def shown_url(url: str) -> str:
+    """A URL fit to show in a message or a log: without the ``user:password@`` it may carry."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=host).geturl()

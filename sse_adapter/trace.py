@@ -10,6 +10,7 @@ JSON); the folder keeps the newest ``MAX_REQUESTS`` requests.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -78,8 +79,16 @@ class Trace:
 
 
 def _rotate(folder: Path) -> None:
-    """Keep the newest MAX_REQUESTS requests: three files each."""
-    metas = sorted(folder.glob("*.json"), key=lambda path: path.stat().st_mtime, reverse=True)
-    for stale in metas[MAX_REQUESTS:]:
+    """Keep the newest MAX_REQUESTS requests: three files each.
+
+    Requests finish in threads of their own, so another one's rotation may
+    remove a file between the listing and the look at it: that is no error.
+    """
+    metas = []
+    for path in folder.glob("*.json"):
+        with contextlib.suppress(FileNotFoundError):
+            metas.append((path.stat().st_mtime, path))
+    metas.sort(reverse=True)
+    for _, stale in metas[MAX_REQUESTS:]:
         for suffix in (".json", ".upstream", ".client"):
             stale.with_suffix(suffix).unlink(missing_ok=True)

@@ -15,25 +15,29 @@ the adapter keeps none.
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from types import TracebackType
+from urllib.parse import quote, unquote, urlsplit
 
 import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
+from sse_adapter import __version__
 from sse_adapter.errors import (
     AdapterError,
+    InvalidPath,
     UpstreamDisconnected,
     UpstreamError,
     UpstreamTimeout,
     UpstreamUnreachable,
 )
-from sse_adapter.settings import Settings
+from sse_adapter.settings import Settings, shown_url
 
-__all__ = ["Upstream", "UpstreamRequest", "forwardable", "map_errors", "why"]
+__all__ = ["Upstream", "UpstreamRequest", "forwardable", "map_errors", "upstream_path", "why"]
 
 # RFC 9110, section 7.6.1: meaningful for one connection only. Host and the
 # body's length are set again for the upstream connection.
@@ -52,6 +56,7 @@ _HOP_BY_HOP = frozenset(
         "content-length",
     }
 )
+_PROBE_AGENT = f"sse-adapter/{__version__} (readiness)"  # its own requests, told apart in the server's logs
 _WRITE_TIMEOUT = 60.0  # sending the request body; the answer may take as long as it takes
 _IDLE_CONNECTIONS = 30.0  # seconds an unused keep-alive connection to the model server stays open
 
@@ -67,6 +72,34 @@ def forwardable(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     }
     dropped = _HOP_BY_HOP | named
     return [(name, value) for name, value in pairs if name.lower() not in dropped]
+
+
+# What may stand in a path as sent: the client's own %-escapes are kept; anything else is escaped.
+_PATH_SAFE = "/%:@!$&'()*+,;=-._~"
+
+
+def upstream_path(raw: bytes) -> str:
+    """The request's path as the client sent it, to be put under the upstream's base.
+
+    Refused when, once decoded, it leaves ``/v1/`` (a ``..`` or ``.`` segment,
+    however escaped) or holds a control character or a backslash: servers and
+    HTTP libraries decode and resolve those, so they would reach paths outside
+    ``/v1/`` and outside the base path of ``--upstream``.
+    """
+    path = quote(raw, safe=_PATH_SAFE)
+    decoded = unquote(path)
+    segments = decoded.split("/")
+    if (
+        not decoded.startswith("/v1/")
+        or "." in segments
+        or ".." in segments
+        or any(char < " " or char in "\\\x7f" for char in decoded)
+    ):
+        raise InvalidPath(
+            f"the request path {path[:200]!r} leaves /v1/ once decoded, or holds a control character or a "
+            "backslash; sse-adapter forwards only paths under /v1/"
+        )
+    return path
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +176,17 @@ class Upstream:
     """
 
     def __init__(self, settings: Settings) -> None:
-        self.base_url = settings.upstream
+        # The user:password an --upstream URL may carry goes as Basic auth, never into a message.
+        self.base_url = shown_url(settings.upstream)
+        parts = urlsplit(settings.upstream)
+        basic = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
+        self._auth = (
+            f"Bearer {settings.upstream_api_key}"
+            if settings.upstream_api_key is not None
+            else f"Basic {base64.b64encode(basic.encode()).decode()}"
+            if parts.username is not None
+            else None
+        )
         # No read timeout: a reasoning model may think for minutes before its
         # first token. Stalls are the relay's business, not the socket's.
         self._timeouts = {
@@ -153,8 +196,7 @@ class Upstream:
             "pool": None,
         }
         # With --api-key the client's key is the adapter's, never the model server's.
-        self._keep_client_key = not settings.api_keys and settings.upstream_api_key is None
-        self._key = settings.upstream_api_key
+        self._keep_client_key = not settings.api_keys and self._auth is None
         self._session: aiohttp.ClientSession | None = None
         self._transport: AiohttpTransport | None = None
 
@@ -206,8 +248,9 @@ class Upstream:
         """The status of a small GET (a health check), its body read and dropped;
         TimeoutError past ``within`` seconds."""
         url = self.base_url + path
+        headers = [("user-agent", _PROBE_AGENT), *([("authorization", self._auth)] if self._auth else [])]
         async with asyncio.timeout(within):
-            response = await self.send(httpx.Request("GET", url), url)
+            response = await self.send(httpx.Request("GET", url, headers=headers), url)
             try:
                 with map_errors(url):
                     await response.aread()
@@ -219,8 +262,8 @@ class Upstream:
         forwarded = forwardable(given)
         if not self._keep_client_key:
             forwarded = [(name, value) for name, value in forwarded if name.lower() != "authorization"]
-        if self._key is not None:
-            forwarded.append(("authorization", f"Bearer {self._key}"))
+        if self._auth is not None:
+            forwarded.append(("authorization", self._auth))
         if not any(name.lower() == "accept-encoding" for name, _ in forwarded):
             # else aiohttp would ask for gzip on behalf of a client that never did
             forwarded.append(("accept-encoding", "identity"))

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -111,3 +113,62 @@ def test_the_upstream_base_url_is_normalised(given: str, base: str) -> None:
 def test_settings_refuse_an_unknown_mode() -> None:
     with pytest.raises(SettingsError, match="--heartbeat-mode must be one of chunk, comment, off"):
         Settings(upstream="http://x", heartbeat_mode="loud")  # type: ignore[arg-type]
+
+
+def test_a_port_in_use_is_one_line_and_exit_code_2(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        serve = run("serve", "--upstream", "http://127.0.0.1:9", "--port", str(port))
+        demo = run("demo", "--serve", "--port", str(port))
+        demo_upstream = run("demo", "--serve", "--port", str(port - 1))  # its model server takes the next
+    for result, flag in ((serve, "--port"), (demo, "--port"), (demo_upstream, "--port")):
+        assert result.returncode == 2, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert f"127.0.0.1:{port}" in result.stderr
+        assert flag in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "needle"),
+    [
+        (("--trace-dir", "{file}/traces"), {}, "--trace-dir"),
+        (("--workers", "2"), {"PROMETHEUS_MULTIPROC_DIR": "{file}"}, "PROMETHEUS_MULTIPROC_DIR"),
+        (("--upstream", "http://127.0.0.1:9/v1/chat/completions"), {}, "use 'http://127.0.0.1:9'"),
+    ],
+    ids=["trace-dir", "metrics-dir", "endpoint-url"],
+)
+def test_startup_mistakes_are_one_line_before_anything_starts(
+    tmp_path: Path, args: tuple[str, ...], env: dict[str, str], needle: str
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    args = tuple(arg.replace("{file}", str(blocker)) for arg in args)
+    env = {name: value.replace("{file}", str(blocker)) for name, value in env.items()}
+    result = run("serve", "--upstream", "http://127.0.0.1:9", "--port", str(free_port()), *args, env=env)
+    assert result.returncode == 2, result.stderr
+    assert needle in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_startup_says_where_it_relays_and_whether_that_answers() -> None:
+    port = free_port()
+    command = [sys.executable, "-m", "sse_adapter", "serve", "--upstream", "http://u:pw@127.0.0.1:9"]
+    process = subprocess.Popen(
+        [*command, "--port", str(port)], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stderr is not None
+        deadline = time.monotonic() + 20
+        lines: list[str] = []
+        while not any("relays to" in line for line in lines):
+            assert time.monotonic() < deadline, lines
+            lines.append(process.stderr.readline())
+    finally:
+        process.terminate()
+        process.wait(10)
+    [said] = [line for line in lines if "relays to" in line]
+    assert "WARNING" in said
+    assert "http://127.0.0.1:9, which does not answer yet" in said
+    assert "pw" not in "".join(lines)

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 
 from sse_adapter.chunks import Kind
 from sse_adapter.completion import Assembler, normalise_completion, usage_of
+from sse_adapter.errors import UpstreamError
+from sse_adapter.fitting import serialised
 from sse_adapter.settings import Settings
+
+
+def serialisable(body: dict[str, Any]) -> dict[str, Any]:
+    parsed: dict[str, Any] = orjson.loads(serialised(body))
+    return parsed
 
 
 @pytest.mark.parametrize(
@@ -43,3 +51,36 @@ def test_choices_are_assembled_by_index() -> None:
         assembler.add({"id": "x", "choices": [{"index": index, "delta": {"content": text}}]})
     choices = assembler.result()["choices"]
     assert [(c["index"], c["message"]["content"]) for c in choices] == [(0, "a"), (1, "bB")]
+
+
+def test_counts_that_sum_past_64_bits_are_an_upstream_error() -> None:
+    body = {
+        "choices": [{"message": {"content": "a"}}],
+        "prompt_eval_count": 2**64 - 1,
+        "eval_count": 2**64 - 1,
+    }
+    normalised = normalise_completion(body, Kind.CHAT, Settings(upstream="http://x"), 1)
+    with pytest.raises(UpstreamError, match="cannot be sent on as JSON"):
+        serialised(normalised)
+
+
+def test_the_assembler_keeps_what_is_text_and_leaves_out_what_is_not() -> None:
+    assembler = Assembler(Kind.CHAT)
+    for chunk in [
+        {
+            "choices": [
+                {"index": [1], "delta": {"role": "assistant", "content": [{"type": "text", "text": "a"}]}}
+            ]
+        },
+        {
+            "choices": [
+                {"index": 0, "delta": {"content": 5, "tool_calls": [{"index": "x", "function": None}]}}
+            ]
+        },
+        {"choices": 3},
+        {"choices": [{"index": 0, "delta": {"content": "b", "reasoning": ["r"]}, "finish_reason": "stop"}]},
+    ]:
+        assembler.add(chunk)
+    [choice] = serialisable(assembler.result())["choices"]
+    assert choice["message"]["content"] == "ab"
+    assert choice["finish_reason"] == "stop"

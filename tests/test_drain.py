@@ -125,3 +125,27 @@ async def test_sigterm_ends_a_waiting_non_stream_request_with_a_503() -> None:
             await asyncio.wait_for(adapter.wait(), 15)
     assert reply.status_code == 503
     assert reply.json()["error"]["code"] == "shutting_down"
+
+
+async def test_sigterm_exits_within_the_grace_and_half_a_second() -> None:
+    async def endless(request: Received, out: Writer) -> None:
+        await out.start(200, [("Content-Type", "text/event-stream")])
+        while True:
+            await out.chunk(content_frame("x"))
+            await asyncio.sleep(0.1)
+
+    async with fake_upstream(endless) as upstream:
+        async with cli_adapter(upstream.url, "--shutdown-grace", "1") as (adapter, base):
+            async with httpx.AsyncClient(timeout=20) as client:
+                body = {"model": "m", "messages": [], "stream": True}
+                async with client.stream("POST", base + "/v1/chat/completions", json=body) as reply:
+                    pieces = reply.aiter_raw()
+                    await anext(pieces)  # streaming
+                    signalled = asyncio.get_running_loop().time()
+                    adapter.send_signal(signal.SIGTERM)
+                    rest = b"".join([piece async for piece in pieces])
+                await asyncio.wait_for(adapter.wait(), 15)
+                took = asyncio.get_running_loop().time() - signalled
+    assert b'"code":"shutting_down"' in rest
+    assert rest.endswith(b"data: [DONE]\n\n")
+    assert took < 1.5, took

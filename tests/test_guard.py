@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import subprocess
 import sys
@@ -231,3 +233,114 @@ def test_the_api_key_env_var_takes_a_comma_list() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
     )
     assert printed.stdout.splitlines() == ["('sk-a', 'sk-b')", "('sk-flag',)"]
+
+
+async def test_credentials_in_the_upstream_url_authenticate_and_are_never_shown(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with fake_upstream(DONE_STREAM) as upstream:
+        dead = upstream.url
+    live = fake_upstream(DONE_STREAM)
+    upstream = await live.__aenter__()
+    try:
+        with_secret = upstream.url.replace("http://", "http://user:s3cret@")
+        async with run_adapter(Settings(upstream=with_secret)) as adapter, httpx.AsyncClient() as client:
+            ok = await client.post(
+                adapter + CHAT, json={"model": "m", "stream": True}, headers={"Authorization": "Bearer sk-c"}
+            )
+            metrics = await client.get(adapter + "/metrics")
+        async with run_adapter(Settings(upstream=dead.replace("http://", "http://user:s3cret@"))) as adapter:
+            async with httpx.AsyncClient() as client:
+                failed = await client.post(adapter + CHAT, json={"model": "m", "stream": True})
+                ready = await client.get(adapter + "/readyz")
+    finally:
+        await live.__aexit__(None, None, None)
+    assert ok.status_code == 200
+    assert upstream.requests[0].headers["authorization"] == "Basic dXNlcjpzM2NyZXQ="  # user:s3cret
+    assert failed.status_code == 502
+    assert dead.removeprefix("http://") in failed.json()["error"]["message"]  # the host, named
+    shown = failed.text + ready.text + metrics.text + caplog.text
+    assert "s3cret" not in shown
+    assert "user:" not in shown
+
+
+async def raw_exchange(adapter: str, *pieces: bytes, pause: float = 0.0) -> bytes:
+    """Send bytes as a client that may dribble them; what the adapter sent back before it closed."""
+    host, port = adapter.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    received = bytearray()
+
+    async def read_all() -> None:  # beside the writes: an answer may come, and the reset after it
+        with contextlib.suppress(ConnectionError):
+            while chunk := await reader.read(65536):
+                received.extend(chunk)
+
+    reading = asyncio.ensure_future(read_all())
+    try:
+        for piece in pieces:
+            with contextlib.suppress(ConnectionError):  # the adapter may have answered and closed
+                writer.write(piece)
+                await writer.drain()
+            await asyncio.sleep(pause)
+        await asyncio.wait_for(reading, 10)
+    finally:
+        reading.cancel()
+        writer.close()
+    return bytes(received)
+
+
+def error_of(raw: bytes) -> tuple[int, str, bytes]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert b"content-type: application/json" in head.lower(), head
+    return int(head.split()[1]), orjson.loads(body)["error"]["code"], head
+
+
+async def test_a_head_that_dribbles_past_the_read_timeout_gets_a_408_and_is_closed() -> None:
+    async with fake_upstream(DONE_STREAM) as upstream:
+        async with run_adapter(Settings(upstream=upstream.url, request_read_timeout=0.5)) as adapter:
+            started = asyncio.get_running_loop().time()
+            raw = await raw_exchange(
+                adapter, b"POST /v1/chat/completions HTTP/1.1\r\n", b"Host: a\r\n", pause=0.3
+            )
+            took = asyncio.get_running_loop().time() - started
+            silent = await raw_exchange(adapter)  # connects, sends nothing
+    assert error_of(raw)[:2] == (408, "request_timeout")
+    assert error_of(silent)[:2] == (408, "request_timeout")
+    assert took < 2
+    assert upstream.requests == []
+
+
+async def test_a_body_that_dribbles_past_the_read_timeout_gets_a_408() -> None:
+    async with fake_upstream(DONE_STREAM) as upstream:
+        async with run_adapter(Settings(upstream=upstream.url, request_read_timeout=0.5)) as adapter:
+            head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n"
+            raw = await raw_exchange(adapter, head, b'{"model":', b'"m",', b'"x":1', pause=0.3)
+    status, code, _ = error_of(raw)
+    assert (status, code) == (408, "request_timeout")
+    assert upstream.requests == []
+
+
+async def test_past_max_connections_a_503_at_once() -> None:
+    async with fake_upstream(DONE_STREAM) as upstream:
+        async with run_adapter(Settings(upstream=upstream.url, max_connections=3)) as adapter:
+            host, port = adapter.removeprefix("http://").split(":")
+            held = [await asyncio.open_connection(host, int(port)) for _ in range(3)]
+            await asyncio.sleep(0.1)
+            refused = await raw_exchange(adapter, b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+            for _, writer in held:
+                writer.close()
+            await asyncio.sleep(0.1)
+            async with httpx.AsyncClient() as client:
+                after = await client.get(adapter + "/healthz")
+    status, code, head = error_of(refused)
+    assert (status, code) == (503, "too_many_connections")
+    assert b"connection: close" in head
+    assert after.status_code == 200
+
+
+async def test_bytes_that_are_no_http_get_an_openai_shaped_400() -> None:
+    async with fake_upstream(DONE_STREAM) as upstream:
+        async with run_adapter(Settings(upstream=upstream.url)) as adapter:
+            raw = await raw_exchange(adapter, b"\x16\x03\x01\x02\x00 not http\r\n\r\n")
+    assert error_of(raw)[:2] == (400, "invalid_request")

@@ -258,3 +258,43 @@ async def test_without_keepalive_a_silent_upstream_is_a_plain_504_never_spaces()
     assert reply.status_code == 504
     assert not reply.content.startswith(b" ")
     assert reply.json()["error"]["code"] == "upstream_timeout"
+
+
+ODD = {
+    "id": ["not", "a", "string"],
+    "choices": [
+        {"index": [0], "message": {"content": [{"type": "text", "text": "a"}]}, "finish_reason": ["stop"]},
+        {"index": 1, "message": {"role": 5, "content": 7, "reasoning": {"x": 1}}, "finish_reason": {"t": 1}},
+    ],
+    "usage": {"prompt_tokens": "many"},
+}
+
+
+@pytest.mark.parametrize("via_stream", [False, True], ids=["body", "assembled"])
+async def test_values_of_any_type_still_give_an_openai_shaped_answer(via_stream: bool) -> None:
+    if via_stream:
+        chunks = [{"id": 3, "choices": [dict(choice, delta=choice["message"])]} for choice in ODD["choices"]]
+        handler = sse([b"data: " + orjson.dumps(chunk) + b"\n\n" for chunk in chunks] + [b"data: [DONE]\n\n"])
+    else:
+        handler = answer(200, ODD)
+    async with fake_upstream(handler) as upstream:
+        settings = Settings(upstream=upstream.url, nonstream_via_stream=via_stream, think_tags="split")  # type: ignore[arg-type]
+        async with run_adapter(settings) as adapter, httpx.AsyncClient() as client:
+            reply = await client.post(adapter + CHAT, json=ASK)
+    assert reply.status_code == 200
+    assert reply.headers["content-type"] == "application/json"
+    assert isinstance(reply.json()["choices"], list)
+
+
+async def test_a_stream_answered_200_with_no_content_type_is_a_502_that_says_so() -> None:
+    async def bare(request: Received, out: Writer) -> None:
+        await out.start(200, [("Content-Length", "2")], chunked=False)
+        await out.raw(b"{}")
+
+    async with fake_upstream(bare) as upstream:
+        async with run_adapter(Settings(upstream=upstream.url)) as adapter, httpx.AsyncClient() as client:
+            reply = await client.post(adapter + CHAT, json={**ASK, "stream": True})
+    assert reply.status_code == 502
+    error = reply.json()["error"]
+    assert (error["type"], error["code"]) == ("upstream_error", "not_an_event_stream")
+    assert "no content type instead of an event stream" in error["message"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import os
 import signal
@@ -15,6 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sse_adapter import health
+from sse_adapter.logs import TextFormatter
 from sse_adapter.settings import Settings
 from tests.adapter_server import free_port, run_adapter
 from tests.end_client import fixture, stream
@@ -91,7 +93,7 @@ async def test_readyz_flips_when_the_upstream_goes_away(monkeypatch: pytest.Monk
     async def healthy(request: Received, out: Writer) -> None:
         await out.start(200 if request.target == "/health" else 404, [("Content-Length", "0")], chunked=False)
 
-    serving_upstream = fake_upstream(healthy)
+    serving_upstream = fake_upstream(healthy, handles_probes=True)
     upstream = await serving_upstream.__aenter__()
     async with run_adapter(Settings(upstream=upstream.url)) as adapter, httpx.AsyncClient() as client:
         ready = await client.get(adapter + "/readyz")
@@ -172,3 +174,36 @@ def test_two_workers_report_the_sum_of_both() -> None:
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(20)
+
+
+async def test_no_client_value_can_forge_a_log_line() -> None:
+    """The text format, as operators read it: a model name with a line break stays on its line."""
+    stream_out = io.StringIO()
+    handler = logging.StreamHandler(stream_out)
+    handler.setFormatter(TextFormatter("%(levelname)s %(name)s: %(message)s"))
+    access = logging.getLogger("sse_adapter.access")
+    access.addHandler(handler)
+    access.setLevel(logging.INFO)
+    try:
+        async with fake_upstream(sse([fixture("vllm.sse")])) as upstream:
+            async with run_adapter(Settings(upstream=upstream.url)) as adapter, httpx.AsyncClient() as client:
+                forged = 'qwen\nINFO sse_adapter.access: request_id=forged status=200 model="x y"'
+                await client.post(adapter + CHAT, json={"model": forged, "stream": True})
+    finally:
+        access.removeHandler(handler)
+    lines = stream_out.getvalue().splitlines()
+    assert len(lines) == 1, lines
+    assert "request_id=forged" not in lines[0].split("model=")[0]
+    assert 'model="qwen\\nINFO sse_adapter.access: request_id=forged' in lines[0]
+
+
+async def test_metrics_labels_are_a_fixed_set_whatever_paths_clients_ask_for() -> None:
+    async with fake_upstream(sse([fixture("vllm.sse")])) as upstream:
+        async with run_adapter(Settings(upstream=upstream.url, api_keys=("sk",))) as adapter:
+            async with httpx.AsyncClient() as client:
+                for n in range(50):
+                    await client.get(f"{adapter}/scan-{n}")
+                    await client.get(f"{adapter}/v1/scan-{n}")  # 401: no key
+            got = await scrape(adapter)
+    routes = {dict(labels).get("route") for name, labels in got if name == "sse_adapter_requests_total"}
+    assert routes == {"other", "passthrough"}

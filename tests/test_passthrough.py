@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
+import orjson
 import pytest
 
 from sse_adapter.settings import Settings
@@ -141,3 +144,48 @@ async def test_cookies_stay_between_one_client_and_the_model_server() -> None:
     assert "cookie" not in first.headers
     assert alice_again.headers["cookie"] == "session=alice"  # alice's own client sent it back
     assert "cookie" not in bob_first.headers  # nobody else's
+
+
+ESCAPES = [
+    "/v1/../admin",
+    "/v1/%2e%2e/admin",
+    "/v1/%2e%2e%2fadmin",
+    "/v1/..%2f..%2fadmin",
+    "/v1/%2E%2E/%2e%2e/admin",
+    "/v1/./models",
+    "/v1/models%5c..%5cadmin",
+    "/v1/%00x",
+    "/v1/models%0d%0aX-Injected:%201",
+]
+
+
+@pytest.mark.parametrize("target", ESCAPES)
+async def test_no_target_leaves_v1_or_the_base_path(target: str) -> None:
+    async with fake_upstream(answer(200, b"{}")) as upstream:  # type: ignore[arg-type]
+        async with run_adapter(Settings(upstream=upstream.url + "/prefix")) as adapter:
+            reader, writer = await asyncio.open_connection(*adapter.removeprefix("http://").split(":"))
+            writer.write(f"GET {target} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".encode())
+            raw = await asyncio.wait_for(reader.read(), 5)
+            writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400"), raw[:200]
+    error = orjson.loads(body)["error"]
+    assert (error["type"], error["code"]) == ("invalid_request_error", "invalid_path")
+    assert upstream.requests == []
+
+
+async def test_the_path_goes_under_the_base_as_the_client_sent_it() -> None:
+    async with fake_upstream(answer(200, b"{}")) as upstream:  # type: ignore[arg-type]
+        async with run_adapter(Settings(upstream=upstream.url + "/prefix")) as adapter:
+            async with httpx.AsyncClient() as client:
+                await client.get(adapter + "/v1/models/org%2Fname%252e?x=1")
+    assert upstream.requests[0].target == "/prefix/v1/models/org%2Fname%252e?x=1"
+
+
+async def test_no_redirect_echoes_the_host_header() -> None:
+    async with fake_upstream(answer(200, b"{}")) as upstream:  # type: ignore[arg-type]
+        async with run_adapter(Settings(upstream=upstream.url)) as adapter, httpx.AsyncClient() as client:
+            reply = await client.get(adapter + "/v1", headers={"Host": "evil.example"})
+    assert reply.status_code == 404
+    assert "location" not in reply.headers
+    assert reply.json()["error"]["type"] == "invalid_request_error"

@@ -6,14 +6,18 @@ import contextlib
 import itertools
 from pathlib import Path
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sse_adapter.chunks import Kind, StreamIdentity
+from sse_adapter.completion import Assembler, normalise_completion
 from sse_adapter.decoder import Event, SSEDecoder
 from sse_adapter.encoder import frame
-from sse_adapter.errors import AdapterError, EventTooLarge
+from sse_adapter.errors import AdapterError, EventTooLarge, InternalError
+from sse_adapter.fitting import serialised
+from sse_adapter.pipeline import Pipeline
 from sse_adapter.repair import StreamRepairer
 from sse_adapter.settings import Settings
 
@@ -117,3 +121,128 @@ def test_encode_then_decode_is_the_identity(payload: str) -> None:
 def test_byte_by_byte_equals_whole_for_every_transcript(path: Path) -> None:
     data = path.read_bytes()
     assert repaired([data[i : i + 1] for i in range(len(data))]) == repaired([data])
+
+
+KEYS = (
+    "content",
+    "text",
+    "index",
+    "role",
+    "reasoning",
+    "reasoning_content",
+    "tool_calls",
+    "function",
+    "arguments",
+    "name",
+    "id",
+    "type",
+    "finish_reason",
+    "delta",
+    "message",
+    "usage",
+    "choices",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "logprobs",
+    "error",
+    "timings",
+)
+
+# Arbitrary JSON where the repairs look: every value the repairer or the
+# assembler touches may be of any type.
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=12),
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(KEYS),
+            children,
+            max_size=4,
+        )
+    ),
+    max_leaves=12,
+)
+FIELD = st.one_of(JSON_VALUES, st.text(max_size=30))
+CHOICE = st.fixed_dictionaries(
+    {},
+    optional={key: FIELD for key in ("index", "delta", "message", "text", "finish_reason", "logprobs")},
+)
+CHUNK = st.fixed_dictionaries(
+    {},
+    optional={
+        "id": FIELD,
+        "object": FIELD,
+        "created": FIELD,
+        "model": FIELD,
+        "choices": st.one_of(JSON_VALUES, st.lists(CHOICE, max_size=3)),
+        "usage": FIELD,
+        "error": FIELD,
+        "error_code": FIELD,
+        "prompt_eval_count": FIELD,
+        "eval_count": FIELD,
+    },
+)
+KINDS = st.sampled_from([Kind.CHAT, Kind.COMPLETION])
+SETTINGS = st.builds(
+    Settings,
+    upstream=st.just("http://x"),
+    think_tags=st.sampled_from(["keep", "split"]),
+    reasoning_field=st.sampled_from(["reasoning_content", "reasoning", "keep"]),
+    map_finish_reason=st.booleans(),
+    fill_fields=st.booleans(),
+    max_line_bytes=st.integers(min_value=1024, max_value=4096),
+)
+
+
+@settings(deadline=None, max_examples=500)
+@given(st.lists(CHUNK, min_size=1, max_size=4), KINDS, SETTINGS)
+def test_any_json_in_a_stream_is_repaired_passed_on_or_an_upstream_error(
+    chunks: list[dict[str, object]], kind: Kind, options: Settings
+) -> None:
+    repairer = StreamRepairer(StreamIdentity(kind, "m", 1), options)
+    payloads = []
+    with contextlib.suppress(AdapterError):  # the only failure allowed: a clear error of ours
+        for chunk in chunks:
+            payloads += repairer.repair(Event(orjson.dumps(chunk).decode()))
+        payloads += repairer.finish()
+    for payload in payloads:
+        assert isinstance(orjson.loads(payload), dict)
+        assert len(frame(payload)) - 1 <= options.max_line_bytes  # the line, without its blank line
+
+
+@settings(deadline=None, max_examples=500)
+@given(CHUNK, st.lists(CHUNK, max_size=4), KINDS, SETTINGS)
+def test_any_json_in_a_body_is_normalised_or_an_upstream_error(
+    body: dict[str, object], chunks: list[dict[str, object]], kind: Kind, options: Settings
+) -> None:
+    with contextlib.suppress(AdapterError):
+        assert isinstance(orjson.loads(serialised(normalise_completion(body, kind, options, 1))), dict)
+    assembler = Assembler(kind)
+    for chunk in chunks:
+        assembler.add(chunk)
+    with contextlib.suppress(AdapterError):
+        assert isinstance(orjson.loads(serialised(assembler.result())), dict)
+
+
+def test_text_before_a_failure_in_the_same_read_goes_out_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Even a fault of the adapter's own: the read's earlier payloads come before the error."""
+    repairer = StreamRepairer(StreamIdentity(Kind.CHAT, "m", 1), Settings(upstream="http://x"))
+    pipeline = Pipeline(repairer, 1 << 20)
+    real = repairer.repair
+
+    def fails_on_boom(event: Event) -> list[bytes]:
+        if "boom" in event.data:
+            raise TypeError("a bug")
+        return real(event)
+
+    monkeypatch.setattr(repairer, "repair", fails_on_boom)
+    good = b'data: {"id":"c","object":"chat.completion.chunk","created":1,"choices":[]}\n\n'
+    good = good.replace(b"[]", b'[{"index":0,"delta":{"content":"hi"},"finish_reason":null}]')
+    payloads, _, failure = pipeline.feed(good + b'data: {"boom":1}\n\n' + good)
+    assert [orjson.loads(p)["choices"][0]["delta"]["content"] for p in payloads] == ["hi"]
+    assert isinstance(failure, InternalError)

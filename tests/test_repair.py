@@ -280,3 +280,47 @@ def test_the_line_limit_is_a_setting() -> None:
     payloads = fix.repair(Event(chunk({"content": "z" * 5000})))
     assert len(payloads) > 2
     assert all(len(payload) + 6 <= 2000 for payload in payloads)
+
+
+def test_a_clean_chunk_over_the_limit_in_bytes_is_split_though_short_in_characters() -> None:
+    """30,000 CJK characters are 90,000 bytes: the limit counts bytes, as One-API's scanner does."""
+    text = "你" * 30_000
+    payloads = repairer().repair(Event(chunk({"content": text})))
+    assert len(payloads) > 1
+    assert all(len(payload) + 6 <= 65_000 for payload in payloads)
+    assert "".join(orjson.loads(p)["choices"][0]["delta"]["content"] for p in payloads) == text
+
+
+@pytest.mark.parametrize("finish", ["", "x", None, "eos_token"])
+def test_pieces_fit_exactly_whatever_finish_reason_the_last_carries(finish: str | None) -> None:
+    """The last piece carries the upstream's finish_reason, the others null:
+    each must fit, the shorter ("" is two bytes, null four) included."""
+    fix = repairer(max_line_bytes=1500, map_finish_reason=False)
+    for size in range(3000, 3100):
+        payloads = fix.repair(Event(chunk({"content": "y" * size}, finish=finish)))
+        assert all(len(payload) + 6 <= 1500 for payload in payloads), size
+
+
+@pytest.mark.parametrize(
+    ("choice", "why"),
+    [
+        ({"index": 0, "delta": {"content": "a"}, "finish_reason": ["stop"]}, "finish_reason a list"),
+        ({"index": 0, "delta": {"content": "a"}, "finish_reason": {"type": "stop"}}, "finish_reason a dict"),
+        ({"index": [0], "delta": {"content": "a"}, "finish_reason": None}, "index a list"),
+        (
+            {"index": 0, "delta": {"content": [{"type": "text", "text": "a"}]}, "finish_reason": "stop"},
+            "parts",
+        ),
+        ({"index": 0, "delta": {"content": 7}, "finish_reason": "stop"}, "content a number"),
+    ],
+)
+def test_values_of_the_wrong_type_pass_unchanged(choice: dict[str, Any], why: str) -> None:
+    data = orjson.dumps({"id": "c1", "object": "chat.completion.chunk", "created": 1, "choices": [choice]})
+    for think_tags in ("keep", "split"):
+        [out] = repairer(think_tags=think_tags).repair(Event(data.decode()))
+        assert orjson.loads(out)["choices"] == [choice], why
+
+
+def test_choices_that_are_no_list_pass_unchanged() -> None:
+    data = '{"id":"c1","object":"chat.completion.chunk","created":1,"choices":5}'
+    assert repairer().repair(Event(data)) == [data.encode()]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from pathlib import Path
 
 import httpx
@@ -68,3 +70,34 @@ async def test_a_request_id_cannot_escape_the_folder(tmp_path: Path) -> None:
                 await client.post(adapter + CHAT, json=BODY, headers={"X-Request-ID": "../../escape"})
     assert [path.name for path in tmp_path.iterdir()] == ["traces"]
     assert (folder / ".._.._escape.json").exists()  # no separators: it stays in the folder
+
+
+async def test_tracing_never_fails_a_request_when_rotations_race(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(trace, "MAX_REQUESTS", 5)
+    async with fake_upstream(sse([fixture("vllm.sse")])) as upstream:
+        settings = Settings(upstream=upstream.url, trace_dir=str(tmp_path))
+        async with run_adapter(settings) as adapter:
+
+            async def keep_alive_client() -> list[int]:
+                async with httpx.AsyncClient() as client:
+                    return [(await client.post(adapter + CHAT, json=BODY)).status_code for _ in range(150)]
+
+            statuses = await asyncio.gather(*(keep_alive_client() for _ in range(4)))
+    assert [status for run in statuses for status in run] == [200] * 600
+    assert len(list(tmp_path.glob("*.json"))) <= 5 + 4  # the newest few, give or take a race
+
+
+async def test_a_trace_folder_that_cannot_be_written_fails_no_request(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("a file where the folder should be")
+    async with fake_upstream(sse([fixture("vllm.sse")])) as upstream:
+        settings = Settings(upstream=upstream.url, trace_dir=str(blocked))
+        async with run_adapter(settings) as adapter, httpx.AsyncClient() as client:
+            replies = [await client.post(adapter + CHAT, json=BODY) for _ in range(3)]
+    assert [reply.status_code for reply in replies] == [200] * 3
+    warnings = [record for record in caplog.records if record.levelno == logging.WARNING]
+    assert len([record for record in warnings if "could not write the trace" in record.getMessage()]) == 1

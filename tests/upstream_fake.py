@@ -100,10 +100,17 @@ def sse(
 
 @dataclass
 class FakeUpstream:
-    """Serves ``handler`` for every request; ``requests`` and ``hangups`` record what happened."""
+    """Serves ``handler`` for every request; ``requests`` (what clients sent through the
+    adapter), ``probes`` (the adapter's own readiness checks) and ``hangups`` record what happened.
+
+    The adapter checks its upstream once when it starts; unless ``handles_probes``, such a
+    check is answered 200 here, as a healthy server would, and never reaches the handler.
+    """
 
     handler: Handler
+    handles_probes: bool = False
     requests: list[Received] = field(default_factory=list)
+    probes: list[Received] = field(default_factory=list)  # the adapter's own readiness checks
     hangups: asyncio.Queue[float] = field(default_factory=asyncio.Queue)
     port: int = 0
     open_connections: int = 0
@@ -116,9 +123,17 @@ class FakeUpstream:
         self.open_connections += 1
         try:
             request = await _read_request(reader)
-            if request is not None:
+            if request is None:
+                return
+            if not request.headers.get("user-agent", "").startswith("sse-adapter/"):
                 self.requests.append(request)
-                await self._answer(request, reader, writer)
+            elif self.handles_probes:
+                self.probes.append(request)
+            else:
+                self.probes.append(request)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+                return
+            await self._answer(request, reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError):
             self.hangups.put_nowait(asyncio.get_running_loop().time())
         finally:
@@ -168,8 +183,10 @@ async def _read_request(reader: asyncio.StreamReader) -> Received | None:
 
 
 @contextlib.asynccontextmanager
-async def fake_upstream(handler: Handler, port: int = 0) -> AsyncIterator[FakeUpstream]:
-    fake = FakeUpstream(handler)
+async def fake_upstream(
+    handler: Handler, port: int = 0, handles_probes: bool = False
+) -> AsyncIterator[FakeUpstream]:
+    fake = FakeUpstream(handler, handles_probes)
     server = await asyncio.start_server(fake._serve, "127.0.0.1", port, backlog=4096)
     fake.port = server.sockets[0].getsockname()[1]
     try:
