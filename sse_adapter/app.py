@@ -129,11 +129,12 @@ class _Gateway:
     async def healthz(self) -> dict[str, str]:
         return {"status": "ok"}
 
-    async def readyz(self) -> Response:
+    async def readyz(self, request: Request) -> Response:
         assert self._readiness is not None, "the app was started without its lifespan"
         reason = await self._readiness.reason_not_ready()
         if reason is None:
             return JSONResponse({"status": "ready"})
+        request.state.stats.outcome = "not_ready"
         return JSONResponse({"status": "not ready", "reason": reason}, status_code=503)
 
     async def metrics_page(self) -> Response:
@@ -149,7 +150,9 @@ class _Gateway:
         upstream_request = await _upstream_request(
             request, self.settings.max_request_bytes, self.settings.request_read_timeout
         )
-        return _passthrough(await self.upstream.open(upstream_request))
+        response = await self.upstream.open(upstream_request)
+        request.state.stats.answered(response.status_code, response.headers.multi_items())
+        return _passthrough(response)
 
     async def _relay(self, request: Request, kind: Kind) -> Response:
         upstream_request = await _upstream_request(
@@ -198,10 +201,9 @@ class _Gateway:
         )
 
     async def _complete(self, request: UpstreamRequest, kind: Kind, stats: RequestStats) -> Response:
-        answering = asyncio.ensure_future(complete(self.upstream, request, kind, self.settings, stats.tap))
+        answering = asyncio.ensure_future(complete(self.upstream, request, kind, self.settings, stats))
         if await _settled(answering, self._grace(self.settings.nonstream_keepalive)):
             answer = answering.result()
-            stats.upstream_status = answer.status
             return Response(answer.body, status_code=answer.status, media_type=answer.media_type)
         body = keepalive_body(answering, self.settings.heartbeat_interval)
         return StreamingResponse(body, media_type="application/json")

@@ -5,10 +5,12 @@ from __future__ import annotations
 import enum
 import os
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+import typer.core
 
+from sse_adapter import __version__
 from sse_adapter.settings import HeartbeatMode, LogFormat, ReasoningField, Settings, SettingsError, ThinkTags
 
 __all__ = ["app", "main"]
@@ -19,7 +21,28 @@ _CLICK_ERROR: type[Exception] = next(
     cls for cls in typer.BadParameter.__mro__ if cls.__name__ == "ClickException"
 )
 
+
+def _no_flag_metavar(params: list[Any]) -> list[Any]:
+    """typer's help shows "<bool>" after a flag, which takes no value: not here.
+    (Duck-typed: newer typer releases vendor click, so its classes are not click's.)"""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class _Group(typer.core.TyperGroup):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _no_flag_metavar(super().get_params(ctx))
+
+
+class _Command(typer.core.TyperCommand):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _no_flag_metavar(super().get_params(ctx))
+
+
 app = typer.Typer(
+    cls=_Group,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -43,12 +66,23 @@ _REPAIRS = "Chunk repairs (the defaults are what One-API and OpenAI clients need
 _LIMITS = "Timeouts and limits"
 
 
+def _version(shown: bool) -> None:
+    if shown:
+        print(f"sse-adapter {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit."),
+    ] = False,
+) -> None:
     """Re-emits any model server's stream as SSE that One-API relays intact."""
 
 
-@app.command()
+@app.command(cls=_Command)
 def serve(
     upstream: Annotated[
         str, _option("UPSTREAM", "Base URL of the model server (TGI, vLLM, llama.cpp, Ollama, ...).")
@@ -210,7 +244,7 @@ def serve(
             "After one silent interval, send 200, then a space each interval until the body is ready.",
             "Non-streaming requests",
         ),
-    ] = Switch.ON,
+    ] = Switch.OFF,
     nonstream_via_stream: Annotated[
         Switch,
         _option(
@@ -272,7 +306,7 @@ def serve(
         raise typer.BadParameter(str(exc)) from None
 
 
-@app.command()
+@app.command(cls=_Command)
 def demo(
     dialect: Annotated[
         str,
@@ -318,7 +352,7 @@ def demo(
             raise typer.BadParameter(str(exc)) from None
 
 
-@app.command()
+@app.command(cls=_Command)
 def probe(
     upstream: Annotated[
         str, typer.Option(help="The model server's base URL, probed directly.", show_default=False)
@@ -343,6 +377,7 @@ def probe(
     import json
 
     from rich.console import Console
+    from rich.markup import escape
 
     from sse_adapter.probe import RouteReport, first_model, probe, show
 
@@ -353,21 +388,23 @@ def probe(
             except SettingsError as exc:
                 raise typer.BadParameter(str(exc).replace("--upstream", flag)) from None
 
-    async def run() -> dict[str, RouteReport]:
-        chosen = model or await first_model(upstream, api_key)
+    async def run() -> tuple[str, str, dict[str, RouteReport]]:
+        chosen, because = (model, "--model") if model else await first_model(upstream, api_key)
         routes = {"direct": await probe(upstream, chosen, api_key)}
         if via is not None:
             routes["via"] = await probe(via, chosen, api_key)
-        return routes
+        return chosen, because, routes
 
     console = Console(stderr=as_json)
     with console.status("Probing: a non-stream and a stream request, then the same through --via..."):
-        reports = asyncio.run(run())
+        chosen, because, reports = asyncio.run(run())
     final = reports["via" if via is not None else "direct"]
     if as_json:
         out: dict[str, object] = {name: report.as_json() for name, report in reports.items()}
-        print(json.dumps({**out, "relays": final.one_api_relays}, indent=2, sort_keys=True))
+        asked = {"name": chosen, "why": because}
+        print(json.dumps({**out, "model": asked, "relays": final.one_api_relays}, indent=2, sort_keys=True))
     else:
+        console.print(f"model asked for: {escape(chosen)} ({escape(because)})", highlight=False)
         show(reports, console)
     raise typer.Exit(0 if final.one_api_relays else 1)
 

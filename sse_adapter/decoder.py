@@ -65,6 +65,11 @@ class SSEDecoder:
         self.quirks: Counter[str] = Counter()
 
     @property
+    def received_any(self) -> bool:
+        """Whether any byte has been fed at all."""
+        return self._started or bool(self._head)
+
+    @property
     def buffered(self) -> int:
         """Bytes held for the event not yet dispatched; never more than ``max_event_bytes``."""
         return self._held + len(self._head)

@@ -182,6 +182,9 @@ def show_how_to_try(upstream: str, adapter: str, console: Console) -> None:
             highlight=False,
             soft_wrap=True,
         )
+    console.print("\nOr judge it as One-API would, directly and through the adapter:", highlight=False)
+    probe = f"  sse-adapter probe --upstream {upstream} --model tgi-2.0 --via {adapter}"
+    console.print(probe, highlight=False, soft_wrap=True)
     console.print("\nPress Ctrl-C to stop.")
 
 

@@ -98,12 +98,14 @@ class _DemoServer:
             return
         request = orjson.loads(body) if body else {}
         dialect = DIALECTS.get(request.get("model", "")) if isinstance(request, dict) else None
-        if path != "/v1/chat/completions" or dialect is None or request.get("stream") is not True:
-            message = f"the demo serves streaming chat completions with a model of: {', '.join(DIALECTS)}"
+        if path != "/v1/chat/completions" or dialect is None:
+            message = f"the demo serves chat completions with a model of: {', '.join(DIALECTS)}"
             error = {"error": {"message": message, "type": "invalid_request_error", "code": 400}}
             await _json(writer, 400, orjson.dumps(error))
-            return
-        await self._stream(writer, dialect)
+        elif request.get("stream") is True:
+            await self._stream(writer, dialect)
+        else:  # One-API's channel Test, the SDK's plain call
+            await _json(writer, *_whole_answer(dialect))
 
     async def _stream(self, writer: asyncio.StreamWriter, dialect: DemoDialect) -> None:
         head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n"
@@ -117,6 +119,23 @@ class _DemoServer:
             await asyncio.sleep(_PACE)
         writer.write(b"0\r\n\r\n")
         await writer.drain()
+
+
+def _whole_answer(dialect: DemoDialect) -> tuple[int, bytes]:
+    """The non-stream answer that tells the same story as the dialect's stream."""
+    if dialect.error is not None:
+        return 500, orjson.dumps({"error": {"message": dialect.error, "type": "server_error", "code": 500}})
+    message = {"role": "assistant", "content": dialect.text}
+    return 200, orjson.dumps(
+        {
+            "id": f"chatcmpl-demo-{dialect.name}",
+            "object": "chat.completion",
+            "created": 1718000000,
+            "model": dialect.name,
+            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 9, "completion_tokens": 6, "total_tokens": 15},
+        }
+    )
 
 
 async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str, bytes]:

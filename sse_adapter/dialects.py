@@ -35,6 +35,7 @@ STOP_ALIASES = frozenset({"stop_sequence", "eos_token", ""})
 BULKY_FIELDS = ("timings", "prompt_token_ids", "token_ids", "context", "prompt_progress")
 
 _EXCERPT = 300
+_OURS = frozenset({"message", "msg", "type", "code"})  # the fields an error's own answer sets
 _TAGS = re.compile(rb"<[^>]*>")
 
 
@@ -62,7 +63,8 @@ def chunk_error(chunk: dict[str, Any], status: int | None = None) -> UpstreamRep
         code = error.get("code", error.get("http_status_code"))
         message = _text(error.get("message")) or _text(error.get("msg")) or excerpt(orjson.dumps(error))
         kind = _text(error.get("type"))
-        return UpstreamReported(message, status=status, upstream_type=kind, upstream_code=code)
+        extra = {name: value for name, value in error.items() if name not in _OURS}
+        return UpstreamReported(message, status=status, upstream_type=kind, upstream_code=code, extra=extra)
     if isinstance(error, str) and error:  # TGI <= 2.x, Xinference, Ollama
         return UpstreamReported(error, status=status, upstream_type=_text(chunk.get("error_type")))
     code = chunk.get("error_code")

@@ -22,6 +22,7 @@ answers with before a stream has started, and its OpenAI ``type`` and stable
     │   ├── UpstreamTimeout      504  upstream_error / upstream_timeout
     │   ├── UpstreamDisconnected 502  upstream_error / upstream_disconnected
     │   ├── NotAnEventStream     502  upstream_error / not_an_event_stream
+    │   ├── EmptyStream          502  upstream_error / empty_stream
     │   ├── ResponseTooLarge     502  upstream_error / response_too_large
     │   └── UpstreamReported     the upstream's own status, type and code
     ├── ShuttingDown             503  adapter_error / shutting_down
@@ -160,6 +161,12 @@ class NotAnEventStream(UpstreamError):
     code = "not_an_event_stream"
 
 
+class EmptyStream(UpstreamError):
+    """A stream that ended without a single event."""
+
+    code = "empty_stream"
+
+
 class ResponseTooLarge(UpstreamError):
     code = "response_too_large"
 
@@ -177,11 +184,13 @@ class UpstreamReported(UpstreamError):
         status: int | None = None,
         upstream_type: str | None = None,
         upstream_code: object = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.upstream_status = status
         self.upstream_type = upstream_type
         self.upstream_code = upstream_code
+        self.extra = extra or {}  # the server's other fields, llama.cpp's n_ctx say: sent on beside ours
 
     @property
     def http_status(self) -> int:
@@ -195,6 +204,7 @@ class UpstreamReported(UpstreamError):
         code = self.upstream_code if self.upstream_code not in (None, "") else self.upstream_status
         return {
             "error": {
+                **self.extra,
                 "message": self.message,
                 "type": self.upstream_type or self.type,
                 "code": code if code is not None else self.code,

@@ -70,5 +70,8 @@ def logging_config(log_format: str, level: str) -> dict[str, Any]:
             "uvicorn": {"level": level.upper(), "handlers": [], "propagate": True},
             "uvicorn.error": {"level": level.upper(), "handlers": [], "propagate": True},
             "uvicorn.access": {"handlers": [], "propagate": False},  # ours replaces it
+            # the probe and the demo use httpx as a client: no line per request of theirs
+            "httpx": {"level": "WARNING"},
+            "httpcore": {"level": "WARNING"},
         },
     }

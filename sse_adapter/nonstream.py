@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import orjson
@@ -22,6 +22,7 @@ from sse_adapter.completion import Assembler, normalise_completion
 from sse_adapter.dialects import body_error, excerpt
 from sse_adapter.errors import AdapterError, InternalError, UpstreamReported
 from sse_adapter.fitting import serialised
+from sse_adapter.observe import RequestStats
 from sse_adapter.pipeline import Pipeline
 from sse_adapter.reading import is_event_stream, read_body, refusal
 from sse_adapter.repair import StreamRepairer
@@ -46,15 +47,16 @@ async def complete(
     request: UpstreamRequest,
     kind: Kind,
     settings: Settings,
-    tap: Callable[[bytes], None] | None = None,
+    stats: RequestStats,
 ) -> Answer:
     """The normalised non-stream answer; an upstream failure raises our error."""
-    watch = Watch(settings, upstream.url(request), asyncio.get_running_loop().time(), tap)
+    watch = Watch(settings, upstream.url(request), asyncio.get_running_loop().time(), stats.tap)
     if settings.nonstream_via_stream:
         with watch:
-            return Answer(200, await _assembled(upstream, request, kind, settings, watch))
+            return Answer(200, await _assembled(upstream, request, kind, settings, watch, stats))
     with watch:
         response = await upstream.open(request)
+        stats.answered(response.status_code, response.headers.multi_items())
         try:
             if not response.is_success:
                 raise await refusal(response, watch)
@@ -73,10 +75,16 @@ async def complete(
 
 
 async def _assembled(
-    upstream: Upstream, request: UpstreamRequest, kind: Kind, settings: Settings, watch: Watch
+    upstream: Upstream,
+    request: UpstreamRequest,
+    kind: Kind,
+    settings: Settings,
+    watch: Watch,
+    stats: RequestStats,
 ) -> bytes:
     """Ask for a stream and build the answer from it, so failures show as they happen."""
     response = await upstream.open(request.with_body(_as_stream_request(request.body)))
+    stats.answered(response.status_code, response.headers.multi_items())
     try:
         if not is_event_stream(response):
             raise await refusal(response, watch)

@@ -52,6 +52,12 @@ class RequestStats:
     def tap(self) -> Callable[[bytes], None] | None:
         return self.trace.from_upstream if self.trace is not None else None
 
+    def answered(self, status: int, headers: list[tuple[str, str]]) -> None:
+        """The upstream's status line and headers have come."""
+        self.upstream_status = status
+        if self.trace is not None:
+            self.trace.upstream_headers = headers
+
 
 _ROUTES = {
     "/v1/chat/completions": "chat_completions",
@@ -104,6 +110,7 @@ class Observe:
         finally:
             self._record(stats, status, request_id, loop.time() - stats.started)
             if stats.trace is not None:
+                stats.trace.outcome = stats.outcome
                 await self._save(stats.trace, request_id, status, stats.upstream_status)
 
     async def _save(self, trace: Trace, request_id: str, status: int, upstream_status: int | None) -> None:
@@ -146,4 +153,11 @@ class Observe:
         }
         text = " ".join(f"{name}={logfmt(value)}" for name, value in fields.items() if name != "repairs")
         repairs = ",".join(f"{kind}:{count}" for kind, count in stats.repairs.items()) or "-"
-        log.info("%s repairs=%s", text, repairs, extra={"fields": fields})
+        failed = status >= 500 or (stats.upstream_status or 0) >= 500  # an operator should look
+        log.log(
+            logging.WARNING if failed else logging.INFO,
+            "%s repairs=%s",
+            text,
+            repairs,
+            extra={"fields": fields},
+        )

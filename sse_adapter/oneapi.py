@@ -44,13 +44,13 @@ def nonstream_error(status: int, body: bytes) -> str | None:
 
 
 def channel_test_passes(status: int, body: bytes) -> bool:
-    """One-API's channel "test" button (controller/channel-test.go): 200, a
-    non-null usage, non-empty choices and a string message content."""
+    """One-API's channel "test" button (controller/channel-test.go): 200, non-empty
+    choices and a string message content. A missing usage it fills by counting."""
     if nonstream_error(status, body) is not None:
         return False
     parsed = orjson.loads(body)
     choices = parsed.get("choices") if isinstance(parsed, dict) else None
-    if not isinstance(choices, list) or not choices or parsed.get("usage") is None:
+    if not isinstance(choices, list) or not choices:
         return False
     message = choices[0].get("message") if isinstance(choices[0], dict) else None
     return isinstance(message, dict) and isinstance(message.get("content"), str)

@@ -12,7 +12,7 @@ import logging
 from collections import Counter
 
 from sse_adapter.decoder import Event, SSEDecoder
-from sse_adapter.errors import AdapterError, EventTooLarge, InternalError
+from sse_adapter.errors import AdapterError, EmptyStream, EventTooLarge, InternalError
 from sse_adapter.repair import StreamRepairer
 
 __all__ = ["Pipeline"]
@@ -63,6 +63,13 @@ class Pipeline:
 
     def finish(self, failed: bool = False) -> list[bytes]:
         """The last payloads (held text, then usage); raises if the stream was no answer."""
+        if not failed and not self.decoder.received_any:
+            raise EmptyStream(
+                "the upstream ended the stream without sending anything. Most often the prompt is "
+                "longer than the model's context (llama-cpp-python ends such a stream silently and says "
+                "why only in its log); else the model server failed before its first token: look at "
+                "its log"
+            )
         if not failed and not self.repairer.finished:
             self._ending["missing_done"] += 1
         return self.repairer.finish(failed)

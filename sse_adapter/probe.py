@@ -49,7 +49,8 @@ class RouteReport:
     ping_interval_s: float | None = None
     text: str = ""
     errors: list[str] = field(default_factory=list)
-    quirks: dict[str, int] = field(default_factory=dict)
+    quirks: dict[str, int] = field(default_factory=dict)  # what the bytes show
+    repairs: dict[str, int] = field(default_factory=dict)  # what sse-adapter would repair in them
     one_api_relays: bool = False
     reasons: list[str] = field(default_factory=list)
 
@@ -57,15 +58,19 @@ class RouteReport:
         return asdict(self)
 
 
-async def first_model(url: str, api_key: str | None) -> str:
-    """The first model the server lists; TGI answers to any name."""
+async def first_model(url: str, api_key: str | None) -> tuple[str, str]:
+    """The model to ask for, and why that one: the first the server lists;
+    else "default", which TGI and llama.cpp's server answer to whatever the name."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    listing = url.rstrip("/") + "/v1/models"
     try:
         async with httpx.AsyncClient(timeout=10, headers=headers) as client:
-            listed = (await client.get(url.rstrip("/") + "/v1/models")).json()["data"]
-        return str(listed[0]["id"])
-    except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError):
-        return "default"
+            listed = (await client.get(listing)).json()["data"]
+        return str(listed[0]["id"]), f"the first of the {len(listed)} that {listing} lists"
+    except (ValueError, KeyError, IndexError, TypeError):
+        return "default", f"{listing} lists no model; pass --model to choose one"
+    except httpx.HTTPError as error:
+        return "default", f"{listing} did not answer ({why(error)}); pass --model to choose one"
 
 
 async def probe(url: str, model: str, api_key: str | None) -> RouteReport:
@@ -97,15 +102,16 @@ def _judge(report: RouteReport, view: EndClientView) -> None:
     """What One-API's client got, against what the server meant to say."""
     report.stream_status = view.status
     report.first_byte_ms = view.frames[0][0] * 1000 if view.frames else None
+    content_type = view.headers.get("content-type", "")
     meant = read_as_relay(view.raw)
-    report.quirks = dict(framing_quirks(view.raw)) | dict(meant.repairs) | _foreign_fields(view.raw)
+    if content_type.startswith("text/event-stream"):  # an error body has no SSE framing to judge
+        report.quirks = dict(framing_quirks(view.raw)) | _foreign_fields(view.raw)
+        report.repairs = dict(meant.repairs)
     report.ping_interval_s = _ping_interval(view)
     content_times = _content_times(view)
     if content_times:
         report.first_token_ms = content_times[0] * 1000
-        span = content_times[-1] - content_times[0]
-        report.tokens_per_s = (len(content_times) - 1) / span if span > 0 else None
-    content_type = view.headers.get("content-type", "")
+        report.tokens_per_s = _rate(content_times)
     if not accepts_stream(view.status, content_type):
         report.errors = view.errors()
         report.reasons.append(
@@ -122,9 +128,23 @@ def _judge(report: RouteReport, view: EndClientView) -> None:
         report.reasons.append(
             "the server's error is dropped (a chunk with no choices): the user sees a truncated success"
         )
+    if report.errors and not report.text:
+        report.reasons.append(f"the stream ends in an error before any text: {report.errors[0]}")
     if view.dones() != 1:
         report.reasons.append(f"the client gets {view.dones()} [DONE]")
     report.one_api_relays = not report.reasons
+
+
+_MIN_TOKENS, _MIN_SPAN = 5, 0.25  # below these, a rate says more about the network than the model
+
+
+def _rate(times: list[float]) -> float | None:
+    """Tokens a second from the first token to the last; None for too small a sample
+    (a server that sends its tokens in one burst has no measurable rate)."""
+    span = times[-1] - times[0]
+    if len(times) < _MIN_TOKENS or span < _MIN_SPAN:
+        return None
+    return (len(times) - 1) / span
 
 
 def _ping_interval(view: EndClientView) -> float | None:
@@ -194,8 +214,12 @@ def show(reports: dict[str, RouteReport], console: Console) -> None:
     row("text One-API's client gets", lambda r: repr(r.text[:60]) if r.text else "(nothing)")
     row("errors it is shown", lambda r: "; ".join(r.errors) or "none")
     row(
-        "framing quirks",
-        lambda r: ", ".join(f"{LABELS.get(k, k)} ({v})" for k, v in r.quirks.items()) or "none",
+        "what the bytes show",
+        lambda r: ", ".join(f"{LABELS.get(k, k)} ({v})" for k, v in r.quirks.items()) or "nothing unusual",
+    )
+    row(
+        "what sse-adapter repairs in them",
+        lambda r: ", ".join(f"{LABELS.get(k, k)} ({v})" for k, v in r.repairs.items()) or "nothing",
     )
     table.add_row(
         "One-API would relay this stream",

@@ -105,7 +105,7 @@ def read_as_relay(raw: bytes) -> Reading:
     try:
         if failure is not None:
             raise failure  # the relay stops there too
-        repairer.finish()  # a stream of nothing but other shapes, or no events at all, is an error
+        pipeline.finish()  # a stream of nothing but other shapes, or no events at all, is an error
     except AdapterError:
         return Reading("".join(text), True, +repairer.repairs)
     return Reading("".join(text), False, +repairer.repairs)

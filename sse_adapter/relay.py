@@ -147,7 +147,7 @@ class EventStream(Response):
         try:
             with self._watch:
                 self._response = response = await self._upstream.open(self._request)
-                self._stats.upstream_status = response.status_code
+                self._stats.answered(response.status_code, response.headers.multi_items())
                 if not is_event_stream(response):
                     self._refusal = await refusal(response, self._watch)
                     return self._refusal

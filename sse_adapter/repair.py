@@ -53,6 +53,7 @@ class StreamRepairer:
         self._split_thinking = settings.think_tags is ThinkTags.SPLIT
         self._other_reasoning = _other_reasoning_name(settings)
         self._unknown_reasons: set[str] = set()  # logged once a stream
+        self._adopted = False
 
     def repair(self, event: Event) -> list[bytes]:
         """The payloads one event becomes. Each check is a dict lookup, and a
@@ -86,6 +87,8 @@ class StreamRepairer:
                 return []
             return self._send(chunk, data, changed=changed)  # not a chunk: not ours to repair
         changed |= held_usage
+        if not self._adopted:
+            self._adopt(chunk)
         if choices is not None and not isinstance(choices, list):
             return self._send(chunk, data, changed)  # a shape no client reads: sent on as it came
         identity = self.identity
@@ -157,6 +160,16 @@ class StreamRepairer:
         else:
             self.repairs["empty_usage_dropped"] += 1
         return True
+
+    def _adopt(self, chunk: dict[str, Any]) -> None:
+        """The upstream's first chunk names the model and the time that the
+        adapter's own chunks (heartbeats, errors) then carry too."""
+        self._adopted = True
+        model, created = chunk.get("model"), chunk.get("created")
+        if isinstance(model, str) and model:
+            self.identity.model = model
+        if isinstance(created, int) and not isinstance(created, bool):
+            self.identity.created = created
 
     def _unify_id(self, chunk: dict[str, Any]) -> bool:
         upstream_id = chunk.get("id")

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import shutil
 import socket
 import tempfile
 from collections.abc import AsyncIterator
@@ -80,8 +81,7 @@ def run_server(settings: Settings) -> None:
         "log_config": logging_config(settings.log_format.value, settings.log_level),
         "access_log": False,
     }
-    if settings.workers > 1:
-        _metrics_folder()
+    made = _metrics_folder() if settings.workers > 1 else None
     sock = listening(settings.host, settings.port)
     if settings.workers == 1:
         uvicorn.Server(_config(settings, None, **logs)).run(sockets=[sock])
@@ -94,7 +94,11 @@ def run_server(settings: Settings) -> None:
         **_options(settings),
         **logs,
     )
-    Multiprocess(config, sockets=[sock]).run()
+    try:
+        Multiprocess(config, sockets=[sock]).run()
+    finally:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
 
 
 def _check_folder(folder: str | None, flag: str) -> None:
@@ -109,21 +113,23 @@ def _check_folder(folder: str | None, flag: str) -> None:
         raise SettingsError(f"{flag} {folder!r} cannot be written: {error.strerror or error}") from None
 
 
-def _metrics_folder() -> None:
+def _metrics_folder() -> str | None:
     """With several workers each counts its metrics into files there, and
-    /metrics sums them (prometheus-client's multiprocess mode)."""
+    /metrics sums them (prometheus-client's multiprocess mode). The folder
+    this makes (not one the user gave) goes when the adapter stops."""
     given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if given:
         _check_folder(given, "PROMETHEUS_MULTIPROC_DIR")
-        return
+        return None
     try:
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="sse-adapter-metrics-")
+        made = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="sse-adapter-metrics-")
     except OSError as error:
         raise SettingsError(
             "--workers keeps its metrics in files and cannot make a folder for them in "
             f"{tempfile.gettempdir()!r}: {error.strerror or error}; "
             "set PROMETHEUS_MULTIPROC_DIR to a writable folder (in Kubernetes, an emptyDir volume)"
         ) from None
+    return made
 
 
 def app_from_environment() -> FastAPI:

@@ -83,7 +83,7 @@ class Settings:
     drop_non_chunks: bool = True
     max_line_bytes: int = 65000
     # non-streaming requests
-    nonstream_keepalive: bool = True
+    nonstream_keepalive: bool = False  # see README: it helps only with a proxy before the gateway
     nonstream_via_stream: bool = False
 
     def __post_init__(self) -> None:

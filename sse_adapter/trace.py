@@ -38,6 +38,9 @@ class Trace:
     upstream: bytearray = field(default_factory=bytearray)
     client: bytearray = field(default_factory=bytearray)
     truncated: set[str] = field(default_factory=set)
+    sizes: dict[str, int] = field(default_factory=lambda: {"upstream": 0, "client": 0})  # all, kept or not
+    upstream_headers: list[tuple[str, str]] = field(default_factory=list)
+    outcome: str = "ok"
 
     def from_upstream(self, data: bytes) -> None:
         self._add(self.upstream, data, "upstream")
@@ -46,6 +49,7 @@ class Trace:
         self._add(self.client, data, "client")
 
     def _add(self, into: bytearray, data: bytes, name: str) -> None:
+        self.sizes[name] += len(data)
         room = MAX_BYTES - len(into)
         if len(data) > room:
             self.truncated.add(name)
@@ -68,8 +72,12 @@ class Trace:
                 else "[not kept: --trace-bodies]",
             },
             "status": status,
+            "outcome": self.outcome,
             "upstream_status": upstream_status,
-            "bytes": {"upstream": len(self.upstream), "client": len(self.client)},
+            "upstream_headers": [
+                (k, "[redacted]" if k.lower() in _SECRET_HEADERS else v) for k, v in self.upstream_headers
+            ],
+            "bytes": dict(self.sizes),  # what passed, whether or not the file kept it all
             "truncated_at": {name: MAX_BYTES for name in sorted(self.truncated)},
         }
         (self.folder / f"{name}.json").write_text(json.dumps(meta, indent=2))

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import httpx
 import pytest
 
+from sse_adapter import __version__
 from sse_adapter.settings import HeartbeatMode, Settings, SettingsError
 from tests.adapter_server import free_port
 
+ROOT = Path(__file__).parent.parent
 ENV = {key: value for key, value in os.environ.items() if not key.startswith("SSE_ADAPTER_")}
 
 
@@ -172,3 +176,23 @@ def test_startup_says_where_it_relays_and_whether_that_answers() -> None:
     assert "WARNING" in said
     assert "http://127.0.0.1:9, which does not answer yet" in said
     assert "pw" not in "".join(lines)
+
+
+def test_version_and_no_bool_after_flags_in_help() -> None:
+    version = run("--version")
+    assert version.stdout.strip() == f"sse-adapter {__version__}"
+    for command in ((), ("serve",), ("demo",), ("probe",)):
+        shown = run(*command, "--help", env={"COLUMNS": "200"})
+        assert shown.returncode == 0
+        assert "<bool>" not in shown.stdout, command
+
+
+def test_the_package_says_what_it_is_and_pins_majors() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "MIT"
+    assert (ROOT / "LICENSE").read_text().startswith("MIT License")
+    assert project["license-files"] == ["LICENSE"]
+    assert any(c.startswith("License :: OSI Approved :: MIT") for c in project["classifiers"])
+    bounded = {re.split(r"[<>=~!; ]", requirement)[0]: requirement for requirement in project["dependencies"]}
+    for name in ("fastapi", "httpx", "anyio", "typer", "uvicorn", "aiohttp", "httpx-aiohttp"):
+        assert "<" in bounded[name], bounded[name]

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from sse_adapter.demo_upstream import DIALECTS, demo_upstream, events_of, transcript
+from sse_adapter.oneapi import channel_test_passes
 from tests.adapter_server import free_port
 from tests.end_client import FIXTURES, fixture
 
@@ -121,12 +122,18 @@ def test_serve_keeps_both_servers_up_until_ctrl_c() -> None:
             assert line, process.stderr.read() if process.stderr else ""
             lines.append(line)
         printed = "".join(lines)
+        base = f"http://127.0.0.1:{port}"
         assert f"curl -N http://127.0.0.1:{port}/v1/chat/completions" in printed
         assert f"base URL http://127.0.0.1:{port}" in printed
+        probe = f"sse-adapter probe --upstream http://127.0.0.1:{port + 1} --model tgi-2.0 --via {base}"
+        assert probe in printed  # the exact command, for the ports it took
         body = {"model": "tgi-2.0", "stream": True, "messages": []}
-        reply = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body, timeout=10)
+        reply = httpx.post(f"{base}/v1/chat/completions", json=body, timeout=10)
         assert reply.text.endswith("data: [DONE]\n\n")
         assert "Hello" in reply.text
+        whole = httpx.post(f"{base}/v1/chat/completions", json={**body, "stream": False}, timeout=10)
+        assert channel_test_passes(whole.status_code, whole.content)  # One-API's Test button
+        assert whole.json()["choices"][0]["message"]["content"] == "Hello from TGI!"
         process.send_signal(signal.SIGINT)
         assert process.wait(15) == 0
     finally:

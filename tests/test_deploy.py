@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -172,3 +173,76 @@ def test_the_dockerfile_entrypoint_serves_and_its_healthcheck_passes() -> None:
     finally:
         server.terminate()
         server.wait(10)
+
+
+# Shell syntax dash and busybox sh do not have: CMD-SHELL runs /bin/sh, which is dash in
+# Debian and Ubuntu images (TGI's) and busybox in Alpine ones (One-API's).
+BASH_ONLY = re.compile(r"/dev/(tcp|udp)/|\[\[|<<<|<\(|>\(|\$'|&>|\|&|\bfunction\b|\bsource\b|\{\w+\.\.\w+\}")
+
+
+def healthchecks() -> list[tuple[str, list[str]]]:
+    return [
+        (f"{path.name}:{name}", service["healthcheck"]["test"])
+        for path in COMPOSE_FILES
+        for name, service in compose(path)["services"].items()
+        if "healthcheck" in service
+    ]
+
+
+@pytest.mark.parametrize(("where", "test"), healthchecks(), ids=[where for where, _ in healthchecks()])
+def test_no_healthcheck_needs_bash(where: str, test: list[str]) -> None:
+    if test[0] != "CMD-SHELL":
+        return
+    [command] = test[1:]
+    assert not BASH_ONLY.search(command), f"{where}: {command}"
+    posix = shutil.which("dash") or shutil.which("sh")
+    assert posix is not None
+    syntax = subprocess.run([posix, "-n", "-c", command], capture_output=True, text=True)
+    assert syntax.returncode == 0, syntax.stderr
+
+
+def test_the_shell_check_knows_the_healthcheck_that_hung_the_gpu_stack() -> None:
+    hung = "exec 3<>/dev/tcp/127.0.0.1/80 && printf 'GET /health HTTP/1.0\\r\\n\\r\\n' >&3"
+    assert BASH_ONLY.search(hung)
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda path: path.name)
+def test_images_are_pinned_and_one_api_keeps_its_sessions(path: Path) -> None:
+    services = compose(path)["services"]
+    env_example = (DEPLOY / ".env.example").read_text()
+    for name, service in services.items():
+        image = re.sub(r"\$\{\w+:-([^}]+)\}", r"\1", service["image"])
+        assert not image.endswith(":latest"), (name, image)
+        assert ":" in image, (name, image)  # a tag, not an implicit latest
+        variable = re.match(r"\$\{(\w+)", service["image"])
+        if variable:  # the same pin in .env.example, which users copy
+            assert f"{variable[1]}={image}\n" in env_example
+    one_api = services["one-api"]
+    assert one_api["environment"]["SESSION_SECRET"].startswith("${ONE_API_SESSION_SECRET:?")
+    assert "/api/status" in " ".join(one_api["healthcheck"]["test"])
+
+
+def test_k8s_gives_the_read_only_adapter_a_tmp_and_tgi_a_lasting_cache() -> None:
+    docs = {doc["kind"]: doc for doc in k8s_documents()}
+    pod = docs["Deployment"]["spec"]["template"]["spec"]
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    containers = {container["name"]: container for container in pod["containers"]}
+    mounts = {mount["mountPath"]: mount["name"] for mount in containers["sse-adapter"]["volumeMounts"]}
+    assert "emptyDir" in volumes[mounts["/tmp"]]
+    cache = {mount["mountPath"]: mount["name"] for mount in containers["tgi"]["volumeMounts"]}["/data"]
+    claim = volumes[cache]["persistentVolumeClaim"]["claimName"]
+    assert docs["PersistentVolumeClaim"]["metadata"]["name"] == claim
+    for container in containers.values():
+        assert not container["image"].endswith(":latest")
+
+
+def test_the_image_build_copies_every_file_the_package_needs() -> None:
+    """No Docker engine here to build it: what pyproject.toml names must be copied, and not ignored."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    needed = {project["readme"], *project["license-files"], "pyproject.toml"}
+    text = (DEPLOY / "Dockerfile").read_text()
+    build = text[: text.rindex("\nFROM ")]
+    copied = {name for line in re.findall(r"^COPY (.+)$", build, re.M) for name in line.split()[:-1]}
+    assert needed <= copied, needed - copied
+    allowed = set(re.findall(r"^!(\S+)$", (ROOT / ".dockerignore").read_text(), re.M))
+    assert needed <= allowed, needed - allowed

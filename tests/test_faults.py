@@ -170,13 +170,13 @@ MATRIX: list[tuple[str, Fault, Outcome, Outcome]] = [
         "stall-before-headers",
         stall_before_headers,
         Outcome(200, "upstream_timeout"),
-        Outcome(200, "upstream_timeout"),
+        Outcome(504, "upstream_timeout"),  # no keep-alive by default: the real status
     ),
     (
         "stall-mid-stream",
         stall_mid_stream,
         Outcome(200, "upstream_timeout", "half"),
-        Outcome(200, "upstream_timeout"),
+        Outcome(504, "upstream_timeout"),
     ),
     (
         "garbage",

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -20,7 +21,7 @@ from sse_adapter.logs import TextFormatter
 from sse_adapter.settings import Settings
 from tests.adapter_server import free_port, run_adapter
 from tests.end_client import fixture, stream
-from tests.upstream_fake import Received, Writer, fake_upstream, sse
+from tests.upstream_fake import Received, Writer, fake_upstream, json_answer, sse
 
 pytestmark = pytest.mark.anyio
 
@@ -134,9 +135,10 @@ async def test_one_access_line_per_request_without_prompts_or_keys(caplog: pytes
     assert "SECRET" not in text
 
 
-def test_two_workers_report_the_sum_of_both() -> None:
+def test_two_workers_report_the_sum_of_both(tmp_path: Path) -> None:
     port = free_port()
     env = {key: value for key, value in os.environ.items() if key != "PROMETHEUS_MULTIPROC_DIR"}
+    env["TMPDIR"] = str(tmp_path)  # where the workers' metrics folder goes, and must be gone from after
     command = [
         sys.executable,
         "-m",
@@ -171,9 +173,11 @@ def test_two_workers_report_the_sum_of_both() -> None:
                 got[("sse_adapter_requests_total", (("mode", "-"), ("route", "healthz"), ("status", "200")))]
             )
         assert set(totals) == {21.0}
+        assert [path.name.startswith("sse-adapter-metrics-") for path in tmp_path.iterdir()] == [True]
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(20)
+    assert list(tmp_path.iterdir()) == []  # the metrics folder it made went with it
 
 
 async def test_no_client_value_can_forge_a_log_line() -> None:
@@ -207,3 +211,41 @@ async def test_metrics_labels_are_a_fixed_set_whatever_paths_clients_ask_for() -
             got = await scrape(adapter)
     routes = {dict(labels).get("route") for name, labels in got if name == "sse_adapter_requests_total"}
     assert routes == {"other", "passthrough"}
+
+
+async def test_no_line_per_upstream_request_and_a_warning_when_the_upstream_fails(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+
+    broken = json_answer(500, b'{"error":{"message":"CUDA out of memory","type":"server_error","code":500}}')
+    async with fake_upstream(broken) as upstream:
+        async with run_adapter(Settings(upstream=upstream.url)) as adapter, httpx.AsyncClient() as client:
+            await client.post(adapter + CHAT, json={"model": "m", "stream": True})
+            await client.get(adapter + "/v1/models")
+    lines = [
+        record.getMessage() for record in caplog.records if record.name.startswith(("httpx", "httpcore"))
+    ]
+    assert not [line for line in lines if upstream.url in line]  # the test's own client may log
+    access = [record for record in caplog.records if record.name == "sse_adapter.access"]
+    assert [record.levelname for record in access] == ["WARNING", "WARNING"]  # both answered 500 upstream
+
+
+async def test_a_503_from_readyz_is_no_ok_outcome(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="sse_adapter.access")
+    async with fake_upstream(sse([])) as upstream:
+        dead = upstream.url
+    async with run_adapter(Settings(upstream=dead)) as adapter, httpx.AsyncClient() as client:
+        reply = await client.get(adapter + "/readyz")
+    assert reply.status_code == 503
+    [line] = [record for record in caplog.records if record.name == "sse_adapter.access"]
+    assert line.fields["outcome"] == "not_ready"  # type: ignore[attr-defined]
+
+
+async def test_metrics_have_no_created_series() -> None:
+    async with fake_upstream(sse([fixture("vllm.sse")])) as upstream:
+        async with run_adapter(Settings(upstream=upstream.url)) as adapter:
+            await stream(adapter, CHAT, {"model": "m", "stream": True})
+            got = await scrape(adapter)
+    assert got  # something was counted
+    assert not [name for name, _ in got if name.endswith("_created")]

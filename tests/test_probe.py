@@ -13,12 +13,12 @@ import orjson
 import pytest
 
 from sse_adapter.oneapi import OneAPIRelay
-from sse_adapter.probe import probe
+from sse_adapter.probe import first_model, probe
 from sse_adapter.settings import Settings
 from tests.adapter_server import run_adapter
 from tests.end_client import Seen, fixture
 from tests.test_dialects_wire import HANDLERS, ROWS, Row
-from tests.upstream_fake import Handler, Received, Writer, fake_upstream
+from tests.upstream_fake import Handler, Received, Writer, content_frame, fake_upstream, json_answer
 
 CHAT_ROWS = [
     pytest.param(row, id=row.fixture.rsplit(".", 1)[0])
@@ -79,9 +79,11 @@ async def test_the_verdict_matches_the_one_api_double(row: Row) -> None:
         assert not direct.one_api_relays
     else:
         assert direct.one_api_relays is double_relays(row), direct.reasons
-    expected_through = row.delivery != "ndjson"  # a wrong upstream stays an error status
+    # A wrong upstream stays an error status; a stream that is nothing but an error is
+    # shown as one, but is no clean relay.
+    expected_through = row.delivery != "ndjson" and not (row.error is not None and not row.text)
     assert through.one_api_relays is expected_through, through.reasons
-    if expected_through and row.error is not None:
+    if row.delivery != "ndjson" and row.error is not None:
         assert any(row.error in error for error in through.errors)
 
 
@@ -119,12 +121,15 @@ asyncio.run(main())
     assert direct_only["code"] == 1
     assert with_via["code"] == 0
     report = with_via["report"]
-    assert sorted(report) == ["direct", "relays", "via"]
+    assert sorted(report) == ["direct", "model", "relays", "via"]
+    assert report["model"] == {"name": "tgi", "why": "--model"}
     assert report["relays"] is True
     assert report["direct"]["one_api_relays"] is False
     assert "`data:` with no space" in report["direct"]["reasons"][0]
-    assert report["direct"]["quirks"]["no_space_after_data"] == 5
-    assert report["direct"]["quirks"]["finish_reason_mapped"] == 1  # eos_token
+    assert report["direct"]["quirks"]["no_space_after_data"] == 5  # what the bytes show
+    assert report["direct"]["repairs"]["finish_reason_mapped"] == 1  # eos_token: the adapter's doing
+    assert "finish_reason_mapped" not in report["direct"]["quirks"]
+    assert report["via"]["repairs"] == {}  # what comes through the adapter needs nothing more
     assert report["via"]["one_api_relays"] is True
     assert report["via"]["text"] == "Hello from TGI!"
     assert sorted(report["via"]) == [
@@ -137,6 +142,7 @@ asyncio.run(main())
         "ping_interval_s",
         "quirks",
         "reasons",
+        "repairs",
         "stream_status",
         "text",
         "tokens_per_s",
@@ -177,3 +183,58 @@ async def test_the_interval_of_comment_pings_is_measured() -> None:
     assert 0.15 <= report.ping_interval_s <= 0.35
     assert report.quirks["comment_pings"] == 4
     assert report.one_api_relays
+
+
+@pytest.mark.anyio
+async def test_an_error_answer_shows_no_framing_quirks() -> None:
+    """A plain JSON error has no SSE framing: no "no [DONE]" and no repairs are laid on it."""
+
+    refuses = json_answer(404, b'{"error":{"message":"model not found","type":"NotFoundError","code":404}}')
+    async with fake_upstream(refuses) as upstream:
+        report = await probe(upstream.url, "m", None)
+    assert (report.quirks, report.repairs) == ({}, {})
+    assert not report.one_api_relays
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("pause", "rate"), [(0.0, None), (0.05, (10, 30))], ids=["one-burst", "paced"])
+async def test_tokens_per_second_are_measured_from_first_to_last_token_or_not_at_all(
+    pause: float, rate: tuple[int, int] | None
+) -> None:
+    tokens = [content_frame(f"t{n} ") for n in range(12)]
+
+    async def streams(request: Received, out: Writer) -> None:
+        if not request.json().get("stream"):  # type: ignore[union-attr]
+            await out.start(200, [("Content-Type", "application/json"), ("Content-Length", "2")], False)
+            await out.raw(b"{}")
+            return
+        await out.start(200, [("Content-Type", "text/event-stream")])
+        if pause:
+            for token in tokens:
+                await out.chunk(token)
+                await asyncio.sleep(pause)
+        else:
+            await out.chunk(b"".join(tokens))
+        await out.chunk(b"data: [DONE]\n\n")
+        await out.end()
+
+    async with fake_upstream(streams) as upstream:
+        report = await probe(upstream.url, "m", None)
+    if rate is None:
+        assert report.tokens_per_s is None  # no rate can be told from one burst
+    else:
+        assert report.tokens_per_s is not None
+        assert rate[0] <= report.tokens_per_s <= rate[1]
+
+
+@pytest.mark.anyio
+async def test_the_model_asked_for_says_why() -> None:
+    async def lists_nothing(request: Received, out: Writer) -> None:
+        await out.start(200, [("Content-Type", "application/json"), ("Content-Length", "11")], False)
+        await out.raw(b'{"data":[]}')
+
+    async with fake_upstream(lists_nothing) as upstream:
+        name, why = await first_model(upstream.url, None)
+    assert name == "default"
+    assert "lists no model" in why
+    assert "--model" in why

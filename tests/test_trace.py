@@ -101,3 +101,15 @@ async def test_a_trace_folder_that_cannot_be_written_fails_no_request(
     assert [reply.status_code for reply in replies] == [200] * 3
     warnings = [record for record in caplog.records if record.levelno == logging.WARNING]
     assert len([record for record in warnings if "could not write the trace" in record.getMessage()]) == 1
+
+
+async def test_the_trace_records_the_outcome_the_upstreams_headers_and_every_byte(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(trace, "MAX_BYTES", 100)
+    [reply] = await traced(tmp_path)
+    meta = json.loads((tmp_path / "req-0.json").read_text())
+    assert meta["outcome"] == "ok"
+    assert ["content-type", "text/event-stream"] in meta["upstream_headers"]
+    assert meta["bytes"] == {"upstream": len(fixture("tgi-2.0.sse")), "client": len(reply.content)}
+    assert meta["truncated_at"] == {"client": 100, "upstream": 100}

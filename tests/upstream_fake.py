@@ -80,6 +80,17 @@ def content_frame(content: str, chunk_id: str = "c", model: str = "m") -> bytes:
     return b"data: " + orjson.dumps(body) + b"\n\n"
 
 
+def json_answer(status: int, body: bytes) -> Handler:
+    """A whole JSON answer with its length, as a server answers an error."""
+
+    async def handler(request: Received, out: Writer) -> None:
+        headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+        await out.start(status, headers, chunked=False)
+        await out.raw(body)
+
+    return handler
+
+
 def sse(
     pieces: Iterable[bytes], delay: float = 0.0, headers: Iterable[tuple[str, str]] = SSE_HEADERS
 ) -> Handler:
