@@ -21,6 +21,19 @@ def free_port() -> int:
     return port
 
 
+def free_port_pair() -> int:
+    """A port whose next one is free too: the demo puts its model server there."""
+    for _ in range(100):
+        port = free_port()
+        with socket.socket() as after:
+            try:
+                after.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no two free ports side by side on 127.0.0.1")
+
+
 @contextlib.asynccontextmanager
 async def run_adapter(settings: Settings, app: FastAPI | None = None) -> AsyncIterator[str]:
     """Yields the adapter's base URL while it serves (``app``, when a test made its own)."""

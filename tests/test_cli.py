@@ -16,7 +16,7 @@ import pytest
 
 from sse_adapter import __version__
 from sse_adapter.settings import HeartbeatMode, Settings, SettingsError
-from tests.adapter_server import free_port
+from tests.adapter_server import free_port, free_port_pair
 
 ROOT = Path(__file__).parent.parent
 ENV = {key: value for key, value in os.environ.items() if not key.startswith("SSE_ADAPTER_")}
@@ -121,7 +121,7 @@ def test_settings_refuse_an_unknown_mode() -> None:
 
 def test_a_port_in_use_is_one_line_and_exit_code_2(tmp_path: Path) -> None:
     with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
+        taken.bind(("127.0.0.1", free_port_pair()))  # the next port free: the demo binds there first
         taken.listen()
         port = taken.getsockname()[1]
         serve = run("serve", "--upstream", "http://127.0.0.1:9", "--port", str(port))

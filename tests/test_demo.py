@@ -14,7 +14,7 @@ import pytest
 
 from sse_adapter.demo_upstream import DIALECTS, demo_upstream, events_of, transcript
 from sse_adapter.oneapi import channel_test_passes
-from tests.adapter_server import free_port
+from tests.adapter_server import free_port_pair
 from tests.end_client import FIXTURES, fixture
 
 ENV = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
@@ -101,7 +101,7 @@ async def test_the_embedded_server_says_what_it_serves() -> None:
 
 
 def test_serve_keeps_both_servers_up_until_ctrl_c() -> None:
-    port = free_port()
+    port = free_port_pair()
     command = [
         sys.executable,
         "-m",
