@@ -11,7 +11,15 @@ import typer
 import typer.core
 
 from sse_adapter import __version__
-from sse_adapter.settings import HeartbeatMode, LogFormat, ReasoningField, Settings, SettingsError, ThinkTags
+from sse_adapter.settings import (
+    HeartbeatMode,
+    LogFormat,
+    ReasoningField,
+    Settings,
+    SettingsError,
+    Tags,
+    ToolCallMode,
+)
 
 __all__ = ["app", "main"]
 
@@ -226,9 +234,23 @@ def serve(
         ),
     ] = ReasoningField.REASONING_CONTENT,
     think_tags: Annotated[
-        ThinkTags,
+        Tags,
         _option("THINK_TAGS", "split: move <think>...</think> out of content into reasoning.", _REPAIRS),
-    ] = ThinkTags.KEEP,
+    ] = Tags.KEEP,
+    tool_calls: Annotated[
+        ToolCallMode,
+        _option(
+            "TOOL_CALLS",
+            "normalise: streamed tool calls in OpenAI's shape (index, id once, string arguments).",
+            _REPAIRS,
+        ),
+    ] = ToolCallMode.NORMALISE,
+    tool_call_tags: Annotated[
+        Tags,
+        _option(
+            "TOOL_CALL_TAGS", "split: turn <tool_call>{...}</tool_call> in content into tool calls.", _REPAIRS
+        ),
+    ] = Tags.KEEP,
     final_usage_only: Annotated[
         Switch,
         _option(
@@ -296,6 +318,8 @@ def serve(
             fill_fields=fill_fields is Switch.ON,
             reasoning_field=reasoning_field,
             think_tags=think_tags,
+            tool_calls=tool_calls,
+            tool_call_tags=tool_call_tags,
             final_usage_only=final_usage_only is Switch.ON,
             drop_non_chunks=drop_non_chunks is Switch.ON,
             nonstream_keepalive=nonstream_keepalive is Switch.ON,
@@ -311,7 +335,7 @@ def demo(
     dialect: Annotated[
         str,
         typer.Option(
-            help="A dialect to show (tgi-2.0, xinference, llamacpp-legacy, vllm, reasoning), or all."
+            help="A dialect to show (tgi-2.0, xinference, llamacpp-legacy, vllm, tools, reasoning), or all."
         ),
     ] = "all",
     think_seconds: Annotated[

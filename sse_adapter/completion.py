@@ -9,6 +9,7 @@ with content ``""`` rather than null when there are no tool calls.
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from typing import Any
 
 import orjson
@@ -16,8 +17,9 @@ import orjson
 from sse_adapter.chunks import Kind
 from sse_adapter.dialects import is_real_usage
 from sse_adapter.repair import map_finish_reason, reasoning_name, rename_reasoning
-from sse_adapter.settings import Settings, ThinkTags
+from sse_adapter.settings import Settings, Tags, ToolCallMode
 from sse_adapter.think import ThinkSplitter
+from sse_adapter.toolcalls import new_call_id, normalise_message_calls, split_tool_tags
 
 __all__ = ["Assembler", "completion_object", "normalise_completion", "usage_of"]
 
@@ -29,9 +31,15 @@ def completion_object(kind: Kind) -> str:
 
 
 def normalise_completion(
-    body: dict[str, Any], kind: Kind, settings: Settings, created: int
+    body: dict[str, Any],
+    kind: Kind,
+    settings: Settings,
+    created: int,
+    repairs: Counter[str] | None = None,
 ) -> dict[str, Any]:
-    """The same repairs a stream gets, and a usage object whatever the server gave."""
+    """The same repairs a stream gets, counted in ``repairs``, and a usage
+    object whatever the server gave."""
+    repairs = Counter() if repairs is None else repairs
     if not body.get("id"):
         body["id"] = kind.id_prefix + uuid.uuid4().hex
     if settings.fill_fields:
@@ -40,12 +48,12 @@ def normalise_completion(
             body["created"] = created
     for choice in _list(body.get("choices")):
         if isinstance(choice, dict):
-            _normalise_choice(choice, settings)
+            _normalise_choice(choice, settings, repairs)
     body["usage"] = usage_of(body)
     return body
 
 
-def _normalise_choice(choice: dict[str, Any], settings: Settings) -> None:
+def _normalise_choice(choice: dict[str, Any], settings: Settings, repairs: Counter[str]) -> None:
     if settings.fill_fields:
         choice.setdefault("finish_reason", None)
     map_finish_reason(choice, settings)
@@ -53,8 +61,20 @@ def _normalise_choice(choice: dict[str, Any], settings: Settings) -> None:
     if not isinstance(message, dict):
         return
     rename_reasoning(message, settings)
+    _split_think(message, settings)
+    if settings.tool_call_tags is Tags.SPLIT:
+        _split_tool_tags(message, repairs)
+    normalise = settings.tool_calls is ToolCallMode.NORMALISE
+    if normalise and normalise_message_calls(message, repairs) and choice.get("finish_reason") == "stop":
+        choice["finish_reason"] = "tool_calls"
+        repairs["tool_call_finish_reason"] += 1
+    if message.get("content") is None and not message.get("tool_calls"):
+        message["content"] = ""
+
+
+def _split_think(message: dict[str, Any], settings: Settings) -> None:
     content = message.get("content")
-    if settings.think_tags is ThinkTags.SPLIT and isinstance(content, str):
+    if settings.think_tags is Tags.SPLIT and isinstance(content, str):
         splitter = ThinkSplitter()
         thought, said = splitter.feed(content)
         held_thought, held_said = splitter.flush()
@@ -62,8 +82,20 @@ def _normalise_choice(choice: dict[str, Any], settings: Settings) -> None:
             message["content"] = said + held_said
             name = reasoning_name(settings)
             message[name] = (message.get(name) or "") + thought + held_thought
-    if message.get("content") is None and not message.get("tool_calls"):
-        message["content"] = ""
+
+
+def _split_tool_tags(message: dict[str, Any], repairs: Counter[str]) -> None:
+    content = message.get("content")
+    if not isinstance(content, str):
+        return
+    text, calls = split_tool_tags(content)
+    if not calls:
+        return
+    upstream = message.get("tool_calls")
+    found = [{"id": new_call_id(), "type": "function", "function": call} for call in calls]
+    message["tool_calls"] = [*upstream, *found] if isinstance(upstream, list) else found
+    message["content"] = text or None
+    repairs["tool_call_tags_split"] += len(calls)
 
 
 def usage_of(body: dict[str, Any]) -> dict[str, Any]:

@@ -42,6 +42,7 @@ class Outcome:
     longest_silence: float
     errors: tuple[str, ...]
     problems: tuple[str, ...]
+    calls: tuple[str, ...] = ()  # the tool calls the client rebuilt, as name(arguments)
 
     @property
     def clean(self) -> bool:
@@ -71,6 +72,7 @@ def judge(view: EndClientView, dialect: DemoDialect) -> Outcome:
         problems.append("a chunk the client cannot parse")
     if text != dialect.text:
         problems.append("text lost" if not text else "text garbled")
+    calls = _judge_calls(view, dialect, problems) if dialect.calls else ()
     if dialect.error is not None and not any(dialect.error in error for error in errors):
         problems.append("the upstream's error was hidden")
     if view.status == 200 and view.dones() != 1:
@@ -78,7 +80,23 @@ def judge(view: EndClientView, dialect: DemoDialect) -> Outcome:
     silence = view.longest_silence()
     if silence > SILENCE_LIMIT:
         problems.append(f"silent for {silence:.1f} s")
-    return Outcome(text, heartbeats, silence, errors, tuple(problems))
+    return Outcome(text, heartbeats, silence, errors, tuple(problems), calls)
+
+
+def _judge_calls(view: EndClientView, dialect: DemoDialect, problems: list[str]) -> tuple[str, ...]:
+    """The tool calls an OpenAI client rebuilds, which must be those the model made."""
+    try:
+        calls = view.tool_calls()
+    except (ValueError, orjson.JSONDecodeError):
+        problems.append("tool calls the client cannot rebuild")
+        return ()
+    if [(call["name"], call["arguments"]) for call in calls] != list(dialect.calls):
+        problems.append("tool calls garbled")
+    if not all(call["id"] and call["type"] == "function" for call in calls):
+        problems.append("a tool call without its id or type")
+    if view.finish_reason() != "tool_calls":
+        problems.append(f"finish_reason {view.finish_reason()!r} after tool calls")
+    return tuple(f"{call['name']}({call['arguments']})" for call in calls)
 
 
 async def compare(dialect: DemoDialect, upstream: str, adapter: str, client: httpx.AsyncClient) -> Verdict:
@@ -136,6 +154,8 @@ def show(verdict: Verdict, console: Console) -> None:
     table.add_column("direct to the model server")
     table.add_column("through sse-adapter")
     table.add_row("text received", _text(direct), _text(adapted))
+    if verdict.dialect.calls:
+        table.add_row("tool calls rebuilt", _calls(direct), _calls(adapted))
     table.add_row("heartbeats seen", str(direct.heartbeats), str(adapted.heartbeats))
     table.add_row("longest silence", f"{direct.longest_silence:.1f} s", f"{adapted.longest_silence:.1f} s")
     table.add_row("errors surfaced", _errors(direct), _errors(adapted))
@@ -164,6 +184,10 @@ def show_summary(verdicts: Sequence[Verdict], console: Console) -> None:
 
 def _text(outcome: Outcome) -> str:
     return escape(repr(outcome.text)) if outcome.text else "(nothing)"
+
+
+def _calls(outcome: Outcome) -> str:
+    return escape("\n".join(outcome.calls)) or "(none)"
 
 
 def _styled(outcome: Outcome) -> str:

@@ -33,6 +33,7 @@ class DemoDialect:
     text: str  # what the user should read
     error: str | None = None  # the upstream's own error message the user should be shown
     thinks: bool = False  # silent for --think-seconds before the first token
+    calls: tuple[tuple[str, str], ...] = ()  # the tool calls made: (name, arguments)
 
 
 DIALECTS: Mapping[str, DemoDialect] = {
@@ -57,6 +58,13 @@ DIALECTS: Mapping[str, DemoDialect] = {
         ),
         DemoDialect(
             "vllm", "vllm.sse", "vLLM: clean SSE, a usage chunk with no choices", "The answer is 42."
+        ),
+        DemoDialect(
+            "tools",
+            "vllm-named-tool.sse",
+            "vLLM 0.6 with a named tool_choice: the name on every delta, no call id, `stop` to finish",
+            "",
+            calls=(("get_weather", '{"city": "Paris"}'),),
         ),
         DemoDialect(
             "reasoning",
@@ -125,14 +133,20 @@ def _whole_answer(dialect: DemoDialect) -> tuple[int, bytes]:
     """The non-stream answer that tells the same story as the dialect's stream."""
     if dialect.error is not None:
         return 500, orjson.dumps({"error": {"message": dialect.error, "type": "server_error", "code": 500}})
-    message = {"role": "assistant", "content": dialect.text}
+    message: dict[str, object] = {"role": "assistant", "content": dialect.text}
+    if dialect.calls:
+        message["tool_calls"] = [
+            {"id": f"call_demo{n}", "type": "function", "function": {"name": name, "arguments": arguments}}
+            for n, (name, arguments) in enumerate(dialect.calls)
+        ]
+    finish = "tool_calls" if dialect.calls else "stop"
     return 200, orjson.dumps(
         {
             "id": f"chatcmpl-demo-{dialect.name}",
             "object": "chat.completion",
             "created": 1718000000,
             "model": dialect.name,
-            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
             "usage": {"prompt_tokens": 9, "completion_tokens": 6, "total_tokens": 15},
         }
     )

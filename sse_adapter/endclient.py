@@ -55,6 +55,28 @@ class EndClientView:
             for choice in chunk.get("choices") or []
         )
 
+    def tool_calls(self) -> list[dict[str, Any]]:
+        """The tool calls as OpenAI clients build them: deltas merged by index,
+        their strings concatenated. A delta with no index is an error, as in the openai SDK."""
+        calls: dict[int, dict[str, Any]] = {}
+        for chunk in self.chunks:
+            for choice in chunk.get("choices") or []:
+                for call in (choice.get("delta") or {}).get("tool_calls") or []:
+                    if not isinstance(call.get("index"), int):
+                        raise ValueError(f"a tool-call delta with no index: {call}")
+                    into = calls.setdefault(
+                        call["index"], {"id": "", "type": None, "name": "", "arguments": ""}
+                    )
+                    _accumulate(into, call)
+        return [calls[index] for index in sorted(calls)]
+
+    def finish_reason(self) -> str | None:
+        """The last finish reason the stream gave."""
+        reasons = [
+            choice.get("finish_reason") for chunk in self.chunks for choice in chunk.get("choices") or []
+        ]
+        return next((reason for reason in reversed(reasons) if reason is not None), None)
+
     def errors(self) -> list[str]:
         """The error messages the client was shown: an error status's body, or in-band chunks."""
         if self.status != 200:
@@ -82,6 +104,19 @@ class EndClientView:
 
     def longest_silence(self) -> float:
         return max(self.gaps(), default=self.duration)
+
+
+def _accumulate(into: dict[str, Any], call: dict[str, Any]) -> None:
+    function = call.get("function") or {}
+    for key, value in (
+        ("id", call.get("id")),
+        ("name", function.get("name")),
+        ("arguments", function.get("arguments")),
+    ):
+        if isinstance(value, str):
+            into[key] += value
+    if "type" in call:
+        into["type"] = call["type"]  # the SDK keeps the last type given, null too
 
 
 def is_heartbeat(chunk: dict[str, Any]) -> bool:

@@ -3,14 +3,15 @@
 One-API reads the stream with a Go scanner whose lines stop at 64 KiB; one
 longer line ends the stream for the user (shared/oneapi-relay.md). A chunk
 too long is first stripped of the bulky fields no client reads, then its
-text is split over consecutive chunks, unchanged when joined. What still
-cannot fit is an error, never a silent cut.
+text (content, reasoning, tool-call arguments) is split over consecutive
+chunks, unchanged when joined. What still cannot fit is an error, never a
+silent cut.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
@@ -39,7 +40,8 @@ def fit(chunk: dict[str, Any], limit: int, repairs: Counter[str]) -> list[bytes]
     if payloads is None:
         raise LineTooLong(
             f"the upstream sent a chunk of {len(payload)} bytes that cannot be split to fit One-API's "
-            f"line limit of {limit} bytes (--max-line-bytes); only content and reasoning text can be split"
+            f"line limit of {limit} bytes (--max-line-bytes); only content, reasoning and tool-call "
+            "arguments can be split"
         )
     repairs["long_line_split"] += 1
     return payloads
@@ -67,30 +69,94 @@ def _split_text(chunk: dict[str, Any], limit: int) -> list[bytes] | None:
         return None
     choice = choices[0]
     delta = choice.get("delta")
-    holder, names = (delta, _CHAT_TEXT) if isinstance(delta, dict) else (choice, ("text",))
-    texts = [(name, holder[name]) for name in names if isinstance(holder.get(name), str) and holder[name]]
-    if not texts:
+    if isinstance(delta, dict):
+        return _split_chat(chunk, choice, delta, limit)
+    if not _text(choice.get("text")):
+        return None
+    text, choice["text"] = choice["text"], ""
+    room = limit - _PREFIX - _longest(chunk, choice)
+    if room < _LEAST_ROOM:
+        return None
+    return _payloads(chunk, choice, [{"text": piece} for piece in _pieces(text, room)], choice.update)
+
+
+def _split_chat(
+    chunk: dict[str, Any], choice: dict[str, Any], delta: dict[str, Any], limit: int
+) -> list[bytes] | None:
+    texts = [(name, delta[name]) for name in _CHAT_TEXT if _text(delta.get(name))]
+    calls = delta.get("tool_calls")
+    calls = calls if isinstance(calls, list) else []
+    arguments = {place: call["function"]["arguments"] for place, call in _with_arguments(calls)}
+    if not texts and not arguments:
         return None
     for name, _ in texts:
-        holder[name] = ""
-    # Measured with the longer of the two finish reasons: the last piece carries the
-    # real one, every other piece null, and either may be the longer.
+        delta[name] = ""
+    for place in arguments:
+        calls[place]["function"]["arguments"] = ""
+    room = limit - _PREFIX - _longest(chunk, choice)
+    if room < _LEAST_ROOM:
+        return None
+    parts = [{name: piece} for name, text in texts for piece in _pieces(text, room)]
+    parts += [
+        part for place, call in enumerate(calls) for part in _call_parts(call, arguments.get(place), room)
+    ]
+    # What the delta says besides its text and calls (its role, say) is said once, first.
+    parts[0] = {key: value for key, value in delta.items() if key != "tool_calls"} | parts[0]
+    return _payloads(chunk, choice, parts, lambda part: choice.__setitem__("delta", part))
+
+
+def _payloads(
+    chunk: dict[str, Any],
+    choice: dict[str, Any],
+    parts: list[dict[str, Any]],
+    put: Callable[[dict[str, Any]], None],
+) -> list[bytes]:
+    """The chunk once per part, the upstream's finish reason on the last only."""
+    finish = choice.get("finish_reason")
+    payloads = []
+    for number, part in enumerate(parts, 1):
+        put(part)
+        choice["finish_reason"] = finish if number == len(parts) else None
+        payloads.append(orjson.dumps(chunk))
+    return payloads
+
+
+def _text(value: object) -> bool:
+    return isinstance(value, str) and bool(value)
+
+
+def _with_arguments(calls: list[Any]) -> list[tuple[int, dict[str, Any]]]:
+    """The tool calls with argument text, and their places in the list."""
+    return [
+        (place, call)
+        for place, call in enumerate(calls)
+        if isinstance(call, dict)
+        and isinstance(call.get("function"), dict)
+        and _text(call["function"].get("arguments"))
+    ]
+
+
+def _longest(chunk: dict[str, Any], choice: dict[str, Any]) -> int:
+    """The chunk's size with the longer of its two finish reasons: the last
+    piece carries the real one, every other piece null, and either may be the longer."""
     finish = choice.get("finish_reason")
     choice["finish_reason"] = None
     without = len(orjson.dumps(chunk))
     choice["finish_reason"] = finish
-    room = limit - _PREFIX - max(without, len(serialised(chunk)))
-    if room < _LEAST_ROOM:
-        return None
-    pieces = [(name, piece) for name, text in texts for piece in _pieces(text, room)]
-    payloads = []
-    for number, (name, piece) in enumerate(pieces, 1):
-        for other, _ in texts:
-            holder[other] = ""
-        holder[name] = piece
-        choice["finish_reason"] = finish if number == len(pieces) else None
-        payloads.append(orjson.dumps(chunk))
-    return payloads
+    return max(without, len(serialised(chunk)))
+
+
+def _call_parts(call: Any, arguments: str | None, room: int) -> list[dict[str, Any]]:
+    """A tool call as deltas, one per piece of its arguments: the first says
+    who the call is, the others carry only what names it and their piece."""
+    if arguments is None:
+        return [{"tool_calls": [call]}]
+    which = {key: call[key] for key in ("index",) if key in call} or {"id": call.get("id")}
+    parts: list[dict[str, Any]] = []
+    for piece in _pieces(arguments, room):
+        head = which if parts else call
+        parts.append({"tool_calls": [{**head, "function": {**head.get("function", {}), "arguments": piece}}]})
+    return parts
 
 
 def _pieces(text: str, room: int) -> Iterator[str]:

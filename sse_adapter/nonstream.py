@@ -70,7 +70,7 @@ async def complete(
     parsed = _json(body, response.status_code)
     if not isinstance(parsed, dict) or not isinstance(parsed.get("choices"), list):
         return Answer(response.status_code, body, content_type or "application/json")  # not ours to repair
-    normalised = normalise_completion(parsed, kind, settings, int(time.time()))
+    normalised = normalise_completion(parsed, kind, settings, int(time.time()), stats.repairs)
     return Answer(response.status_code, serialised(normalised))
 
 

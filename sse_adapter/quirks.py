@@ -50,6 +50,13 @@ LABELS = {
     "bulky_field_dropped": "bulky fields dropped",
     "long_line_split": "long line split",
     "error_shape": "error turned into an OpenAI error chunk",
+    "tool_call_index_filled": "tool-call `index` filled in",
+    "tool_call_id_filled": "tool-call `id` filled in",
+    "tool_call_type_filled": "tool-call `type` filled in",
+    "tool_call_repeat_dropped": "repeated tool-call id, type or name dropped",
+    "tool_call_arguments_string": "tool-call arguments made a string",
+    "tool_call_finish_reason": "`finish_reason` made `tool_calls`",
+    "tool_call_tags_split": "<tool_call> text made a tool call",
 }
 
 _LINE = re.compile(rb"([^\r\n]*)(\r\n|\r|\n|$)")

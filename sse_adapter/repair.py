@@ -24,8 +24,9 @@ from sse_adapter.dialects import (
 )
 from sse_adapter.errors import UpstreamError
 from sse_adapter.fitting import fit
-from sse_adapter.settings import ReasoningField, Settings, ThinkTags
+from sse_adapter.settings import ReasoningField, Settings, Tags, ToolCallMode
 from sse_adapter.think import ThinkSplitter
+from sse_adapter.toolcalls import ToolCalls, ToolTagSplitter
 
 __all__ = ["StreamRepairer", "map_finish_reason", "reasoning_name", "rename_reasoning"]
 
@@ -47,10 +48,14 @@ class StreamRepairer:
         self._sent = 0
         self._events = 0
         self._thinking: dict[object, ThinkSplitter] = {}
+        self._tool_tags: dict[object, ToolTagSplitter] = {}
+        self._tools: dict[object, ToolCalls] = {}  # by choice index
         # The settings the per-event path asks about, looked up once.
         self._fill_fields = settings.fill_fields
         self._map_reasons = settings.map_finish_reason
-        self._split_thinking = settings.think_tags is ThinkTags.SPLIT
+        self._split_thinking = settings.think_tags is Tags.SPLIT
+        self._split_tool_tags = settings.tool_call_tags is Tags.SPLIT
+        self._normalise_tools = settings.tool_calls is ToolCallMode.NORMALISE
         self._other_reasoning = _other_reasoning_name(settings)
         self._unknown_reasons: set[str] = set()  # logged once a stream
         self._adopted = False
@@ -123,7 +128,8 @@ class StreamRepairer:
                 f"the upstream's stream held no OpenAI chunks ({self.repairs['non_chunk_dropped']} events of "
                 "another shape); check that --upstream is the server's OpenAI-compatible endpoint"
             )
-        payloads = [payload for index in self._thinking for payload in self._flush_thinking(index)]
+        held = dict.fromkeys([*self._thinking, *self._tool_tags])
+        payloads = [payload for index in held for payload in self._flush_held(index)]
         if self._usage_chunk is not None and not failed:
             payloads += fit(self._usage_chunk, self.settings.max_line_bytes, self.repairs)
         return payloads
@@ -200,6 +206,12 @@ class StreamRepairer:
                 changed |= self._rename_reasoning(delta)
             if self._split_thinking:
                 changed |= self._split_think(choice, delta)
+            if self._normalise_tools and "tool_calls" in delta:
+                changed |= self._normalise_tool_calls(choice, delta)
+            if self._split_tool_tags:
+                changed |= self._split_tags(choice, delta)
+        if self._tools and self._normalise_tools and choice.get("finish_reason") == "stop":
+            changed |= self._finish_with_tool_calls(choice)
         return changed
 
     def _map_finish_reason(self, choice: dict[str, Any]) -> bool:
@@ -234,9 +246,65 @@ class StreamRepairer:
             delta[self._reasoning_name] = (delta.get(self._reasoning_name) or "") + reasoning
         return self._count("think_split", True)
 
-    def _flush_thinking(self, index: object) -> list[bytes]:
-        reasoning, text = self._thinking[index].flush()
-        if not reasoning and not text:
+    def _tool_calls(self, index: object) -> ToolCalls:
+        tools = self._tools.get(index)
+        if tools is None:
+            tools = self._tools[index] = ToolCalls(self.repairs)
+        return tools
+
+    def _normalise_tool_calls(self, choice: dict[str, Any], delta: dict[str, Any]) -> bool:
+        index = choice.get("index", 0)
+        if not isinstance(index, int | str):
+            return False
+        return self._tool_calls(index).normalise(delta["tool_calls"])
+
+    def _split_tags(self, choice: dict[str, Any], delta: dict[str, Any]) -> bool:
+        content = delta.get("content")
+        finish = choice.get("finish_reason")
+        index = choice.get("index", 0)
+        if (content is not None and not isinstance(content, str)) or not isinstance(index, int | str):
+            return False
+        if content is None and finish is None:
+            return False
+        splitter = self._tool_tags.get(index)
+        if splitter is None:
+            splitter = self._tool_tags[index] = ToolTagSplitter(self.settings.max_event_bytes)
+        text, calls = splitter.feed(content or "")
+        if finish is not None:
+            text += splitter.flush()
+        if not calls and text == (content or ""):
+            return False
+        if text or isinstance(content, str):
+            delta["content"] = text
+        if calls:
+            self._add_calls(index, delta, calls)
+        return True
+
+    def _add_calls(self, index: object, delta: dict[str, Any], calls: list[dict[str, Any]]) -> None:
+        tools = self._tool_calls(index)
+        upstream = delta.get("tool_calls")
+        found = [tools.add(call) for call in calls]
+        delta["tool_calls"] = [*upstream, *found] if isinstance(upstream, list) else found
+        self.repairs["tool_call_tags_split"] += len(calls)
+
+    def _finish_with_tool_calls(self, choice: dict[str, Any]) -> bool:
+        """A choice that made tool calls finished to have them run: OpenAI says ``tool_calls``."""
+        index = choice.get("index", 0)
+        tools = self._tools.get(index) if isinstance(index, int | str) else None
+        if tools is None or not tools.seen:
+            return False
+        choice["finish_reason"] = "tool_calls"
+        return self._count("tool_call_finish_reason", True)
+
+    def _flush_held(self, index: object) -> list[bytes]:
+        """The text and calls split-out tags held back when the stream ended."""
+        reasoning, text = self._thinking[index].flush() if index in self._thinking else ("", "")
+        calls: list[dict[str, Any]] = []
+        if index in self._tool_tags:
+            splitter = self._tool_tags[index]
+            text, calls = splitter.feed(text)
+            text += splitter.flush()
+        if not reasoning and not text and not calls:
             return []
         chunk = self.identity.chunk()
         chunk["choices"][0]["index"] = index
@@ -244,6 +312,8 @@ class StreamRepairer:
         delta["content"] = text
         if reasoning:
             delta[self._reasoning_name] = reasoning
+        if calls:
+            self._add_calls(index, delta, calls)
         return fit(chunk, self.settings.max_line_bytes, self.repairs)
 
 

@@ -12,7 +12,9 @@ __all__ = [
     "ReasoningField",
     "Settings",
     "SettingsError",
+    "Tags",
     "ThinkTags",
+    "ToolCallMode",
     "shown_url",
 ]
 
@@ -34,8 +36,18 @@ class ReasoningField(enum.StrEnum):
     KEEP = "keep"
 
 
-class ThinkTags(enum.StrEnum):
+class Tags(enum.StrEnum):
+    """What becomes of tagged text in content (``<think>``, ``<tool_call>``)."""
+
     SPLIT = "split"
+    KEEP = "keep"
+
+
+ThinkTags = Tags
+
+
+class ToolCallMode(enum.StrEnum):
+    NORMALISE = "normalise"
     KEEP = "keep"
 
 
@@ -78,7 +90,9 @@ class Settings:
     map_finish_reason: bool = True
     fill_fields: bool = True
     reasoning_field: ReasoningField = ReasoningField.REASONING_CONTENT
-    think_tags: ThinkTags = ThinkTags.KEEP
+    think_tags: Tags = Tags.KEEP
+    tool_calls: ToolCallMode = ToolCallMode.NORMALISE
+    tool_call_tags: Tags = Tags.KEEP
     final_usage_only: bool = True
     drop_non_chunks: bool = True
     max_line_bytes: int = 65000
@@ -91,7 +105,9 @@ class Settings:
         object.__setattr__(self, "api_keys", tuple(self.api_keys))  # JSON brings a list
         self._coerce("heartbeat_mode", HeartbeatMode)
         self._coerce("reasoning_field", ReasoningField)
-        self._coerce("think_tags", ThinkTags)
+        self._coerce("think_tags", Tags)
+        self._coerce("tool_calls", ToolCallMode)
+        self._coerce("tool_call_tags", Tags)
         self._coerce("log_format", LogFormat)
         if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
             raise SettingsError(

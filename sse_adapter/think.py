@@ -7,7 +7,7 @@ start of a tag is held back until the next piece shows what it is.
 
 from __future__ import annotations
 
-__all__ = ["ThinkSplitter"]
+__all__ = ["ThinkSplitter", "tag_start_at_end"]
 
 _OPEN = "<think>"
 _CLOSE = "</think>"
@@ -27,7 +27,7 @@ class ThinkSplitter:
             tag = _CLOSE if self.inside else _OPEN
             found = text.find(tag)
             if found < 0:
-                keep = _tag_start_at_end(text, tag)
+                keep = tag_start_at_end(text, tag)
                 parts[self.inside].append(text[: len(text) - keep])
                 self._held = text[len(text) - keep :]
                 break
@@ -42,7 +42,7 @@ class ThinkSplitter:
         return (held, "") if self.inside else ("", held)
 
 
-def _tag_start_at_end(text: str, tag: str) -> int:
+def tag_start_at_end(text: str, tag: str) -> int:
     """How many trailing characters of ``text`` could begin ``tag``."""
     for size in range(min(len(tag) - 1, len(text)), 0, -1):
         if tag.startswith(text[-size:]):

@@ -59,6 +59,19 @@ def test_the_reasoning_dialect_shows_silence_direct_and_heartbeats_through_the_a
     assert "BROKEN: silent for" in result.stdout
 
 
+def test_the_tools_dialect_shows_garbled_calls_direct_and_whole_ones_through_the_adapter() -> None:
+    result = demo("--dialect", "tools")
+    assert result.returncode == 0, result.stderr
+    rebuilt = re.search(r"tool calls rebuilt\s*│\s*(.+?)\s*│\s*(.+?)\s*│", result.stdout)
+    assert rebuilt is not None
+    assert rebuilt[1].startswith("get_weatherget_weather")
+    assert rebuilt[2] == 'get_weather({"city": "Paris"})'
+    verdicts = re.search(r"verdict\s*│\s*(.+?)\s*│\s*(\S+)", result.stdout)
+    assert verdicts is not None
+    assert verdicts[1].startswith("BROKEN: tool calls garbled")
+    assert verdicts[2] == "clean"
+
+
 @pytest.mark.parametrize("args", [("--dialect", "tgi"), ("--think-seconds", "-1"), ("--port", "0")])
 def test_bad_demo_flags_are_one_line_and_exit_2(args: tuple[str, ...]) -> None:
     result = demo(*args)

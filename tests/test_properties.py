@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import itertools
 from pathlib import Path
+from unittest import mock
 
 import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sse_adapter import toolcalls
 from sse_adapter.chunks import Kind, StreamIdentity
 from sse_adapter.completion import Assembler, normalise_completion
 from sse_adapter.decoder import Event, SSEDecoder
@@ -82,6 +84,14 @@ def repaired(pieces: list[bytes]) -> list[bytes] | str:
     repairer = StreamRepairer(StreamIdentity(Kind.CHAT, "m", 1), Settings(upstream="http://x"))
     repairer.identity.id = "chatcmpl-fixed"  # ids are random otherwise
     payloads: list[bytes] = []
+    ids = (f"call_{number}" for number in itertools.count())
+    with mock.patch.object(toolcalls, "new_call_id", side_effect=ids):
+        return _repaired(decoder, repairer, pieces, payloads)
+
+
+def _repaired(
+    decoder: SSEDecoder, repairer: StreamRepairer, pieces: list[bytes], payloads: list[bytes]
+) -> list[bytes] | str:
     try:
         for piece in [*pieces, None]:
             events = decoder.feed(piece) if piece is not None else decoder.flush()
@@ -156,7 +166,10 @@ JSON_VALUES = st.recursive(
     | st.booleans()
     | st.integers(min_value=-(2**63), max_value=2**64 - 1)
     | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=12),
+    | st.text(max_size=12)
+    | st.sampled_from(
+        ['<tool_call>{"name": "f", "arguments": {}}</tool_call>', "<tool_call>", "</tool_call>"]
+    ),
     lambda children: (
         st.lists(children, max_size=3)
         | st.dictionaries(
@@ -192,6 +205,8 @@ SETTINGS = st.builds(
     Settings,
     upstream=st.just("http://x"),
     think_tags=st.sampled_from(["keep", "split"]),
+    tool_calls=st.sampled_from(["normalise", "keep"]),
+    tool_call_tags=st.sampled_from(["keep", "split"]),
     reasoning_field=st.sampled_from(["reasoning_content", "reasoning", "keep"]),
     map_finish_reason=st.booleans(),
     fill_fields=st.booleans(),

@@ -270,7 +270,7 @@ def test_a_small_chunk_keeps_its_bulky_fields() -> None:
 
 
 def test_what_cannot_be_split_is_an_error_never_a_cut() -> None:
-    body = orjson.loads(chunk({"tool_calls": [{"index": 0, "function": {"arguments": "x" * 70_000}}]}))
+    body = orjson.loads(chunk({"tool_calls": [{"index": 0, "function": {"name": "x" * 70_000}}]}))
     with pytest.raises(LineTooLong, match="--max-line-bytes"):
         fit(body, LIMIT, Counter())
 
