@@ -19,7 +19,6 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp
 
 from sse_adapter.chunks import Kind, StreamIdentity, heartbeat_chunk
-from sse_adapter.dialects import RequestFields
 from sse_adapter.encoder import comment, frame
 from sse_adapter.errors import (
     AdapterError,
@@ -32,12 +31,16 @@ from sse_adapter.errors import (
 from sse_adapter.guard import Guard
 from sse_adapter.health import Readiness
 from sse_adapter.metrics import Metrics
+from sse_adapter.models import with_aliases
 from sse_adapter.nonstream import complete, keepalive_body
 from sse_adapter.observe import Observe, RequestStats
 from sse_adapter.pipeline import Pipeline
 from sse_adapter.relay import EventStream
 from sse_adapter.repair import StreamRepairer
-from sse_adapter.settings import HeartbeatMode, Settings
+from sse_adapter.request_body import Outgoing, prepare
+from sse_adapter.resend import Exchange, Refused
+from sse_adapter.settings import HeartbeatMode, Settings, StreamUsage
+from sse_adapter.tokens import TokenCounter
 from sse_adapter.upstream import Upstream, UpstreamRequest, forwardable, upstream_path
 
 __all__ = ["create_app"]
@@ -97,14 +100,20 @@ class _Gateway:
         self.settings = settings
         self.metrics = Metrics()
         self.streams = 0  # active streaming requests, for --max-concurrent-streams
+        self.aliases = {alias.name: alias for alias in settings.models}
+        self.refused = Refused()
+        self._ask_usage = settings.stream_usage is StreamUsage.ASK
+        self._sends_usage: set[str] = set()  # paths whose streams carried usage: no text kept to count
         self._upstream: Upstream | None = None
         self._readiness: Readiness | None = None
+        self._counter: TokenCounter | None = None
 
     @asynccontextmanager
     async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
         async with Upstream(self.settings) as upstream:
             self._upstream = upstream
             self._readiness = Readiness(upstream)
+            self._counter = TokenCounter(upstream)
             # said once, without holding up the start: a model server may take minutes to load
             announcing = asyncio.ensure_future(self._announce())
             yield
@@ -152,6 +161,8 @@ class _Gateway:
         )
         response = await self.upstream.open(upstream_request)
         request.state.stats.answered(response.status_code, response.headers.multi_items())
+        if self.aliases and upstream_request.method == "GET" and upstream_request.path == "/v1/models":
+            return await with_aliases(response, self.aliases)
         return _passthrough(response)
 
     async def _relay(self, request: Request, kind: Kind) -> Response:
@@ -161,16 +172,21 @@ class _Gateway:
         stats: RequestStats = request.state.stats
         if stats.trace is not None:
             stats.trace.request_body = upstream_request.body
-        fields = RequestFields.parse(upstream_request.body)
-        stats.model = fields.model
-        stats.mode = "stream" if fields.stream else "nonstream"
-        if fields.stream:
-            return await self._stream(upstream_request, fields, kind, stats)
-        return await self._complete(upstream_request, kind, stats)
+        outgoing = prepare(
+            upstream_request.body,
+            ask_usage=self._ask_usage,
+            drop=(*self.settings.drop_fields, *self.refused.of(upstream_request.path)),
+            models=self.aliases,
+        )
+        stats.model = outgoing.model
+        stats.mode = "stream" if outgoing.stream else "nonstream"
+        stats.repairs.update(outgoing.repairs)
+        exchange = Exchange(self.upstream, upstream_request.with_body(outgoing.body), outgoing, self.refused)
+        if outgoing.stream:
+            return await self._stream(exchange, kind, stats)
+        return await self._complete(exchange, kind, stats)
 
-    async def _stream(
-        self, request: UpstreamRequest, fields: RequestFields, kind: Kind, stats: RequestStats
-    ) -> Response:
+    async def _stream(self, exchange: Exchange, kind: Kind, stats: RequestStats) -> Response:
         limit = self.settings.max_concurrent_streams
         if limit and self.streams >= limit:
             raise TooManyStreams(
@@ -179,29 +195,41 @@ class _Gateway:
             )
         self.streams += 1
         self.metrics.active_streams.inc()
-        return self._open_stream(request, fields, kind, stats)
+        return self._open_stream(exchange, kind, stats)
 
-    def _stream_closed(self) -> None:
+    def _stream_closed(self, path: str, repairer: StreamRepairer) -> None:
         self.streams -= 1
         self.metrics.active_streams.dec()
+        if repairer.saw_usage:
+            self._sends_usage.add(path)
 
-    def _open_stream(
-        self, request: UpstreamRequest, fields: RequestFields, kind: Kind, stats: RequestStats
-    ) -> Response:
-        identity = StreamIdentity(kind, fields.model, int(time.time()))
-        pipeline = Pipeline(StreamRepairer(identity, self.settings), self.settings.max_event_bytes)
+    def _open_stream(self, exchange: Exchange, kind: Kind, stats: RequestStats) -> Response:
+        outgoing = exchange.outgoing
+        identity = StreamIdentity(kind, outgoing.model, int(time.time()))
+        path = exchange.request.path
+        repairer = StreamRepairer(
+            identity,
+            self.settings,
+            usage_on_last_choice=self._ask_usage and not outgoing.usage_asked,
+            alias=outgoing.model if outgoing.aliased else None,
+            collect_text=self._ask_usage and path not in self._sends_usage,
+        )
         return EventStream(
-            self.upstream,
-            request,
-            pipeline,
+            exchange,
+            Pipeline(repairer, self.settings.max_event_bytes),
             self.settings,
             stats,
             heartbeat=self._heartbeat(identity),
-            on_close=self._stream_closed,
+            count_usage=partial(self._count_usage, kind, outgoing),
+            on_close=partial(self._stream_closed, path, repairer),
         )
 
-    async def _complete(self, request: UpstreamRequest, kind: Kind, stats: RequestStats) -> Response:
-        answering = asyncio.ensure_future(complete(self.upstream, request, kind, self.settings, stats))
+    async def _count_usage(self, kind: Kind, outgoing: Outgoing, answer: str) -> dict[str, Any] | None:
+        assert self._counter is not None, "the app was started without its lifespan"
+        return await self._counter.usage(kind, outgoing.fields, answer)
+
+    async def _complete(self, exchange: Exchange, kind: Kind, stats: RequestStats) -> Response:
+        answering = asyncio.ensure_future(complete(exchange, kind, self.settings, stats))
         if await _settled(answering, self._grace(self.settings.nonstream_keepalive)):
             answer = answering.result()
             return Response(answer.body, status_code=answer.status, media_type=answer.media_type)
@@ -214,7 +242,7 @@ class _Gateway:
         there is no early 200: None, and the exchange's own deadlines apply."""
         if not keeping_alive:
             return None
-        return min(self.settings.heartbeat_interval, self.settings.first_byte_timeout)
+        return min(self.settings.hold, self.settings.first_byte_timeout)
 
     def _heartbeat(self, identity: StreamIdentity) -> Callable[[], bytes] | None:
         mode = self.settings.heartbeat_mode

@@ -17,6 +17,7 @@ from sse_adapter.settings import (
     ReasoningField,
     Settings,
     SettingsError,
+    StreamUsage,
     Tags,
     ToolCallMode,
 )
@@ -72,6 +73,37 @@ def _option(env: str, help: str, panel: str = "Server") -> typer.models.OptionIn
 
 _REPAIRS = "Chunk repairs (the defaults are what One-API and OpenAI clients need)"
 _LIMITS = "Timeouts and limits"
+_REQUESTS = "Requests and billing"
+_MODELS = "sse_adapter.models"  # where the config file's model aliases wait for serve
+
+
+def _config(ctx: typer.Context, path: str | None) -> str | None:
+    """Read --config before any other option: its values are the defaults
+    that flags and env variables override (click's default_map)."""
+    if path is None:
+        return None
+    from sse_adapter.config import read_config
+
+    flags = {param.name for param in ctx.command.params if param.name and param.name != "config"}
+    try:
+        values, models = read_config(path, flags)
+    except SettingsError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    ctx.default_map = {
+        **(ctx.default_map or {}),
+        **{name: _flag_value(name, value) for name, value in values.items()},
+    }
+    ctx.meta[_MODELS] = models
+    return path
+
+
+def _flag_value(name: str, value: object) -> object:
+    """A TOML value as its flag takes it: true/false for on/off switches, lists for comma lists."""
+    if isinstance(value, bool) and name != "trace_bodies":
+        return "on" if value else "off"
+    if isinstance(value, list) and name != "api_key":
+        return ",".join(str(item) for item in value)
+    return value
 
 
 def _version(shown: bool) -> None:
@@ -92,6 +124,7 @@ def _root(
 
 @app.command(cls=_Command)
 def serve(
+    ctx: typer.Context,
     upstream: Annotated[
         str, _option("UPSTREAM", "Base URL of the model server (TGI, vLLM, llama.cpp, Ollama, ...).")
     ],
@@ -133,6 +166,14 @@ def serve(
             "comment: ': keep-alive', which keeps only the hop to the gateway alive; off: none.",
         ),
     ] = HeartbeatMode.CHUNK,
+    status_hold: Annotated[
+        float | None,
+        _option(
+            "STATUS_HOLD",
+            "Seconds the status waits for the upstream's answer before the 200 goes out "
+            "(One-API retries another channel only before it). Default: --heartbeat-interval.",
+        ),
+    ] = None,
     connect_timeout: Annotated[
         float, _option("CONNECT_TIMEOUT", "Seconds to wait for a connection to the upstream.", _LIMITS)
     ] = 10.0,
@@ -259,6 +300,32 @@ def serve(
             _REPAIRS,
         ),
     ] = Switch.ON,
+    stream_usage: Annotated[
+        StreamUsage,
+        _option(
+            "STREAM_USAGE",
+            "ask: ask the upstream for usage on every stream (stream_options.include_usage), "
+            "count it with the upstream's tokenizer when it sends none; pass: as the client asked.",
+            _REQUESTS,
+        ),
+    ] = StreamUsage.ASK,
+    drop_fields: Annotated[
+        str,
+        _option("DROP_FIELDS", "Request fields never sent upstream, comma-separated.", _REQUESTS),
+    ] = "",
+    config: Annotated[
+        str | None,
+        typer.Option(
+            "--config",
+            envvar="SSE_ADAPTER_CONFIG",
+            is_eager=True,
+            callback=_config,
+            help='A TOML file with a value for any flag and [models."alias"] sections; '
+            "flags and env override it.",
+            rich_help_panel=_REQUESTS,
+            show_default=False,
+        ),
+    ] = None,
     nonstream_keepalive: Annotated[
         Switch,
         _option(
@@ -299,6 +366,7 @@ def serve(
             trace_bodies=trace_bodies,
             heartbeat_interval=heartbeat_interval,
             heartbeat_mode=heartbeat_mode,
+            status_hold=status_hold,
             connect_timeout=connect_timeout,
             first_byte_timeout=first_byte_timeout,
             idle_timeout=idle_timeout,
@@ -324,6 +392,9 @@ def serve(
             drop_non_chunks=drop_non_chunks is Switch.ON,
             nonstream_keepalive=nonstream_keepalive is Switch.ON,
             nonstream_via_stream=nonstream_via_stream is Switch.ON,
+            stream_usage=stream_usage,
+            drop_fields=_comma_list(drop_fields),
+            models=ctx.meta.get(_MODELS, ()),
         )
         run_server(settings)
     except SettingsError as exc:
@@ -431,6 +502,12 @@ def probe(
         console.print(f"model asked for: {escape(chosen)} ({escape(because)})", highlight=False)
         show(reports, console)
     raise typer.Exit(0 if final.one_api_relays else 1)
+
+
+def _comma_list(value: str | list[str]) -> tuple[str, ...]:
+    """A comma list from a flag or env, or a list from the config file."""
+    listed = value.split(",") if isinstance(value, str) else value
+    return tuple(item.strip() for item in listed if item.strip())
 
 
 def _api_keys(flags: list[str] | None) -> tuple[str, ...]:

@@ -17,8 +17,8 @@ import orjson
 from sse_adapter.chunks import Kind
 from sse_adapter.dialects import is_real_usage
 from sse_adapter.repair import map_finish_reason, reasoning_name, rename_reasoning
-from sse_adapter.settings import Settings, Tags, ToolCallMode
-from sse_adapter.think import ThinkSplitter
+from sse_adapter.settings import ReasoningField, Settings, Tags, ToolCallMode
+from sse_adapter.think import ThinkSplitter, wrapped
 from sse_adapter.toolcalls import new_call_id, normalise_message_calls, split_tool_tags
 
 __all__ = ["Assembler", "completion_object", "normalise_completion", "usage_of"]
@@ -36,10 +36,15 @@ def normalise_completion(
     settings: Settings,
     created: int,
     repairs: Counter[str] | None = None,
+    alias: str | None = None,
 ) -> dict[str, Any]:
     """The same repairs a stream gets, counted in ``repairs``, and a usage
-    object whatever the server gave."""
+    object whatever the server gave. ``alias``: the model name the client
+    asked for, which the body carries back."""
     repairs = Counter() if repairs is None else repairs
+    if alias is not None and body.get("model") != alias:
+        body["model"] = alias
+        repairs["model_renamed"] += 1
     if not body.get("id"):
         body["id"] = kind.id_prefix + uuid.uuid4().hex
     if settings.fill_fields:
@@ -64,6 +69,8 @@ def _normalise_choice(choice: dict[str, Any], settings: Settings, repairs: Count
     _split_think(message, settings)
     if settings.tool_call_tags is Tags.SPLIT:
         _split_tool_tags(message, repairs)
+    if settings.reasoning_field is ReasoningField.THINK_TAGS:
+        _wrap_think(message, repairs)
     normalise = settings.tool_calls is ToolCallMode.NORMALISE
     if normalise and normalise_message_calls(message, repairs) and choice.get("finish_reason") == "stop":
         choice["finish_reason"] = "tool_calls"
@@ -82,6 +89,18 @@ def _split_think(message: dict[str, Any], settings: Settings) -> None:
             message["content"] = said + held_said
             name = reasoning_name(settings)
             message[name] = (message.get(name) or "") + thought + held_thought
+
+
+def _wrap_think(message: dict[str, Any], repairs: Counter[str]) -> None:
+    content = message.get("content")
+    thoughts = [message.get(name) for name in _REASONING]
+    thought = next((text for text in thoughts if isinstance(text, str) and text), "")
+    if not thought or not (content is None or isinstance(content, str)):
+        return  # parts, or no reasoning: left as they are
+    for name in _REASONING:
+        message.pop(name, None)
+    message["content"] = wrapped(thought, content or "")
+    repairs["reasoning_in_think_tags"] += 1
 
 
 def _split_tool_tags(message: dict[str, Any], repairs: Counter[str]) -> None:

@@ -8,18 +8,16 @@ message, type and code.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from sse_adapter.errors import InvalidJSON, UpstreamReported
+from sse_adapter.errors import UpstreamReported
 
 __all__ = [
     "BULKY_FIELDS",
     "OPENAI_FINISH_REASONS",
     "STOP_ALIASES",
-    "RequestFields",
     "body_error",
     "chunk_error",
     "event_error",
@@ -37,22 +35,6 @@ BULKY_FIELDS = ("timings", "prompt_token_ids", "token_ids", "context", "prompt_p
 _EXCERPT = 300
 _OURS = frozenset({"message", "msg", "type", "code"})  # the fields an error's own answer sets
 _TAGS = re.compile(rb"<[^>]*>")
-
-
-@dataclass(frozen=True, slots=True)
-class RequestFields:
-    """The two request fields the relay needs; the body itself goes upstream untouched."""
-
-    stream: bool
-    model: str
-
-    @classmethod
-    def parse(cls, body: bytes) -> RequestFields:
-        fields = _loads(body)
-        if not isinstance(fields, dict):
-            raise InvalidJSON(f"the request body is not a JSON object: {excerpt(body)!r}")
-        model = fields.get("model")
-        return cls(stream=fields.get("stream") is True, model=model if isinstance(model, str) else "")
 
 
 def chunk_error(chunk: dict[str, Any], status: int | None = None) -> UpstreamReported | None:

@@ -77,6 +77,16 @@ class EndClientView:
         ]
         return next((reason for reason in reversed(reasons) if reason is not None), None)
 
+    def usage(self) -> dict[str, Any] | None:
+        """What One-API bills: the last non-null usage of the stream (shared/oneapi-relay.md)."""
+        found = [chunk["usage"] for chunk in self.chunks if chunk.get("usage") is not None]
+        return found[-1] if found else None
+
+    def last_chunk_usage(self) -> dict[str, Any] | None:
+        """What new-api bills: the usage of the last data chunk."""
+        chunks = self.chunks
+        return chunks[-1].get("usage") if chunks else None
+
     def errors(self) -> list[str]:
         """The error messages the client was shown: an error status's body, or in-band chunks."""
         if self.status != 200:

@@ -64,6 +64,11 @@ class Metrics:
             buckets=_DURATION,
             registry=registry,
         )
+        self.streams_without_usage = Counter(
+            "sse_adapter_streams_without_usage",
+            "Streams that ended with no usage: the upstream sent none and its tokenizer could not count it.",
+            registry=registry,
+        )
         self.events = Counter("sse_adapter_events_relayed", "Events relayed to clients.", registry=registry)
 
     def render(self) -> bytes:

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import orjson
 
@@ -26,9 +26,10 @@ from sse_adapter.observe import RequestStats
 from sse_adapter.pipeline import Pipeline
 from sse_adapter.reading import is_event_stream, read_body, refusal
 from sse_adapter.repair import StreamRepairer
+from sse_adapter.resend import Exchange
 from sse_adapter.settings import Settings
 from sse_adapter.timeouts import Watch
-from sse_adapter.upstream import Upstream, UpstreamRequest, map_errors
+from sse_adapter.upstream import map_errors
 
 __all__ = ["Answer", "complete", "keepalive_body"]
 
@@ -42,20 +43,15 @@ class Answer:
     media_type: str = "application/json"
 
 
-async def complete(
-    upstream: Upstream,
-    request: UpstreamRequest,
-    kind: Kind,
-    settings: Settings,
-    stats: RequestStats,
-) -> Answer:
+async def complete(exchange: Exchange, kind: Kind, settings: Settings, stats: RequestStats) -> Answer:
     """The normalised non-stream answer; an upstream failure raises our error."""
-    watch = Watch(settings, upstream.url(request), asyncio.get_running_loop().time(), stats.tap)
+    watch = Watch(settings, exchange.url, asyncio.get_running_loop().time(), stats.tap)
+    alias = exchange.outgoing.model if exchange.outgoing.aliased else None
     if settings.nonstream_via_stream:
         with watch:
-            return Answer(200, await _assembled(upstream, request, kind, settings, watch, stats))
+            return Answer(200, await _assembled(exchange, kind, settings, watch, stats, alias))
     with watch:
-        response = await upstream.open(request)
+        response = await exchange.open(stats.repairs)
         stats.answered(response.status_code, response.headers.multi_items())
         try:
             if not response.is_success:
@@ -70,27 +66,21 @@ async def complete(
     parsed = _json(body, response.status_code)
     if not isinstance(parsed, dict) or not isinstance(parsed.get("choices"), list):
         return Answer(response.status_code, body, content_type or "application/json")  # not ours to repair
-    normalised = normalise_completion(parsed, kind, settings, int(time.time()), stats.repairs)
+    normalised = normalise_completion(parsed, kind, settings, int(time.time()), stats.repairs, alias)
     return Answer(response.status_code, serialised(normalised))
 
 
 async def _assembled(
-    upstream: Upstream,
-    request: UpstreamRequest,
-    kind: Kind,
-    settings: Settings,
-    watch: Watch,
-    stats: RequestStats,
+    exchange: Exchange, kind: Kind, settings: Settings, watch: Watch, stats: RequestStats, alias: str | None
 ) -> bytes:
     """Ask for a stream and build the answer from it, so failures show as they happen."""
-    response = await upstream.open(request.with_body(_as_stream_request(request.body)))
+    response = await _as_stream(exchange).open(stats.repairs)
     stats.answered(response.status_code, response.headers.multi_items())
     try:
         if not is_event_stream(response):
             raise await refusal(response, watch)
-        pipeline = Pipeline(
-            StreamRepairer(StreamIdentity(kind, "", int(time.time())), settings), settings.max_event_bytes
-        )
+        identity = StreamIdentity(kind, "", int(time.time()))
+        pipeline = Pipeline(StreamRepairer(identity, settings, alias=alias), settings.max_event_bytes)
         assembler = Assembler(kind)
         with map_errors(watch.url):
             async for raw in response.aiter_bytes():
@@ -122,17 +112,12 @@ def _json(body: bytes, status: int) -> object:
         ) from None
 
 
-def _as_stream_request(body: bytes) -> bytes:
-    try:
-        fields = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return body  # the upstream answers it with its own error
-    if not isinstance(fields, dict):
-        return body
-    options = fields.get("stream_options")
-    if not isinstance(options, dict):
-        options = {}
-    return orjson.dumps({**fields, "stream": True, "stream_options": {**options, "include_usage": True}})
+def _as_stream(exchange: Exchange) -> Exchange:
+    """The same request, asking for a stream with its usage."""
+    fields = {**exchange.outgoing.fields, "stream": True, "stream_options": {"include_usage": True}}
+    body = orjson.dumps(fields)
+    outgoing = replace(exchange.outgoing, fields=fields, body=body, stream=True)
+    return replace(exchange, request=exchange.request.with_body(body), outgoing=outgoing)
 
 
 async def keepalive_body(answer: asyncio.Task[Answer], interval: float) -> AsyncIterator[bytes]:

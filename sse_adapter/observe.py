@@ -46,6 +46,7 @@ class RequestStats:
     heartbeats: int = 0
     heartbeat_mode: str = ""
     repairs: Counter[str] = field(default_factory=Counter)
+    without_usage: bool = False  # a stream that ended with no usage, none could be counted
     trace: Trace | None = None  # with --trace-dir
 
     @property
@@ -131,6 +132,8 @@ class Observe:
             metrics.heartbeats.labels(stats.heartbeat_mode).inc(stats.heartbeats)
         for kind, count in stats.repairs.items():
             metrics.repairs.labels(kind).inc(count)
+        if stats.without_usage:
+            metrics.streams_without_usage.inc()
         if stats.outcome != "ok":
             metrics.upstream_errors.labels(stats.outcome).inc()
         if stats.first_event is not None:

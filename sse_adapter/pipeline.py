@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from typing import Any
 
 from sse_adapter.decoder import Event, SSEDecoder
 from sse_adapter.errors import AdapterError, EmptyStream, EventTooLarge, InternalError
@@ -61,7 +62,7 @@ class Pipeline:
         """Every repair made: the framing quirks decoded away, and the chunks' own."""
         return self.decoder.quirks + self.repairer.repairs + self._ending
 
-    def finish(self, failed: bool = False) -> list[bytes]:
+    def finish(self, failed: bool = False, usage: dict[str, Any] | None = None) -> list[bytes]:
         """The last payloads (held text, then usage); raises if the stream was no answer."""
         if not failed and not self.decoder.received_any:
             raise EmptyStream(
@@ -72,7 +73,7 @@ class Pipeline:
             )
         if not failed and not self.repairer.finished:
             self._ending["missing_done"] += 1
-        return self.repairer.finish(failed)
+        return self.repairer.finish(failed, usage)
 
     def _repair_all(self, events: list[Event]) -> tuple[list[bytes], AdapterError | None]:
         """The events' payloads, up to the first that fails: what came before a

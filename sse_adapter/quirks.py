@@ -57,6 +57,15 @@ LABELS = {
     "tool_call_arguments_string": "tool-call arguments made a string",
     "tool_call_finish_reason": "`finish_reason` made `tool_calls`",
     "tool_call_tags_split": "<tool_call> text made a tool call",
+    "usage_on_last_chunk": "usage put on the last chunk",
+    "usage_counted": "usage counted with the upstream's tokenizer",
+    "model_renamed": "model alias named in the answer",
+    "reasoning_in_think_tags": "reasoning put in content inside <think>",
+    # requests, as prepared for the upstream
+    "stream_usage_asked": "stream usage asked for",
+    "stream_options_removed": "`stream_options` removed",
+    "request_field_dropped": "request field dropped",
+    "model_alias": "model alias applied",
 }
 
 _LINE = re.compile(rb"([^\r\n]*)(\r\n|\r|\n|$)")

@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterable, Callable
-from typing import cast
+from collections.abc import AsyncIterable, Awaitable, Callable
+from typing import Any, cast
 
 import httpx
 import orjson
@@ -42,9 +42,10 @@ from sse_adapter.errors import AdapterError, InternalError, ShuttingDown, Upstre
 from sse_adapter.observe import WIRE, RequestStats
 from sse_adapter.pipeline import Pipeline
 from sse_adapter.reading import is_event_stream, refusal
+from sse_adapter.resend import Exchange
 from sse_adapter.settings import Settings
 from sse_adapter.timeouts import Watch
-from sse_adapter.upstream import Upstream, UpstreamRequest, map_errors
+from sse_adapter.upstream import map_errors
 
 __all__ = ["EventStream"]
 
@@ -71,24 +72,25 @@ class EventStream(Response):
 
     def __init__(
         self,
-        upstream: Upstream,
-        request: UpstreamRequest,
+        exchange: Exchange,
         pipeline: Pipeline,
         settings: Settings,
         stats: RequestStats,
         *,
         heartbeat: Callable[[], bytes] | None,
+        count_usage: Callable[[str], Awaitable[dict[str, Any] | None]] | None = None,
         on_close: Callable[[], None] = lambda: None,
     ) -> None:
         self.status_code = 200  # what the route hands FastAPI; the real status is sent by __call__
         self.background = None
-        self._upstream = upstream
-        self._request = request
+        self._exchange = exchange
+        self._count_usage = count_usage
         self._pipeline = pipeline
         self._settings = settings
         self._stats = stats
         self._heartbeat = heartbeat
         self._interval = settings.heartbeat_interval
+        self._hold = settings.hold
         self._on_close = on_close
         self._last_write = stats.started  # the client has waited since its request came in
         self._committed = False  # the 200 has gone out
@@ -112,11 +114,9 @@ class EventStream(Response):
         self._send = send
         self._wire: Send = scope.get(WIRE, send)  # past the middlewares, for the frames
         self._loop = loop = asyncio.get_running_loop()
-        self._watch = Watch(
-            self._settings, self._upstream.url(self._request), self._stats.started, self._stats.tap
-        )
+        self._watch = Watch(self._settings, self._exchange.url, self._stats.started, self._stats.tap)
         if self._heartbeat is not None:
-            self._beat_timer = loop.call_at(self._last_write + self._interval, self._beat_due)
+            self._beat_timer = loop.call_at(self._last_write + self._hold, self._beat_due)
         stream = loop.create_task(self._life())
         waiter = loop.create_task(self._wait_for_leave(receive, stream))
         try:
@@ -146,14 +146,16 @@ class EventStream(Response):
         """Everything up to the last frames; the error that ended it, if one did."""
         try:
             with self._watch:
-                self._response = response = await self._upstream.open(self._request)
+                self._response = response = await self._exchange.open(
+                    self._stats.repairs, lambda: not self._committed
+                )
                 self._stats.answered(response.status_code, response.headers.multi_items())
                 if not is_event_stream(response):
                     self._refusal = await refusal(response, self._watch)
                     return self._refusal
                 await self._write(None)  # commit the 200: the upstream streams
                 await self._relay(response)
-                self._tail = self._pipeline.finish()
+                self._tail = self._pipeline.finish(usage=await self._counted_usage())
         except AdapterError as error:
             return error
         except asyncio.CancelledError:
@@ -201,6 +203,15 @@ class EventStream(Response):
             await self._write(self._counted(payloads))
         if failure is not None:
             raise failure
+
+    async def _counted_usage(self) -> dict[str, Any] | None:
+        """The usage the upstream did not send, counted with its tokenizer where it can be."""
+        repairer = self._pipeline.repairer
+        if not repairer.usage_missing or repairer.texts is None:
+            return None
+        usage = None if self._count_usage is None else await self._count_usage("".join(repairer.texts))
+        self._stats.without_usage = usage is None
+        return usage
 
     async def _finish(self, error: AdapterError | None) -> None:
         """The last frames and ``[DONE]``; or, when nothing was sent yet, the error's own answer."""
@@ -269,7 +280,7 @@ class EventStream(Response):
         if self._ended:
             return
         now = self._loop.time()
-        due = self._last_write + self._interval
+        due = self._last_write + (self._interval if self._committed else self._hold)
         if self._writing:  # frames are on their way out: the client is not idle
             due = now + self._interval
         if now < due:

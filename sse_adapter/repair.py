@@ -25,7 +25,7 @@ from sse_adapter.dialects import (
 from sse_adapter.errors import UpstreamError
 from sse_adapter.fitting import fit
 from sse_adapter.settings import ReasoningField, Settings, Tags, ToolCallMode
-from sse_adapter.think import ThinkSplitter
+from sse_adapter.think import ThinkSplitter, ThinkWrapper
 from sse_adapter.toolcalls import ToolCalls, ToolTagSplitter
 
 __all__ = ["StreamRepairer", "map_finish_reason", "reasoning_name", "rename_reasoning"]
@@ -37,19 +37,42 @@ _EXCERPT = 200
 
 class StreamRepairer:
     """One per stream. ``finished`` turns true at the upstream's ``[DONE]``:
-    the relay stops reading there and writes the stream's one ``[DONE]``."""
+    the relay stops reading there and writes the stream's one ``[DONE]``.
 
-    def __init__(self, identity: StreamIdentity, settings: Settings) -> None:
+    ``usage_on_last_choice``: the client did not ask for usage (the adapter
+    did), so the usage rides on the last chunk that has choices, held back
+    until the usage comes or the stream ends, instead of a chunk of its own.
+    ``alias``: the model name the client asked for, which every chunk
+    carries back. ``collect_text``: keep the answer's text, for counting
+    its tokens when the upstream sends no usage.
+    """
+
+    def __init__(
+        self,
+        identity: StreamIdentity,
+        settings: Settings,
+        *,
+        usage_on_last_choice: bool = False,
+        alias: str | None = None,
+        collect_text: bool = False,
+    ) -> None:
         self.identity = identity
         self.settings = settings
         self.finished = False
         self.repairs: Counter[str] = Counter()
+        self.saw_usage = False
+        self.texts: list[str] | None = [] if collect_text else None
+        self._ride = usage_on_last_choice
+        self._alias = alias
+        self._last_choice: dict[str, Any] | None = None  # held for the usage to ride on
+        self._finishing = False  # the chunk under repair finishes a choice
         self._usage_chunk: dict[str, Any] | None = None
         self._sent = 0
         self._events = 0
         self._thinking: dict[object, ThinkSplitter] = {}
         self._tool_tags: dict[object, ToolTagSplitter] = {}
         self._tools: dict[object, ToolCalls] = {}  # by choice index
+        self._wrappers: dict[object, ThinkWrapper] = {}
         # The settings the per-event path asks about, looked up once.
         self._fill_fields = settings.fill_fields
         self._map_reasons = settings.map_finish_reason
@@ -57,6 +80,7 @@ class StreamRepairer:
         self._split_tool_tags = settings.tool_call_tags is Tags.SPLIT
         self._normalise_tools = settings.tool_calls is ToolCallMode.NORMALISE
         self._other_reasoning = _other_reasoning_name(settings)
+        self._wrap_thinking = settings.reasoning_field is ReasoningField.THINK_TAGS
         self._unknown_reasons: set[str] = set()  # logged once a stream
         self._adopted = False
 
@@ -92,6 +116,9 @@ class StreamRepairer:
                 return []
             return self._send(chunk, data, changed=changed)  # not a chunk: not ours to repair
         changed |= held_usage
+        if self._alias is not None and chunk.get("model") != self._alias:
+            chunk["model"] = self._alias
+            changed = self._count("model_renamed", True)
         if not self._adopted:
             self._adopt(chunk)
         if choices is not None and not isinstance(choices, list):
@@ -104,6 +131,10 @@ class StreamRepairer:
         for choice in choices or ():
             if isinstance(choice, dict):
                 changed |= self._repair_choice(choice)
+        if self._finishing:
+            self._finishing = False
+            if self._ride:
+                return self._hold_last_choice(chunk)
         if not changed:  # the common case, inline: _send's first branch
             raw = data.encode()
             if len(raw) + 6 <= self.settings.max_line_bytes:
@@ -111,8 +142,14 @@ class StreamRepairer:
                 return [raw]
         return self._send(chunk, data, changed)
 
-    def finish(self, failed: bool = False) -> list[bytes]:
-        """The payloads that end the stream: text held back, then the usage.
+    @property
+    def usage_missing(self) -> bool:
+        """The stream carried no usage, and its text was kept to count it."""
+        return not self.saw_usage and self.texts is not None
+
+    def finish(self, failed: bool = False, usage: dict[str, Any] | None = None) -> list[bytes]:
+        """The payloads that end the stream: text held back, then the usage
+        (the upstream's, else ``usage`` as counted for it).
 
         After a failure the usage is left out: the error is the last word.
         A stream whose every event was dropped is no answer but a wrong
@@ -128,11 +165,41 @@ class StreamRepairer:
                 f"the upstream's stream held no OpenAI chunks ({self.repairs['non_chunk_dropped']} events of "
                 "another shape); check that --upstream is the server's OpenAI-compatible endpoint"
             )
-        held = dict.fromkeys([*self._thinking, *self._tool_tags])
+        held = dict.fromkeys([*self._thinking, *self._tool_tags, *self._wrappers])
         payloads = [payload for index in held for payload in self._flush_held(index)]
-        if self._usage_chunk is not None and not failed:
-            payloads += fit(self._usage_chunk, self.settings.max_line_bytes, self.repairs)
+        if failed:
+            usage = None
+        elif self._usage_chunk is not None:
+            usage = self._usage_chunk["usage"]
+        elif usage is not None:
+            self.repairs["usage_counted"] += 1
+        if self._ride:
+            return payloads + self._last_with_usage(usage)
+        if usage is not None:
+            chunk = self._usage_chunk or {**self.identity.chunk(), "choices": []}
+            payloads += fit({**chunk, "usage": usage}, self.settings.max_line_bytes, self.repairs)
         return payloads
+
+    def _hold_last_choice(self, chunk: dict[str, Any]) -> list[bytes]:
+        """Hold a chunk that finishes a choice (it may be the last with choices);
+        the one held before goes out now."""
+        released = self._release_last_choice()
+        self._last_choice = chunk
+        self._sent += 1
+        return released
+
+    def _release_last_choice(self) -> list[bytes]:
+        held, self._last_choice = self._last_choice, None
+        return [] if held is None else fit(held, self.settings.max_line_bytes, self.repairs)
+
+    def _last_with_usage(self, usage: dict[str, Any] | None) -> list[bytes]:
+        if usage is None:
+            return self._release_last_choice()
+        chunk = self._last_choice or self.identity.chunk()
+        self._last_choice = chunk
+        chunk["usage"] = usage
+        self.repairs["usage_on_last_chunk"] += 1
+        return self._release_last_choice()
 
     def _send(self, chunk: dict[str, Any], data: str, changed: bool) -> list[bytes]:
         self._sent += 1
@@ -150,10 +217,12 @@ class StreamRepairer:
     def _hold_usage(self, chunk: dict[str, Any]) -> bool:
         """Keep the last real usage for the end: it must be the last chunk
         before ``[DONE]``, and servers repeat null or zero usage on every chunk."""
-        if not self.settings.final_usage_only:
+        real = is_real_usage(chunk["usage"])
+        self.saw_usage |= real
+        if not (self.settings.final_usage_only or self._ride):
             return False
         usage = chunk.pop("usage")
-        if is_real_usage(usage):
+        if real:
             self._usage_chunk = {
                 "id": self.identity.claim(chunk.get("id")),
                 "object": chunk.get("object") or self.identity.kind.value,
@@ -194,6 +263,8 @@ class StreamRepairer:
 
     def _repair_choice(self, choice: dict[str, Any]) -> bool:
         changed = False
+        if self.texts is not None:
+            self._collect(choice)
         if "finish_reason" not in choice:
             if self._fill_fields:  # vLLM may leave it out
                 choice["finish_reason"] = None
@@ -210,9 +281,56 @@ class StreamRepairer:
                 changed |= self._normalise_tool_calls(choice, delta)
             if self._split_tool_tags:
                 changed |= self._split_tags(choice, delta)
-        if self._tools and self._normalise_tools and choice.get("finish_reason") == "stop":
-            changed |= self._finish_with_tool_calls(choice)
+            if self._wrap_thinking:
+                changed |= self._wrap_think(choice, delta)
+        finish = choice.get("finish_reason")
+        if finish is not None:
+            self._finishing = True
+            if finish == "stop" and self._tools and self._normalise_tools:
+                changed |= self._finish_with_tool_calls(choice)
         return changed
+
+    def _collect(self, choice: dict[str, Any]) -> None:
+        """The text whose tokens the upstream bills: content, reasoning, tool-call arguments."""
+        texts = self.texts
+        assert texts is not None
+        delta = choice.get("delta")
+        if not isinstance(delta, dict):
+            delta = choice  # a completion's choice has its text itself
+        for name in ("content", "text", "reasoning_content", "reasoning"):
+            value = delta.get(name)
+            if isinstance(value, str) and value:
+                texts.append(value)
+        calls = delta.get("tool_calls")
+        for call in calls if isinstance(calls, list) else ():
+            function = call.get("function") if isinstance(call, dict) else None
+            arguments = function.get("arguments") if isinstance(function, dict) else None
+            if isinstance(arguments, str):
+                texts.append(arguments)
+
+    def _wrap_think(self, choice: dict[str, Any], delta: dict[str, Any]) -> bool:
+        """Reasoning into content, inside ``<think>...</think>``."""
+        reasoning = delta.pop("reasoning_content", None)
+        other = delta.pop("reasoning", None)
+        reasoning = reasoning if isinstance(reasoning, str) else other if isinstance(other, str) else ""
+        content = delta.get("content")
+        if content is not None and not isinstance(content, str):
+            return False
+        index = choice.get("index", 0)
+        if not isinstance(index, int | str):
+            return False
+        wrapper = self._wrappers.get(index)
+        if wrapper is None:
+            if not reasoning:
+                return False
+            wrapper = self._wrappers[index] = ThinkWrapper()
+        text = wrapper.wrap(reasoning, content or "")
+        if choice.get("finish_reason") is not None:
+            text += wrapper.close()
+        if text == (content or ""):
+            return False
+        delta["content"] = text
+        return self._count("reasoning_in_think_tags", True)
 
     def _map_finish_reason(self, choice: dict[str, Any]) -> bool:
         mapped = map_finish_reason(choice, self.settings, self._unknown_reasons)
@@ -304,6 +422,9 @@ class StreamRepairer:
             splitter = self._tool_tags[index]
             text, calls = splitter.feed(text)
             text += splitter.flush()
+        if index in self._wrappers:
+            text = self._wrappers[index].wrap(reasoning, text) + self._wrappers[index].close()
+            reasoning = ""
         if not reasoning and not text and not calls:
             return []
         chunk = self.identity.chunk()
@@ -346,7 +467,7 @@ def rename_reasoning(holder: dict[str, Any], settings: Settings) -> bool:
 def _other_reasoning_name(settings: Settings) -> str | None:
     """The reasoning field that gets renamed; None when both are kept."""
     target = settings.reasoning_field
-    if target is ReasoningField.KEEP:
+    if target in (ReasoningField.KEEP, ReasoningField.THINK_TAGS):
         return None
     return "reasoning" if target is ReasoningField.REASONING_CONTENT else "reasoning_content"
 
@@ -354,7 +475,9 @@ def _other_reasoning_name(settings: Settings) -> str | None:
 def reasoning_name(settings: Settings) -> str:
     """Where reasoning split out of ``<think>`` goes."""
     field = settings.reasoning_field
-    return "reasoning_content" if field is ReasoningField.KEEP else field.value
+    if field in (ReasoningField.KEEP, ReasoningField.THINK_TAGS):
+        return "reasoning_content"  # with think-tags, wrapped back into content next
+    return field.value
 
 
 def _not_an_object(data: str) -> UpstreamError:

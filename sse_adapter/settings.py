@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
+
+from sse_adapter.request_body import NEVER_DROPPED, ModelAlias
 
 __all__ = [
     "HeartbeatMode",
@@ -12,6 +16,7 @@ __all__ = [
     "ReasoningField",
     "Settings",
     "SettingsError",
+    "StreamUsage",
     "Tags",
     "ThinkTags",
     "ToolCallMode",
@@ -34,6 +39,7 @@ class ReasoningField(enum.StrEnum):
     REASONING_CONTENT = "reasoning_content"
     REASONING = "reasoning"
     KEEP = "keep"
+    THINK_TAGS = "think-tags"  # in content, inside <think>...</think>, for clients that show only content
 
 
 class Tags(enum.StrEnum):
@@ -49,6 +55,13 @@ ThinkTags = Tags
 class ToolCallMode(enum.StrEnum):
     NORMALISE = "normalise"
     KEEP = "keep"
+
+
+class StreamUsage(enum.StrEnum):
+    """``ask``: every stream asks the upstream for its usage (One-API bills from it)."""
+
+    ASK = "ask"
+    PASS = "pass"
 
 
 class LogFormat(enum.StrEnum):
@@ -67,6 +80,7 @@ class Settings:
     port: int = 8000
     heartbeat_interval: float = 10.0
     heartbeat_mode: HeartbeatMode = HeartbeatMode.CHUNK
+    status_hold: float | None = None  # None: one heartbeat interval
     connect_timeout: float = 10.0
     first_byte_timeout: float = 600.0
     idle_timeout: float = 300.0
@@ -96,6 +110,10 @@ class Settings:
     final_usage_only: bool = True
     drop_non_chunks: bool = True
     max_line_bytes: int = 65000
+    # requests
+    stream_usage: StreamUsage = StreamUsage.ASK
+    drop_fields: tuple[str, ...] = ()
+    models: tuple[ModelAlias, ...] = ()
     # non-streaming requests
     nonstream_keepalive: bool = False  # see README: it helps only with a proxy before the gateway
     nonstream_via_stream: bool = False
@@ -103,6 +121,9 @@ class Settings:
     def __post_init__(self) -> None:
         object.__setattr__(self, "upstream", _base_url(self.upstream))
         object.__setattr__(self, "api_keys", tuple(self.api_keys))  # JSON brings a list
+        object.__setattr__(self, "drop_fields", _field_names(self.drop_fields))
+        object.__setattr__(self, "models", tuple(_alias(model) for model in self.models))
+        self._coerce("stream_usage", StreamUsage)
         self._coerce("heartbeat_mode", HeartbeatMode)
         self._coerce("reasoning_field", ReasoningField)
         self._coerce("think_tags", Tags)
@@ -135,6 +156,8 @@ class Settings:
         ):
             if amount < 0:
                 raise SettingsError(f"{flag} must be 0 or more (0: off), got {amount}")
+        if self.status_hold is not None and self.status_hold < 0:
+            raise SettingsError(f"--status-hold must be 0 or more seconds, got {self.status_hold}")
         if self.max_connections < 1:
             raise SettingsError(f"--max-connections must be 1 or more, got {self.max_connections}")
         if self.workers < 1:
@@ -168,6 +191,31 @@ class Settings:
     @property
     def heartbeats(self) -> bool:
         return self.heartbeat_mode is not HeartbeatMode.OFF
+
+    @property
+    def hold(self) -> float:
+        """How long the status waits for the upstream before the 200 goes out."""
+        return self.heartbeat_interval if self.status_hold is None else self.status_hold
+
+
+def _field_names(names: tuple[str, ...] | str) -> tuple[str, ...]:
+    """--drop-fields: a comma list or a list; the fields a request needs are refused."""
+    listed = names.split(",") if isinstance(names, str) else names
+    fields = tuple(name.strip() for name in listed if name.strip())
+    needed = sorted(NEVER_DROPPED.intersection(fields))
+    if needed:
+        raise SettingsError(
+            f"--drop-fields cannot drop {', '.join(needed)}: no request works without "
+            f"{', '.join(sorted(NEVER_DROPPED))}"
+        )
+    return fields
+
+
+def _alias(model: ModelAlias | Mapping[str, Any]) -> ModelAlias:
+    """A model alias; from JSON (a worker's settings), a plain mapping."""
+    if isinstance(model, ModelAlias):
+        return model
+    return ModelAlias(**{**model, "drop": tuple(model.get("drop", ()))})
 
 
 _ENDPOINTS = ("/chat/completions", "/completions", "/embeddings", "/models")

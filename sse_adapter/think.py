@@ -7,7 +7,7 @@ start of a tag is held back until the next piece shows what it is.
 
 from __future__ import annotations
 
-__all__ = ["ThinkSplitter", "tag_start_at_end"]
+__all__ = ["ThinkSplitter", "ThinkWrapper", "tag_start_at_end", "wrapped"]
 
 _OPEN = "<think>"
 _CLOSE = "</think>"
@@ -40,6 +40,39 @@ class ThinkSplitter:
         """End of the stream: what was held back was text after all."""
         held, self._held = self._held, ""
         return (held, "") if self.inside else ("", held)
+
+
+class ThinkWrapper:
+    """Reasoning back into content, inside ``<think>...</think>``: the reverse
+    of the splitter, for clients that show only content."""
+
+    def __init__(self) -> None:
+        self.open = False
+
+    def wrap(self, reasoning: str, content: str) -> str:
+        parts = []
+        if reasoning:
+            if not self.open:
+                parts.append(_OPEN)
+                self.open = True
+            parts.append(reasoning)
+        if content and self.open:
+            parts.append(_CLOSE)
+            self.open = False
+        parts.append(content)
+        return "".join(parts)
+
+    def close(self) -> str:
+        """The closing tag, if one is due."""
+        if not self.open:
+            return ""
+        self.open = False
+        return _CLOSE
+
+
+def wrapped(reasoning: str, content: str) -> str:
+    """A whole answer's reasoning and content as one text."""
+    return f"{_OPEN}{reasoning}{_CLOSE}{content}" if reasoning else content
 
 
 def tag_start_at_end(text: str, tag: str) -> int:

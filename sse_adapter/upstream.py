@@ -24,6 +24,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 import aiohttp
 import httpx
+import orjson
 from httpx_aiohttp import AiohttpTransport
 
 from sse_adapter import __version__
@@ -56,7 +57,7 @@ _HOP_BY_HOP = frozenset(
         "content-length",
     }
 )
-_PROBE_AGENT = f"sse-adapter/{__version__} (readiness)"  # its own requests, told apart in the server's logs
+_PROBE_AGENT = f"sse-adapter/{__version__}"  # its own requests, told apart in the server's logs
 _WRITE_TIMEOUT = 60.0  # sending the request body; the answer may take as long as it takes
 _IDLE_CONNECTIONS = 30.0  # seconds an unused keep-alive connection to the model server stays open
 
@@ -257,6 +258,29 @@ class Upstream:
             finally:
                 await response.aclose()
         return response.status_code
+
+    async def post_json(self, path: str, body: object, within: float, limit: int) -> tuple[int, bytes]:
+        """The status and body (at most ``limit`` bytes) of a small JSON POST
+        of the adapter's own (a tokenize call); TimeoutError past ``within``."""
+        url = self.base_url + path
+        headers = [
+            ("user-agent", _PROBE_AGENT),
+            ("content-type", "application/json"),
+            *([("authorization", self._auth)] if self._auth else []),
+        ]
+        request = httpx.Request("POST", url, headers=headers, content=orjson.dumps(body))
+        received = bytearray()
+        async with asyncio.timeout(within):
+            response = await self.send(request, url)
+            try:
+                with map_errors(url):
+                    async for part in response.aiter_bytes():
+                        received += part
+                        if len(received) > limit:
+                            break
+            finally:
+                await response.aclose()
+        return response.status_code, bytes(received[:limit])
 
     def _headers(self, given: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
         forwarded = forwardable(given)

@@ -196,3 +196,95 @@ def test_the_package_says_what_it_is_and_pins_majors() -> None:
     bounded = {re.split(r"[<>=~!; ]", requirement)[0]: requirement for requirement in project["dependencies"]}
     for name in ("fastapi", "httpx", "anyio", "typer", "uvicorn", "aiohttp", "httpx-aiohttp"):
         assert "<" in bounded[name], bounded[name]
+
+
+CONFIG = """
+upstream = "http://127.0.0.1:9"
+port = 1                      # the env's port wins
+heartbeat-interval = 0        # the flag's interval wins
+drop_fields = ["logit_bias", "seed"]
+final-usage-only = false
+
+[models."qwen3-nothink"]
+upstream_model = "Qwen/Qwen3-8B"
+set = { chat_template_kwargs = { enable_thinking = false } }
+defaults = { max_tokens = 4096 }
+drop = ["logit_bias"]
+"""
+
+
+def test_a_config_file_sets_any_flag_and_env_and_flags_win(tmp_path: Path) -> None:
+    config = tmp_path / "adapter.toml"
+    config.write_text(CONFIG)
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sse_adapter", "serve", "--config", str(config), "--heartbeat-interval", "5"],
+        env={**ENV, "SSE_ADAPTER_PORT": str(port)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                unreachable = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json={"model": "m"})
+                break
+            except httpx.TransportError:
+                assert process.poll() is None, process.stdout.read() if process.stdout else ""
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        assert unreachable.status_code == 502
+        assert "http://127.0.0.1:9" in unreachable.json()["error"]["message"]  # the file's upstream
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def test_the_config_file_reaches_the_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from unittest import mock
+
+    from sse_adapter import cli
+    from sse_adapter.request_body import ModelAlias
+
+    config = tmp_path / "adapter.toml"
+    config.write_text(CONFIG)
+    for name in [name for name in os.environ if name.startswith("SSE_ADAPTER_")]:
+        monkeypatch.delenv(name)
+    with mock.patch("sse_adapter.server.run_server") as run_server, pytest.raises(SystemExit) as ended:
+        cli.main(["serve", "--config", str(config), "--heartbeat-interval", "5", "--port", "8123"])
+    assert ended.value.code == 0
+    [settings], _ = run_server.call_args
+    assert (settings.port, settings.heartbeat_interval) == (8123, 5.0)
+    assert settings.drop_fields == ("logit_bias", "seed")
+    assert settings.final_usage_only is False
+    assert settings.models == (
+        ModelAlias(
+            "qwen3-nothink",
+            "Qwen/Qwen3-8B",
+            {"chat_template_kwargs": {"enable_thinking": False}},
+            {"max_tokens": 4096},
+            ("logit_bias",),
+        ),
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("bogus = 1\n", "'bogus' is no flag of 'sse-adapter serve'"),
+        ("upstream = [\n", "is not valid TOML"),
+        ('[models."a"]\nupstream = "x"\n', "unknown key 'upstream'"),
+        ('[models."a"]\ndrop = ["messages"]\n', "drop cannot name"),
+        ('upstream = "http://x"\ndrop-fields = "model"\n', "--drop-fields cannot drop model"),
+        (None, "cannot be read"),
+    ],
+    ids=["unknown-key", "bad-toml", "bad-alias-key", "alias-drops-messages", "drops-model", "missing"],
+)
+def test_a_bad_config_file_is_one_line_and_exit_code_2(tmp_path: Path, text: str | None, needle: str) -> None:
+    config = tmp_path / "adapter.toml"
+    if text is not None:
+        config.write_text(text)
+    result = run("serve", "--config", str(config), "--upstream", "http://127.0.0.1:9")
+    assert result.returncode == 2
+    assert needle in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

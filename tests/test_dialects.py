@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sse_adapter.dialects import RequestFields, body_error, chunk_error, event_error, is_real_usage
-from sse_adapter.errors import InvalidJSON
+from sse_adapter.dialects import body_error, chunk_error, event_error, is_real_usage
 
 
 @pytest.mark.parametrize(
@@ -136,22 +135,3 @@ def test_a_2xx_body_that_is_no_error_is_none() -> None:
 )
 def test_real_usage(usage: object, real: bool) -> None:
     assert is_real_usage(usage) is real
-
-
-@pytest.mark.parametrize(
-    ("body", "fields"),
-    [
-        (b'{"model":"m","stream":true}', RequestFields(True, "m")),
-        (b'{"model":"m","stream":"yes"}', RequestFields(False, "m")),
-        (b'{"stream":true}', RequestFields(True, "")),
-    ],
-)
-def test_request_fields(body: bytes, fields: RequestFields) -> None:
-    assert RequestFields.parse(body) == fields
-
-
-@pytest.mark.parametrize("body", [b"not json", b"[]", b"", b'{"model": "m",'])
-def test_a_body_that_is_no_json_object_is_the_clients_error(body: bytes) -> None:
-    with pytest.raises(InvalidJSON, match="not a JSON object") as raised:
-        RequestFields.parse(body)
-    assert raised.value.http_status == 400

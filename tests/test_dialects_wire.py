@@ -152,9 +152,23 @@ async def test_behind_one_api(row: Row) -> None:
     if row.usage is None:
         assert usages == []
     else:
+        # the client did not ask for usage: it rides on the last chunk with choices, no chunk of its own
         assert usages == [last]
-        assert last["choices"] == []
+        assert last["choices"]
+        assert last["choices"][-1]["finish_reason"] in ("stop", "length")  # type: ignore[index]
         assert last["usage"]["total_tokens"] == row.usage  # type: ignore[index]
+
+
+@pytest.mark.parametrize("row", [row for row in ROWS if row.usage is not None], ids=lambda row: row.fixture)
+async def test_a_client_that_asks_for_usage_gets_openais_usage_chunk_last(row: Row) -> None:
+    async with fake_upstream(HANDLERS[row.delivery](fixture(row.fixture))) as upstream:
+        async with run_adapter(Settings(upstream=upstream.url)) as adapter:
+            ask = {"model": "m", "stream": True, "stream_options": {"include_usage": True}}
+            seen = await stream(adapter, row.path, ask)
+    usages = [chunk for chunk in seen.chunks if "usage" in chunk]
+    assert usages == [seen.chunks[-1]]
+    assert usages[0]["choices"] == []
+    assert usages[0]["usage"]["total_tokens"] == row.usage  # type: ignore[index]
 
 
 async def read_with_sdk(client: openai.AsyncOpenAI, path: str, parts: list[str]) -> None:

@@ -127,8 +127,8 @@ async def test_one_access_line_per_request_without_prompts_or_keys(caplog: pytes
         200,
         "ok",
     )
-    assert fields["events"] == 7  # role, four tokens, finish, usage
-    assert fields["repairs"] == {"usage_moved_last": 1}
+    assert fields["events"] == 6  # role, four tokens, finish carrying the usage
+    assert fields["repairs"] == {"usage_moved_last": 1, "usage_on_last_chunk": 1, "stream_usage_asked": 1}
     assert fields["ttft_ms"] is not None
     assert len(fields["request_id"]) == 32
     text = line.getMessage() + repr(fields)

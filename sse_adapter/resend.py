@@ -1,0 +1,120 @@
+"""A chat or completion request sent upstream, and once more without the
+fields the upstream refused (shared/upstream-dialects.md, "Request fields
+that servers reject").
+
+The refused fields are read from the server's error (request_body.py keeps
+the table of its shapes). They are remembered for the upstream's path for
+the process's life, so later requests leave them out from the start, and
+logged once. A refusal that names no field the request had is the
+upstream's answer, passed on as it came.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+
+from sse_adapter.request_body import Outgoing, rejected_fields
+from sse_adapter.upstream import Upstream, UpstreamRequest, map_errors
+
+__all__ = ["Exchange", "Refused", "open_accepted"]
+
+log = logging.getLogger(__name__)
+
+_ERROR_BODY_LIMIT = 64 * 1024
+
+
+class Refused:
+    """The fields each upstream path has refused, for the process's life."""
+
+    def __init__(self) -> None:
+        self._by_path: dict[str, set[str]] = {}
+
+    def of(self, path: str) -> frozenset[str]:
+        return frozenset(self._by_path.get(path, ()))
+
+    def add(self, path: str, names: frozenset[str]) -> None:
+        known = self._by_path.setdefault(path, set())
+        new = names - known
+        if new:
+            known.update(new)
+            log.warning(
+                "the upstream refused the request field(s) %s on %s: sent without them from now on",
+                ", ".join(sorted(new)),
+                path,
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """One chat or completion request to the upstream, as prepared for it."""
+
+    upstream: Upstream
+    request: UpstreamRequest  # its body is outgoing.body
+    outgoing: Outgoing
+    refused: Refused
+
+    @property
+    def url(self) -> str:
+        return self.upstream.url(self.request)
+
+    async def open(
+        self, repairs: Counter[str], may_resend: Callable[[], bool] = lambda: True
+    ) -> httpx.Response:
+        return await open_accepted(
+            self.upstream, self.request, self.outgoing, self.refused, repairs, may_resend=may_resend
+        )
+
+
+async def open_accepted(
+    upstream: Upstream,
+    request: UpstreamRequest,
+    outgoing: Outgoing,
+    refused: Refused,
+    repairs: Counter[str],
+    *,
+    may_resend: Callable[[], bool] = lambda: True,
+) -> httpx.Response:
+    """The upstream's response to the request, sent a second time without the
+    fields its first answer refused, while ``may_resend()`` (nothing sent to
+    the client yet)."""
+    response = await upstream.open(request)  # its body is outgoing.body
+    if response.status_code not in (400, 422, 500):
+        return response
+    body = await _error_body(response, upstream.url(request))
+    names = rejected_fields(response.status_code, body) & outgoing.fields.keys()
+    if not names:
+        return _replayed(response, body)
+    refused.add(request.path, names)
+    if not may_resend():
+        return _replayed(response, body)
+    retry = outgoing.without(names)
+    repairs.update(retry.repairs - outgoing.repairs)
+    return await upstream.open(request.with_body(retry.body))
+
+
+async def _error_body(response: httpx.Response, url: str) -> bytes:
+    body = bytearray()
+    try:
+        with map_errors(url):
+            async for part in response.aiter_bytes():
+                body += part
+                if len(body) > _ERROR_BODY_LIMIT:
+                    break
+    finally:
+        await response.aclose()
+    return bytes(body[:_ERROR_BODY_LIMIT])
+
+
+def _replayed(response: httpx.Response, body: bytes) -> httpx.Response:
+    """The response again, its body already read (and decoded)."""
+    headers = [
+        (name, value)
+        for name, value in response.headers.multi_items()
+        if name.lower() not in ("content-encoding", "content-length", "transfer-encoding")
+    ]
+    return httpx.Response(response.status_code, headers=headers, content=body, request=response.request)
