@@ -9,7 +9,9 @@ Raw asyncio and pre-built frames. What to stream comes in the request body's
                                                 the pattern of a GPU server's continuous batching
   {"mode": "idle", "seconds": S}                headers, then silence (a model thinking)
 Any plan may say "end": "error": the stream then ends in an in-band error
-chunk (vLLM's shape) before its [DONE].
+chunk (vLLM's shape) before its [DONE]. As vLLM, it sends a usage chunk last
+when the request asks for one (stream_options.include_usage), and answers
+404 to any other path (the adapter's tokenize and readiness checks).
 
     python bench/upstream.py PORT
 """
@@ -29,6 +31,8 @@ PREFIX = b'data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","create
 TOKEN = PREFIX + b'"choices":[{"index":0,"delta":{"content":"tok"},"finish_reason":null}]}\n\n'
 DONE = b"data: [DONE]\n\n"
 ERROR = b'data: {"error": {"message": "bench error", "type": "BadRequestError", "code": 400}}\n\n'
+USAGE = PREFIX + b'"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}\n\n'
+NOT_FOUND = b"HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
 BATCH = 64  # events per write in burst mode
 
 
@@ -80,15 +84,24 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         while True:  # one request after another, until the client closes
             head = await reader.readuntil(b"\r\n\r\n")
             length = next(
-                int(line.split(b":")[1])
-                for line in head.split(b"\r\n")
-                if line.lower().startswith(b"content-length")
+                (
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length")
+                ),
+                0,
             )
-            plan = json.loads(await reader.readexactly(length))["bench"]
+            body = json.loads(await reader.readexactly(length)) if length else {}
+            if not head.startswith(b"POST /v1/chat/completions ") or "bench" not in body:
+                writer.write(NOT_FOUND)
+                continue
+            plan = body["bench"]
             writer.write(HEAD)
             await stream(writer, plan)
             if plan.get("end") == "error":
                 writer.write(chunked(ERROR))
+            elif (body.get("stream_options") or {}).get("include_usage"):
+                writer.write(chunked(USAGE))
             writer.write(chunked(DONE) + b"0\r\n\r\n")
             await writer.drain()
     except (ConnectionError, asyncio.IncompleteReadError):

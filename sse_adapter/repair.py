@@ -33,6 +33,7 @@ __all__ = ["StreamRepairer", "map_finish_reason", "reasoning_name", "rename_reas
 log = logging.getLogger(__name__)
 
 _EXCERPT = 200
+_BILLED_TEXT = ("content", "text", "reasoning_content", "reasoning")
 
 
 class StreamRepairer:
@@ -263,8 +264,15 @@ class StreamRepairer:
 
     def _repair_choice(self, choice: dict[str, Any]) -> bool:
         changed = False
-        if self.texts is not None:
-            self._collect(choice)
+        texts = self.texts
+        if texts is not None:
+            delta = choice.get("delta")
+            if type(delta) is not dict:
+                self._collect(texts, choice)  # a completion's choice holds its text itself
+            elif len(delta) == 1 and type(text := delta.get("content")) is str:
+                texts.append(text)  # the common delta, inline
+            else:
+                self._collect(texts, delta)
         if "finish_reason" not in choice:
             if self._fill_fields:  # vLLM may leave it out
                 choice["finish_reason"] = None
@@ -290,14 +298,10 @@ class StreamRepairer:
                 changed |= self._finish_with_tool_calls(choice)
         return changed
 
-    def _collect(self, choice: dict[str, Any]) -> None:
+    @staticmethod
+    def _collect(texts: list[str], delta: dict[str, Any]) -> None:
         """The text whose tokens the upstream bills: content, reasoning, tool-call arguments."""
-        texts = self.texts
-        assert texts is not None
-        delta = choice.get("delta")
-        if not isinstance(delta, dict):
-            delta = choice  # a completion's choice has its text itself
-        for name in ("content", "text", "reasoning_content", "reasoning"):
+        for name in _BILLED_TEXT:
             value = delta.get(name)
             if isinstance(value, str) and value:
                 texts.append(value)

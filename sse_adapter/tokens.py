@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 _WITHIN = 10.0  # seconds for each tokenize call: the stream's last frames wait for it
 _LIMIT = 16 * 1024 * 1024  # a token list of a long prompt is large; enough for any
+_RETRY_AFTER = 30.0  # seconds before a search that failed (the server down, or loading) is tried again
 
 
 class Tokenizer(enum.Enum):
@@ -51,6 +52,7 @@ class TokenCounter:
         self._upstream = upstream
         self._within = within
         self._found: asyncio.Future[Tokenizer | None] | None = None
+        self._failed_at = -_RETRY_AFTER
 
     async def usage(self, kind: Kind, request: Mapping[str, Any], answer: str) -> dict[str, int] | None:
         """The usage of an answer to a request, or None when it cannot be counted exactly."""
@@ -70,13 +72,18 @@ class TokenCounter:
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
     async def tokenizer(self, model: str) -> Tokenizer | None:
-        """The upstream's tokenize endpoints, found once; callers at the same time share the search."""
+        """The upstream's tokenize endpoints, found once; callers at the same time share the search.
+        A search that fails is tried again, but not before ``_RETRY_AFTER`` seconds."""
+        now = asyncio.get_running_loop().time()
         if self._found is None or (self._found.done() and self._found.exception() is not None):
+            if now - self._failed_at < _RETRY_AFTER:
+                return None
             self._found = asyncio.ensure_future(self._find(model))
         try:
             return await asyncio.shield(self._found)
         except (TimeoutError, AdapterError):
-            return None  # not known yet (the server may be loading): asked again next time
+            self._failed_at = now
+            return None  # not known yet (the server may be loading)
 
     async def _find(self, model: str) -> Tokenizer | None:
         status, body = await self._post("/tokenize", {"model": model, "prompt": "a"})
@@ -111,9 +118,11 @@ class TokenCounter:
         messages = request.get("messages")
         if not isinstance(messages, list):
             return None
+        # What the chat template reads: the tools offered and its switches (enable_thinking)
         chat: dict[str, Any] = {"messages": messages}
-        if request.get("tools"):
-            chat["tools"] = request["tools"]
+        for name in ("tools", "chat_template_kwargs"):
+            if request.get(name):
+                chat[name] = request[name]
         if tokenizer is Tokenizer.VLLM:
             return _count(tokenizer, *await self._post("/tokenize", {"model": model, **chat}))
         if tokenizer is Tokenizer.TGI:

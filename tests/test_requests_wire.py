@@ -430,3 +430,24 @@ async def test_the_status_hold_keeps_a_slow_refusal_failover_able(hold: float | 
     assert "overloaded" in seen.errors()[0]
     if status == 200:
         assert seen.heartbeats() >= 1
+
+
+async def test_a_tokenizer_search_that_fails_is_not_repeated_on_every_stream() -> None:
+    searches: list[str] = []
+
+    async def handler(received: Received, out: Writer) -> None:
+        if received.target == CHAT:
+            await sse([*answer_chunks(), b"data: [DONE]\n\n"])(received, out)
+        elif received.target == "/tokenize":
+            searches.append(received.target)
+            out.reset()  # a server that fails: no answer that says whether it tokenizes
+        else:
+            await json_answer(404, b"{}")(received, out)
+
+    async with fake_upstream(handler, handles_probes=True) as upstream:
+        async with run_adapter(Settings(upstream=upstream.url)) as adapter:
+            first = await stream(adapter, CHAT, ASK)
+            second = await stream(adapter, CHAT, ASK)
+    assert first.usage() is None
+    assert second.text() == "".join(WORDS)
+    assert searches == ["/tokenize"]
