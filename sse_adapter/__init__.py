@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from sse_adapter.decoder import Event, SSEDecoder
 from sse_adapter.errors import AdapterError
 from sse_adapter.settings import HeartbeatMode, Settings
+from sse_adapter.sse.decoder import Event, SSEDecoder
 
 __all__ = ["AdapterError", "Event", "HeartbeatMode", "SSEDecoder", "Settings", "__version__"]
 

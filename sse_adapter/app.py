@@ -19,7 +19,6 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp
 
 from sse_adapter.chunks import Kind, StreamIdentity, heartbeat_chunk
-from sse_adapter.encoder import comment, frame
 from sse_adapter.errors import (
     AdapterError,
     InternalError,
@@ -40,6 +39,7 @@ from sse_adapter.repair import StreamRepairer
 from sse_adapter.request_body import Outgoing, prepare
 from sse_adapter.resend import Exchange, Refused
 from sse_adapter.settings import HeartbeatMode, Settings, StreamUsage
+from sse_adapter.sse.encoder import comment, frame
 from sse_adapter.tokens import TokenCounter
 from sse_adapter.upstream import Upstream, UpstreamRequest, forwardable, upstream_path
 

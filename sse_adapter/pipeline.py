@@ -12,9 +12,9 @@ import logging
 from collections import Counter
 from typing import Any
 
-from sse_adapter.decoder import Event, SSEDecoder
 from sse_adapter.errors import AdapterError, EmptyStream, EventTooLarge, InternalError
 from sse_adapter.repair import StreamRepairer
+from sse_adapter.sse.decoder import Event, SSEDecoder
 
 __all__ = ["Pipeline"]
 

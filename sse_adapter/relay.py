@@ -37,13 +37,13 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from sse_adapter.chunks import error_chunk
-from sse_adapter.encoder import DONE, frame, frames
 from sse_adapter.errors import AdapterError, InternalError, ShuttingDown, UpstreamReported
 from sse_adapter.observe import WIRE, RequestStats
 from sse_adapter.pipeline import Pipeline
 from sse_adapter.reading import is_event_stream, refusal
 from sse_adapter.resend import Exchange
 from sse_adapter.settings import Settings
+from sse_adapter.sse.encoder import DONE, frame, frames
 from sse_adapter.timeouts import Watch
 from sse_adapter.upstream import map_errors
 

@@ -14,7 +14,6 @@ from typing import Any
 import orjson
 
 from sse_adapter.chunks import StreamIdentity
-from sse_adapter.decoder import Event
 from sse_adapter.dialects import (
     OPENAI_FINISH_REASONS,
     STOP_ALIASES,
@@ -25,6 +24,7 @@ from sse_adapter.dialects import (
 from sse_adapter.errors import UpstreamError
 from sse_adapter.fitting import fit
 from sse_adapter.settings import ReasoningField, Settings, Tags, ToolCallMode
+from sse_adapter.sse.decoder import Event
 from sse_adapter.think import ThinkSplitter, ThinkWrapper
 from sse_adapter.toolcalls import ToolCalls, ToolTagSplitter
 

@@ -15,13 +15,13 @@ from hypothesis import strategies as st
 from sse_adapter import toolcalls
 from sse_adapter.chunks import Kind, StreamIdentity
 from sse_adapter.completion import Assembler, normalise_completion
-from sse_adapter.decoder import Event, SSEDecoder
-from sse_adapter.encoder import frame
 from sse_adapter.errors import AdapterError, EventTooLarge, InternalError
 from sse_adapter.fitting import serialised
 from sse_adapter.pipeline import Pipeline
 from sse_adapter.repair import StreamRepairer
 from sse_adapter.settings import Settings
+from sse_adapter.sse.decoder import Event, SSEDecoder
+from sse_adapter.sse.encoder import frame
 
 FIXTURES = sorted((Path(__file__).parent / "fixtures").glob("*.sse"))
 SSE_BYTES = st.lists(

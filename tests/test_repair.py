@@ -9,11 +9,11 @@ import orjson
 import pytest
 
 from sse_adapter.chunks import Kind, StreamIdentity, heartbeat_chunk
-from sse_adapter.decoder import Event
 from sse_adapter.errors import LineTooLong, UpstreamError, UpstreamReported
 from sse_adapter.fitting import fit
 from sse_adapter.repair import StreamRepairer
 from sse_adapter.settings import Settings
+from sse_adapter.sse.decoder import Event
 
 
 def repairer(kind: Kind = Kind.CHAT, **settings: Any) -> StreamRepairer:

@@ -13,10 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sse_adapter.chunks import Kind, StreamIdentity
-from sse_adapter.decoder import Event
 from sse_adapter.fitting import fit
 from sse_adapter.repair import StreamRepairer
 from sse_adapter.settings import Settings
+from sse_adapter.sse.decoder import Event
 from sse_adapter.toolcalls import ToolCalls, ToolTagSplitter, split_tool_tags
 
 

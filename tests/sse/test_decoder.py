@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sse_adapter.decoder import Event, SSEDecoder
-from sse_adapter.encoder import comment, frame
 from sse_adapter.errors import EventTooLarge
+from sse_adapter.sse.decoder import Event, SSEDecoder
+from sse_adapter.sse.encoder import comment, frame
 
 
 def decode(*chunks: bytes, flush: bool = False) -> list[Event]:

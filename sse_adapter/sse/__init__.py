@@ -1,0 +1,1 @@
+"""The SSE codec, pure (sans-I/O): bytes to events, and payloads to frames."""
