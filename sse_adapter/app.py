@@ -18,7 +18,6 @@ from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp
 
-from sse_adapter.chunks import Kind, StreamIdentity, heartbeat_chunk
 from sse_adapter.errors import (
     AdapterError,
     InternalError,
@@ -33,10 +32,11 @@ from sse_adapter.metrics import Metrics
 from sse_adapter.models import with_aliases
 from sse_adapter.nonstream import complete, keepalive_body
 from sse_adapter.observe import Observe, RequestStats
-from sse_adapter.pipeline import Pipeline
 from sse_adapter.relay import EventStream
-from sse_adapter.repair import StreamRepairer
-from sse_adapter.request_body import Outgoing, prepare
+from sse_adapter.repair.chunks import Kind, StreamIdentity, heartbeat_chunk
+from sse_adapter.repair.pipeline import Pipeline
+from sse_adapter.repair.request import Outgoing, prepare
+from sse_adapter.repair.stream import StreamRepairer
 from sse_adapter.resend import Exchange, Refused
 from sse_adapter.settings import HeartbeatMode, Settings, StreamUsage
 from sse_adapter.sse.encoder import comment, frame

@@ -20,7 +20,7 @@ import tomllib
 from collections.abc import Collection
 from typing import Any
 
-from sse_adapter.request_body import NEVER_DROPPED, ModelAlias
+from sse_adapter.repair.request import NEVER_DROPPED, ModelAlias
 from sse_adapter.settings import SettingsError
 
 __all__ = ["read_config"]

@@ -9,7 +9,7 @@ import httpx
 import orjson
 from fastapi import Response
 
-from sse_adapter.request_body import ModelAlias
+from sse_adapter.repair.request import ModelAlias
 from sse_adapter.upstream import map_errors
 
 __all__ = ["listed_with_aliases", "with_aliases"]

@@ -17,15 +17,15 @@ from dataclasses import dataclass, replace
 
 import orjson
 
-from sse_adapter.chunks import Kind, StreamIdentity
-from sse_adapter.completion import Assembler, normalise_completion
-from sse_adapter.dialects import body_error, excerpt
 from sse_adapter.errors import AdapterError, InternalError, UpstreamReported
-from sse_adapter.fitting import serialised
 from sse_adapter.observe import RequestStats
-from sse_adapter.pipeline import Pipeline
 from sse_adapter.reading import is_event_stream, read_body, refusal
-from sse_adapter.repair import StreamRepairer
+from sse_adapter.repair.chunks import Kind, StreamIdentity
+from sse_adapter.repair.completion import Assembler, normalise_completion
+from sse_adapter.repair.dialects import body_error, excerpt
+from sse_adapter.repair.fitting import serialised
+from sse_adapter.repair.pipeline import Pipeline
+from sse_adapter.repair.stream import StreamRepairer
 from sse_adapter.resend import Exchange
 from sse_adapter.settings import Settings
 from sse_adapter.timeouts import Watch

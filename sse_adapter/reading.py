@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import httpx
 
-from sse_adapter.dialects import body_error
 from sse_adapter.errors import AdapterError, NotAnEventStream, ResponseTooLarge
+from sse_adapter.repair.dialects import body_error
 from sse_adapter.timeouts import Watch
 from sse_adapter.upstream import map_errors
 

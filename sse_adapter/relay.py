@@ -36,11 +36,11 @@ import orjson
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from sse_adapter.chunks import error_chunk
 from sse_adapter.errors import AdapterError, InternalError, ShuttingDown, UpstreamReported
 from sse_adapter.observe import WIRE, RequestStats
-from sse_adapter.pipeline import Pipeline
 from sse_adapter.reading import is_event_stream, refusal
+from sse_adapter.repair.chunks import error_chunk
+from sse_adapter.repair.pipeline import Pipeline
 from sse_adapter.resend import Exchange
 from sse_adapter.settings import Settings
 from sse_adapter.sse.encoder import DONE, frame, frames

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from sse_adapter.request_body import Outgoing, rejected_fields
+from sse_adapter.repair.request import Outgoing, rejected_fields
 from sse_adapter.upstream import Upstream, UpstreamRequest, map_errors
 
 __all__ = ["Exchange", "Refused", "open_accepted"]

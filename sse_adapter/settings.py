@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from sse_adapter.request_body import NEVER_DROPPED, ModelAlias
+from sse_adapter.repair.request import NEVER_DROPPED, ModelAlias
 
 __all__ = [
     "HeartbeatMode",

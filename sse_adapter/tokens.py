@@ -26,8 +26,8 @@ from typing import Any
 
 import orjson
 
-from sse_adapter.chunks import Kind
 from sse_adapter.errors import AdapterError
+from sse_adapter.repair.chunks import Kind
 from sse_adapter.upstream import Upstream
 
 __all__ = ["TokenCounter", "Tokenizer"]

@@ -244,7 +244,7 @@ def test_the_config_file_reaches_the_settings(tmp_path: Path, monkeypatch: pytes
     from unittest import mock
 
     from sse_adapter import cli
-    from sse_adapter.request_body import ModelAlias
+    from sse_adapter.repair.request import ModelAlias
 
     config = tmp_path / "adapter.toml"
     config.write_text(CONFIG)

@@ -17,11 +17,11 @@ import openai
 import orjson
 import pytest
 
-from sse_adapter.request_body import ModelAlias
+from sse_adapter.repair.request import ModelAlias
 from sse_adapter.settings import ReasoningField, Settings, StreamUsage
 from tests.adapter_server import run_adapter
 from tests.end_client import assert_spec_clean, fixture, stream
-from tests.test_request_body import REFUSALS
+from tests.repair.test_request_body import REFUSALS
 from tests.upstream_fake import Handler, Received, Writer, fake_upstream, json_answer, sse
 
 pytestmark = pytest.mark.anyio

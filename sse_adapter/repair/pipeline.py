@@ -13,7 +13,7 @@ from collections import Counter
 from typing import Any
 
 from sse_adapter.errors import AdapterError, EmptyStream, EventTooLarge, InternalError
-from sse_adapter.repair import StreamRepairer
+from sse_adapter.repair.stream import StreamRepairer
 from sse_adapter.sse.decoder import Event, SSEDecoder
 
 __all__ = ["Pipeline"]

@@ -19,8 +19,8 @@ from typing import Any
 
 import orjson
 
-from sse_adapter.dialects import excerpt
 from sse_adapter.errors import InvalidJSON
+from sse_adapter.repair.dialects import excerpt
 
 __all__ = [
     "NEVER_DROPPED",

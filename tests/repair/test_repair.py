@@ -8,10 +8,10 @@ from typing import Any
 import orjson
 import pytest
 
-from sse_adapter.chunks import Kind, StreamIdentity, heartbeat_chunk
 from sse_adapter.errors import LineTooLong, UpstreamError, UpstreamReported
-from sse_adapter.fitting import fit
-from sse_adapter.repair import StreamRepairer
+from sse_adapter.repair.chunks import Kind, StreamIdentity, heartbeat_chunk
+from sse_adapter.repair.fitting import fit
+from sse_adapter.repair.stream import StreamRepairer
 from sse_adapter.settings import Settings
 from sse_adapter.sse.decoder import Event
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sse_adapter.dialects import body_error, chunk_error, event_error, is_real_usage
+from sse_adapter.repair.dialects import body_error, chunk_error, event_error, is_real_usage
 
 
 @pytest.mark.parametrize(

@@ -7,10 +7,10 @@ from typing import Any
 import orjson
 import pytest
 
-from sse_adapter.chunks import Kind
-from sse_adapter.completion import Assembler, normalise_completion, usage_of
 from sse_adapter.errors import UpstreamError
-from sse_adapter.fitting import serialised
+from sse_adapter.repair.chunks import Kind
+from sse_adapter.repair.completion import Assembler, normalise_completion, usage_of
+from sse_adapter.repair.fitting import serialised
 from sse_adapter.settings import Settings
 
 

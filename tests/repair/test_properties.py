@@ -12,18 +12,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sse_adapter import toolcalls
-from sse_adapter.chunks import Kind, StreamIdentity
-from sse_adapter.completion import Assembler, normalise_completion
 from sse_adapter.errors import AdapterError, EventTooLarge, InternalError
-from sse_adapter.fitting import serialised
-from sse_adapter.pipeline import Pipeline
-from sse_adapter.repair import StreamRepairer
+from sse_adapter.repair import toolcalls
+from sse_adapter.repair.chunks import Kind, StreamIdentity
+from sse_adapter.repair.completion import Assembler, normalise_completion
+from sse_adapter.repair.fitting import serialised
+from sse_adapter.repair.pipeline import Pipeline
+from sse_adapter.repair.stream import StreamRepairer
 from sse_adapter.settings import Settings
 from sse_adapter.sse.decoder import Event, SSEDecoder
 from sse_adapter.sse.encoder import frame
 
-FIXTURES = sorted((Path(__file__).parent / "fixtures").glob("*.sse"))
+FIXTURES = sorted((Path(__file__).parent.parent / "fixtures").glob("*.sse"))
 SSE_BYTES = st.lists(
     st.sampled_from(
         [

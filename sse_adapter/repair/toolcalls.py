@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from sse_adapter.think import tag_start_at_end
+from sse_adapter.repair.think import tag_start_at_end
 
 __all__ = [
     "ToolCalls",

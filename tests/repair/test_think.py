@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sse_adapter.think import ThinkSplitter
+from sse_adapter.repair.think import ThinkSplitter
 
 CASES = [
     ("<think>plan</think>answer", "plan", "answer"),

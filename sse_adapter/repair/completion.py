@@ -14,12 +14,12 @@ from typing import Any
 
 import orjson
 
-from sse_adapter.chunks import Kind
-from sse_adapter.dialects import is_real_usage
-from sse_adapter.repair import map_finish_reason, reasoning_name, rename_reasoning
+from sse_adapter.repair.chunks import Kind
+from sse_adapter.repair.dialects import is_real_usage
+from sse_adapter.repair.stream import map_finish_reason, reasoning_name, rename_reasoning
+from sse_adapter.repair.think import ThinkSplitter, wrapped
+from sse_adapter.repair.toolcalls import new_call_id, normalise_message_calls, split_tool_tags
 from sse_adapter.settings import ReasoningField, Settings, Tags, ToolCallMode
-from sse_adapter.think import ThinkSplitter, wrapped
-from sse_adapter.toolcalls import new_call_id, normalise_message_calls, split_tool_tags
 
 __all__ = ["Assembler", "completion_object", "normalise_completion", "usage_of"]
 

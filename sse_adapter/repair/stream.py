@@ -13,20 +13,20 @@ from typing import Any
 
 import orjson
 
-from sse_adapter.chunks import StreamIdentity
-from sse_adapter.dialects import (
+from sse_adapter.errors import UpstreamError
+from sse_adapter.repair.chunks import StreamIdentity
+from sse_adapter.repair.dialects import (
     OPENAI_FINISH_REASONS,
     STOP_ALIASES,
     chunk_error,
     event_error,
     is_real_usage,
 )
-from sse_adapter.errors import UpstreamError
-from sse_adapter.fitting import fit
+from sse_adapter.repair.fitting import fit
+from sse_adapter.repair.think import ThinkSplitter, ThinkWrapper
+from sse_adapter.repair.toolcalls import ToolCalls, ToolTagSplitter
 from sse_adapter.settings import ReasoningField, Settings, Tags, ToolCallMode
 from sse_adapter.sse.decoder import Event
-from sse_adapter.think import ThinkSplitter, ThinkWrapper
-from sse_adapter.toolcalls import ToolCalls, ToolTagSplitter
 
 __all__ = ["StreamRepairer", "map_finish_reason", "reasoning_name", "rename_reasoning"]
 

@@ -12,12 +12,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sse_adapter.chunks import Kind, StreamIdentity
-from sse_adapter.fitting import fit
-from sse_adapter.repair import StreamRepairer
+from sse_adapter.repair.chunks import Kind, StreamIdentity
+from sse_adapter.repair.fitting import fit
+from sse_adapter.repair.stream import StreamRepairer
+from sse_adapter.repair.toolcalls import ToolCalls, ToolTagSplitter, split_tool_tags
 from sse_adapter.settings import Settings
 from sse_adapter.sse.decoder import Event
-from sse_adapter.toolcalls import ToolCalls, ToolTagSplitter, split_tool_tags
 
 
 def normalised(*deltas: list[dict[str, Any]]) -> tuple[list[list[dict[str, Any]]], Counter[str]]:

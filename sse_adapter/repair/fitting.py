@@ -16,8 +16,8 @@ from typing import Any
 
 import orjson
 
-from sse_adapter.dialects import BULKY_FIELDS
 from sse_adapter.errors import LineTooLong, UpstreamError
+from sse_adapter.repair.dialects import BULKY_FIELDS
 
 __all__ = ["fit", "serialised"]
 

@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from sse_adapter.errors import InvalidJSON
-from sse_adapter.request_body import ModelAlias, prepare, rejected_fields
+from sse_adapter.repair.request import ModelAlias, prepare, rejected_fields
 
 
 def _sent(body: dict[str, object], **options: object) -> dict[str, object]:
