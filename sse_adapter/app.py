@@ -28,10 +28,10 @@ from sse_adapter.errors import (
 )
 from sse_adapter.guard import Guard
 from sse_adapter.health import Readiness
-from sse_adapter.metrics import Metrics
 from sse_adapter.models import with_aliases
 from sse_adapter.nonstream import complete, keepalive_body
-from sse_adapter.observe import Observe, RequestStats
+from sse_adapter.ops.metrics import Metrics
+from sse_adapter.ops.observe import Observe, RequestStats
 from sse_adapter.relay import EventStream
 from sse_adapter.repair.chunks import Kind, StreamIdentity, heartbeat_chunk
 from sse_adapter.repair.pipeline import Pipeline

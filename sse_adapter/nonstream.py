@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 import orjson
 
 from sse_adapter.errors import AdapterError, InternalError, UpstreamReported
-from sse_adapter.observe import RequestStats
+from sse_adapter.ops.observe import RequestStats
 from sse_adapter.reading import is_event_stream, read_body, refusal
 from sse_adapter.repair.chunks import Kind, StreamIdentity
 from sse_adapter.repair.completion import Assembler, normalise_completion

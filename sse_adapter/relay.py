@@ -37,7 +37,7 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from sse_adapter.errors import AdapterError, InternalError, ShuttingDown, UpstreamReported
-from sse_adapter.observe import WIRE, RequestStats
+from sse_adapter.ops.observe import WIRE, RequestStats
 from sse_adapter.reading import is_event_stream, refusal
 from sse_adapter.repair.chunks import error_chunk
 from sse_adapter.repair.pipeline import Pipeline

@@ -20,7 +20,7 @@ from fastapi import FastAPI
 from uvicorn.supervisors import Multiprocess
 
 from sse_adapter.app import create_app
-from sse_adapter.logs import logging_config
+from sse_adapter.ops.logs import logging_config
 from sse_adapter.protocol import GuardedProtocol
 from sse_adapter.settings import Settings, SettingsError
 

@@ -22,9 +22,9 @@ from pathlib import Path
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sse_adapter.logs import logfmt
-from sse_adapter.metrics import Metrics
-from sse_adapter.trace import Trace
+from sse_adapter.ops.logs import logfmt
+from sse_adapter.ops.metrics import Metrics
+from sse_adapter.ops.trace import Trace
 
 __all__ = ["WIRE", "Observe", "RequestStats"]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sse_adapter import trace
+from sse_adapter.ops import trace
 from sse_adapter.settings import Settings
 from tests.adapter_server import run_adapter
 from tests.end_client import fixture
