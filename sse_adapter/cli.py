@@ -430,8 +430,8 @@ def demo(
 
     from rich.console import Console
 
-    from sse_adapter.demo import dialects_named, run_demo
-    from sse_adapter.demo_upstream import DIALECTS
+    from sse_adapter.tools.demo import dialects_named, run_demo
+    from sse_adapter.tools.demo_upstream import DIALECTS
 
     if dialect != "all" and dialect not in DIALECTS:
         raise typer.BadParameter(f"--dialect must be one of {', '.join(DIALECTS)} or all, got {dialect!r}")
@@ -474,7 +474,7 @@ def probe(
     from rich.console import Console
     from rich.markup import escape
 
-    from sse_adapter.probe import RouteReport, first_model, probe, show
+    from sse_adapter.tools.probe import RouteReport, first_model, probe, show
 
     for flag, url in (("--upstream", upstream), ("--via", via)):
         if url is not None:

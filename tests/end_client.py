@@ -7,8 +7,8 @@ from typing import Any
 
 import httpx
 
-from sse_adapter.endclient import EndClientView, read_through_one_api
-from sse_adapter.oneapi import LINE_LIMIT
+from sse_adapter.tools.endclient import EndClientView, read_through_one_api
+from sse_adapter.tools.oneapi import LINE_LIMIT
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

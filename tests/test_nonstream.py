@@ -14,8 +14,8 @@ import openai
 import orjson
 import pytest
 
-from sse_adapter.oneapi import channel_test_passes, nonstream_error
 from sse_adapter.settings import Settings
+from sse_adapter.tools.oneapi import channel_test_passes, nonstream_error
 from tests.adapter_server import run_adapter
 from tests.end_client import FIXTURES, fixture
 from tests.upstream_fake import Handler, Received, Writer, fake_upstream, sse

@@ -11,8 +11,8 @@ import openai
 import orjson
 import pytest
 
-from sse_adapter.oneapi import OneAPIRelay
 from sse_adapter.settings import Settings
+from sse_adapter.tools.oneapi import OneAPIRelay
 from tests.adapter_server import run_adapter
 from tests.end_client import Seen, assert_spec_clean, fixture, stream
 from tests.upstream_fake import Received, Writer, content_frame, fake_upstream, json_answer, sse

@@ -16,8 +16,8 @@ import openai
 import orjson
 import pytest
 
-from sse_adapter.oneapi import LINE_LIMIT
 from sse_adapter.settings import Settings
+from sse_adapter.tools.oneapi import LINE_LIMIT
 from tests.adapter_server import run_adapter
 from tests.end_client import assert_spec_clean, fixture, stream
 from tests.upstream_fake import fake_upstream, json_answer, sse

@@ -12,8 +12,8 @@ import time
 import httpx
 import pytest
 
-from sse_adapter.demo_upstream import DIALECTS, demo_upstream, events_of, transcript
-from sse_adapter.oneapi import channel_test_passes
+from sse_adapter.tools.demo_upstream import DIALECTS, demo_upstream, events_of, transcript
+from sse_adapter.tools.oneapi import channel_test_passes
 from tests.adapter_server import free_port_pair
 from tests.end_client import FIXTURES, fixture
 

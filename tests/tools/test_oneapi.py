@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sse_adapter.oneapi import LINE_LIMIT, OneAPIRelay, accepts_stream
+from sse_adapter.tools.oneapi import LINE_LIMIT, OneAPIRelay, accepts_stream
 
 CHUNK = b'{"choices":[{"index":0,"delta":{"content":"a"}}]}'
 

@@ -1,7 +1,7 @@
 """What the end client behind One-API sees of a stream, and when.
 
 Reads a streaming response the way One-API would relay it (the rules of
-:mod:`sse_adapter.oneapi`) and keeps every frame with the time it would
+:mod:`sse_adapter.tools.oneapi`) and keeps every frame with the time it would
 reach the client. The demo and the tests judge streams with it.
 """
 
@@ -15,7 +15,7 @@ import anyio
 import httpx
 import orjson
 
-from sse_adapter.oneapi import OneAPIRelay, accepts_stream
+from sse_adapter.tools.oneapi import OneAPIRelay, accepts_stream
 
 __all__ = ["EndClientView", "is_heartbeat", "read_through_one_api"]
 

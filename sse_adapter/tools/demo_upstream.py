@@ -1,6 +1,6 @@
 """An embedded fake model server that streams exactly like real ones.
 
-It serves the recorded transcripts shipped in ``sse_adapter/transcripts``
+It serves the recorded transcripts shipped in ``sse_adapter/tools/transcripts``
 (the same bytes as ``tests/fixtures``), picked by the request's ``model``,
 event by event, with chunked transfer encoding. Raw asyncio, so the bytes
 on the wire are exactly the transcript's.
@@ -78,7 +78,7 @@ DIALECTS: Mapping[str, DemoDialect] = {
 
 
 def transcript(dialect: DemoDialect) -> bytes:
-    return resources.files("sse_adapter").joinpath("transcripts", dialect.transcript).read_bytes()
+    return resources.files("sse_adapter.tools").joinpath("transcripts", dialect.transcript).read_bytes()
 
 
 def events_of(body: bytes) -> list[bytes]:

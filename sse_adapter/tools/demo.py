@@ -19,11 +19,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from sse_adapter.demo_upstream import DIALECTS, DemoDialect, demo_upstream, transcript
-from sse_adapter.endclient import EndClientView, read_through_one_api
-from sse_adapter.quirks import describe, framing_quirks, read_as_relay
 from sse_adapter.server import serving
 from sse_adapter.settings import Settings
+from sse_adapter.tools.demo_upstream import DIALECTS, DemoDialect, demo_upstream, transcript
+from sse_adapter.tools.endclient import EndClientView, read_through_one_api
+from sse_adapter.tools.quirks import describe, framing_quirks, read_as_relay
 
 __all__ = ["Outcome", "Verdict", "judge", "run_demo"]
 

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 import orjson
 
 from sse_adapter.errors import AdapterError
-from sse_adapter.oneapi import LINE_LIMIT
 from sse_adapter.repair.chunks import Kind, StreamIdentity
 from sse_adapter.repair.pipeline import Pipeline
 from sse_adapter.repair.stream import StreamRepairer
 from sse_adapter.settings import Settings
+from sse_adapter.tools.oneapi import LINE_LIMIT
 
 __all__ = ["LABELS", "Reading", "describe", "framing_quirks", "read_as_relay"]
 

@@ -12,9 +12,9 @@ import sys
 import orjson
 import pytest
 
-from sse_adapter.oneapi import OneAPIRelay
-from sse_adapter.probe import first_model, probe
 from sse_adapter.settings import Settings
+from sse_adapter.tools.oneapi import OneAPIRelay
+from sse_adapter.tools.probe import first_model, probe
 from tests.adapter_server import run_adapter
 from tests.end_client import Seen, fixture
 from tests.test_dialects_wire import HANDLERS, ROWS, Row
@@ -92,7 +92,7 @@ def test_tgi_2_0_is_no_directly_and_yes_through_the_adapter_in_stable_json() -> 
 import asyncio, subprocess, sys, json
 from tests.upstream_fake import fake_upstream
 from tests.adapter_server import run_adapter
-from tests.test_probe import server
+from tests.tools.test_probe import server
 from tests.test_dialects_wire import ROWS
 from sse_adapter.settings import Settings
 
