@@ -74,7 +74,7 @@ def _option(env: str, help: str, panel: str = "Server") -> typer.models.OptionIn
 _REPAIRS = "Chunk repairs (the defaults are what One-API and OpenAI clients need)"
 _LIMITS = "Timeouts and limits"
 _REQUESTS = "Requests and billing"
-_MODELS = "sse_adapter.models"  # where the config file's model aliases wait for serve
+_MODELS = "sse_adapter.proxy.models"  # where the config file's model aliases wait for serve
 
 
 def _config(ctx: typer.Context, path: str | None) -> str | None:

@@ -19,9 +19,9 @@ import uvicorn
 from fastapi import FastAPI
 from uvicorn.supervisors import Multiprocess
 
-from sse_adapter.app import create_app
 from sse_adapter.ops.logs import logging_config
-from sse_adapter.protocol import GuardedProtocol
+from sse_adapter.proxy.app import create_app
+from sse_adapter.proxy.protocol import GuardedProtocol
 from sse_adapter.settings import Settings, SettingsError
 
 __all__ = ["app_from_environment", "listening", "run_server", "serving"]

@@ -19,8 +19,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from sse_adapter.app import create_app
 from sse_adapter.cli import app as cli
+from sse_adapter.proxy.app import create_app
 from sse_adapter.settings import Settings
 from tests.adapter_server import free_port
 

@@ -19,11 +19,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from sse_adapter.proxy.upstream import why
 from sse_adapter.sse.decoder import SSEDecoder
 from sse_adapter.tools.endclient import EndClientView, read_through_one_api
 from sse_adapter.tools.oneapi import accepts_stream, nonstream_error
 from sse_adapter.tools.quirks import LABELS, framing_quirks, read_as_relay
-from sse_adapter.upstream import why
 
 __all__ = ["RouteReport", "first_model", "probe", "show"]
 

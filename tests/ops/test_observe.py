@@ -16,8 +16,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sse_adapter import health
 from sse_adapter.ops.logs import TextFormatter
+from sse_adapter.proxy import health
 from sse_adapter.settings import Settings
 from tests.adapter_server import free_port, run_adapter
 from tests.end_client import fixture, stream

@@ -17,7 +17,7 @@ from sse_adapter.tools.oneapi import OneAPIRelay
 from sse_adapter.tools.probe import first_model, probe
 from tests.adapter_server import run_adapter
 from tests.end_client import Seen, fixture
-from tests.test_dialects_wire import HANDLERS, ROWS, Row
+from tests.proxy.test_dialects_wire import HANDLERS, ROWS, Row
 from tests.upstream_fake import Handler, Received, Writer, content_frame, fake_upstream, json_answer
 
 CHAT_ROWS = [
@@ -93,7 +93,7 @@ import asyncio, subprocess, sys, json
 from tests.upstream_fake import fake_upstream
 from tests.adapter_server import run_adapter
 from tests.tools.test_probe import server
-from tests.test_dialects_wire import ROWS
+from tests.proxy.test_dialects_wire import ROWS
 from sse_adapter.settings import Settings
 
 async def main():

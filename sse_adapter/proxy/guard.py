@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sse_adapter.errors import AdapterError, HeadersTooLarge, InvalidPath, Unauthorized
-from sse_adapter.upstream import upstream_path
+from sse_adapter.proxy.upstream import upstream_path
 
 __all__ = ["Guard"]
 

@@ -27,8 +27,8 @@ from typing import Any
 import orjson
 
 from sse_adapter.errors import AdapterError
+from sse_adapter.proxy.upstream import Upstream
 from sse_adapter.repair.chunks import Kind
-from sse_adapter.upstream import Upstream
 
 __all__ = ["TokenCounter", "Tokenizer"]
 

@@ -19,17 +19,17 @@ import orjson
 
 from sse_adapter.errors import AdapterError, InternalError, UpstreamReported
 from sse_adapter.ops.observe import RequestStats
-from sse_adapter.reading import is_event_stream, read_body, refusal
+from sse_adapter.proxy.reading import is_event_stream, read_body, refusal
+from sse_adapter.proxy.resend import Exchange
+from sse_adapter.proxy.timeouts import Watch
+from sse_adapter.proxy.upstream import map_errors
 from sse_adapter.repair.chunks import Kind, StreamIdentity
 from sse_adapter.repair.completion import Assembler, normalise_completion
 from sse_adapter.repair.dialects import body_error, excerpt
 from sse_adapter.repair.fitting import serialised
 from sse_adapter.repair.pipeline import Pipeline
 from sse_adapter.repair.stream import StreamRepairer
-from sse_adapter.resend import Exchange
 from sse_adapter.settings import Settings
-from sse_adapter.timeouts import Watch
-from sse_adapter.upstream import map_errors
 
 __all__ = ["Answer", "complete", "keepalive_body"]
 

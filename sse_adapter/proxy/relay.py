@@ -8,7 +8,7 @@ read completes. Nothing else runs per event; three things wait beside it:
   the client has been sent nothing for an interval, a heartbeat goes out from
   a short task of its own. The two writers take turns (``_writing``), so
   frames never interleave and nothing follows ``[DONE]``;
-- the watch's deadline timer (:mod:`sse_adapter.timeouts`), which cancels the
+- the watch's deadline timer (:mod:`sse_adapter.proxy.timeouts`), which cancels the
   stream's task with an upstream timeout;
 - one waiter on ``receive()``, which cancels the stream's task when the client
   leaves, so the upstream request is closed and the model stops generating.
@@ -38,14 +38,14 @@ from starlette.types import Message, Receive, Scope, Send
 
 from sse_adapter.errors import AdapterError, InternalError, ShuttingDown, UpstreamReported
 from sse_adapter.ops.observe import WIRE, RequestStats
-from sse_adapter.reading import is_event_stream, refusal
+from sse_adapter.proxy.reading import is_event_stream, refusal
+from sse_adapter.proxy.resend import Exchange
+from sse_adapter.proxy.timeouts import Watch
+from sse_adapter.proxy.upstream import map_errors
 from sse_adapter.repair.chunks import error_chunk
 from sse_adapter.repair.pipeline import Pipeline
-from sse_adapter.resend import Exchange
 from sse_adapter.settings import Settings
 from sse_adapter.sse.encoder import DONE, frame, frames
-from sse_adapter.timeouts import Watch
-from sse_adapter.upstream import map_errors
 
 __all__ = ["EventStream"]
 

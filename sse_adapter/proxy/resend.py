@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import httpx
 
+from sse_adapter.proxy.upstream import Upstream, UpstreamRequest, map_errors
 from sse_adapter.repair.request import Outgoing, rejected_fields
-from sse_adapter.upstream import Upstream, UpstreamRequest, map_errors
 
 __all__ = ["Exchange", "Refused", "open_accepted"]
 

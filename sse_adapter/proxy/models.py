@@ -9,8 +9,8 @@ import httpx
 import orjson
 from fastapi import Response
 
+from sse_adapter.proxy.upstream import map_errors
 from sse_adapter.repair.request import ModelAlias
-from sse_adapter.upstream import map_errors
 
 __all__ = ["listed_with_aliases", "with_aliases"]
 

@@ -14,8 +14,8 @@ import httpx
 import orjson
 import pytest
 
+from sse_adapter.proxy.timeouts import Deadlines
 from sse_adapter.settings import Settings
-from sse_adapter.timeouts import Deadlines
 from tests.adapter_server import run_adapter
 from tests.end_client import stream
 from tests.upstream_fake import Received, Writer, fake_upstream, sse

@@ -1,14 +1,14 @@
 """Reading an upstream's answer that is no stream: whole bodies and refusals,
-every read reported to the exchange's :class:`~sse_adapter.timeouts.Watch`."""
+every read reported to the exchange's :class:`~sse_adapter.proxy.timeouts.Watch`."""
 
 from __future__ import annotations
 
 import httpx
 
 from sse_adapter.errors import AdapterError, NotAnEventStream, ResponseTooLarge
+from sse_adapter.proxy.timeouts import Watch
+from sse_adapter.proxy.upstream import map_errors
 from sse_adapter.repair.dialects import body_error
-from sse_adapter.timeouts import Watch
-from sse_adapter.upstream import map_errors
 
 __all__ = ["is_event_stream", "read_body", "refusal"]
 

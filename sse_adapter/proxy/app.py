@@ -26,22 +26,22 @@ from sse_adapter.errors import (
     ShuttingDown,
     TooManyStreams,
 )
-from sse_adapter.guard import Guard
-from sse_adapter.health import Readiness
-from sse_adapter.models import with_aliases
-from sse_adapter.nonstream import complete, keepalive_body
 from sse_adapter.ops.metrics import Metrics
 from sse_adapter.ops.observe import Observe, RequestStats
-from sse_adapter.relay import EventStream
+from sse_adapter.proxy.guard import Guard
+from sse_adapter.proxy.health import Readiness
+from sse_adapter.proxy.models import with_aliases
+from sse_adapter.proxy.nonstream import complete, keepalive_body
+from sse_adapter.proxy.relay import EventStream
+from sse_adapter.proxy.resend import Exchange, Refused
+from sse_adapter.proxy.tokens import TokenCounter
+from sse_adapter.proxy.upstream import Upstream, UpstreamRequest, forwardable, upstream_path
 from sse_adapter.repair.chunks import Kind, StreamIdentity, heartbeat_chunk
 from sse_adapter.repair.pipeline import Pipeline
 from sse_adapter.repair.request import Outgoing, prepare
 from sse_adapter.repair.stream import StreamRepairer
-from sse_adapter.resend import Exchange, Refused
 from sse_adapter.settings import HeartbeatMode, Settings, StreamUsage
 from sse_adapter.sse.encoder import comment, frame
-from sse_adapter.tokens import TokenCounter
-from sse_adapter.upstream import Upstream, UpstreamRequest, forwardable, upstream_path
 
 __all__ = ["create_app"]
 

@@ -7,8 +7,8 @@ import asyncio
 import pytest
 
 from sse_adapter.errors import UpstreamTimeout
+from sse_adapter.proxy.timeouts import Watch
 from sse_adapter.settings import Settings
-from sse_adapter.timeouts import Watch
 
 pytestmark = pytest.mark.anyio
 

@@ -9,7 +9,7 @@ import json
 import aiohttp
 import pytest
 
-from sse_adapter.app import create_app
+from sse_adapter.proxy.app import create_app
 from sse_adapter.settings import Settings
 from tests.adapter_server import run_adapter
 from tests.end_client import stream

@@ -7,7 +7,7 @@ import asyncio
 from dataclasses import dataclass
 
 from sse_adapter.errors import AdapterError
-from sse_adapter.upstream import Upstream
+from sse_adapter.proxy.upstream import Upstream
 
 __all__ = ["Readiness"]
 

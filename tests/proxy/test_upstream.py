@@ -15,7 +15,7 @@ from sse_adapter.errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
-from sse_adapter.upstream import forwardable, map_errors
+from sse_adapter.proxy.upstream import forwardable, map_errors
 
 URL = "http://tgi:80/v1/chat/completions"
 
