@@ -87,7 +87,7 @@ def create_app(settings: Settings) -> FastAPI:
 class _App(FastAPI):
     """FastAPI with the access observer outside even FastAPI's own error
     middleware: it sees every answer, a 401 or a 500 too, and it hands the
-    server's own ``send`` on to the relay (see observe.py)."""
+    server's own ``send`` on to the relay (see ops/observe.py)."""
 
     observer: Callable[[ASGIApp], ASGIApp] = staticmethod(lambda app: app)
 

@@ -2,7 +2,7 @@
 fields the upstream refused (shared/upstream-dialects.md, "Request fields
 that servers reject").
 
-The refused fields are read from the server's error (request_body.py keeps
+The refused fields are read from the server's error (repair/request.py keeps
 the table of its shapes). They are remembered for the upstream's path for
 the process's life, so later requests leave them out from the start, and
 logged once. A refusal that names no field the request had is the
