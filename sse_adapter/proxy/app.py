@@ -220,7 +220,7 @@ class _Gateway:
             self.settings,
             stats,
             heartbeat=self._heartbeat(identity),
-            count_usage=partial(self._count_usage, kind, outgoing),
+            count_usage=partial(self._count_usage, kind, outgoing) if self._ask_usage else None,
             on_close=partial(self._stream_closed, path, repairer),
         )
 

@@ -207,9 +207,10 @@ class EventStream(Response):
     async def _counted_usage(self) -> dict[str, Any] | None:
         """The usage the upstream did not send, counted with its tokenizer where it can be."""
         repairer = self._pipeline.repairer
-        if not repairer.usage_missing or repairer.texts is None:
+        if repairer.saw_usage or self._count_usage is None:
             return None
-        usage = None if self._count_usage is None else await self._count_usage("".join(repairer.texts))
+        # No text kept: the upstream sent usage before, and this once it did not.
+        usage = None if repairer.texts is None else await self._count_usage("".join(repairer.texts))
         self._stats.without_usage = usage is None
         return usage
 

@@ -143,11 +143,6 @@ class StreamRepairer:
                 return [raw]
         return self._send(chunk, data, changed)
 
-    @property
-    def usage_missing(self) -> bool:
-        """The stream carried no usage, and its text was kept to count it."""
-        return not self.saw_usage and self.texts is not None
-
     def finish(self, failed: bool = False, usage: dict[str, Any] | None = None) -> list[bytes]:
         """The payloads that end the stream: text held back, then the usage
         (the upstream's, else ``usage`` as counted for it).

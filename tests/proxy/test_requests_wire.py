@@ -451,3 +451,21 @@ async def test_a_tokenizer_search_that_fails_is_not_repeated_on_every_stream() -
     assert first.usage() is None
     assert second.text() == "".join(WORDS)
     assert searches == ["/tokenize"]
+
+
+async def test_a_stream_without_usage_from_a_server_that_sent_it_before_is_counted_as_such() -> None:
+    answered: list[int] = []
+
+    async def usage_once(received: Received, out: Writer) -> None:
+        answered.append(1)
+        pieces = answer_chunks() + ([usage_chunk()] if len(answered) == 1 else [])
+        await sse([*pieces, b"data: [DONE]\n\n"])(received, out)
+
+    async with fake_upstream(usage_once) as upstream:
+        async with run_adapter(Settings(upstream=upstream.url)) as adapter:
+            first = await stream(adapter, CHAT, ASK)
+            second = await stream(adapter, CHAT, ASK)
+            page = await metrics(adapter)
+    assert first.usage() == USAGE
+    assert second.usage() is None
+    assert "sse_adapter_streams_without_usage_total 1.0" in page
