@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 _EXCERPT = 200
 _BILLED_TEXT = ("content", "text", "reasoning_content", "reasoning")
+_MISSING = object()
 
 
 class StreamRepairer:
@@ -259,23 +260,25 @@ class StreamRepairer:
 
     def _repair_choice(self, choice: dict[str, Any]) -> bool:
         changed = False
+        delta = choice.get("delta")
         texts = self.texts
         if texts is not None:
-            delta = choice.get("delta")
             if type(delta) is not dict:
                 self._collect(texts, choice)  # a completion's choice holds its text itself
             elif len(delta) == 1 and type(text := delta.get("content")) is str:
                 texts.append(text)  # the common delta, inline
             else:
                 self._collect(texts, delta)
-        if "finish_reason" not in choice:
+        finish = choice.get("finish_reason", _MISSING)
+        if finish is _MISSING:
             if self._fill_fields:  # vLLM may leave it out
                 choice["finish_reason"] = None
                 changed = self._count("finish_reason_filled", True)
-        elif isinstance(choice["finish_reason"], str) and self._map_reasons:
-            changed = self._map_finish_reason(choice)
-        delta = choice.get("delta")
-        if isinstance(delta, dict):
+        elif finish is not None:
+            self._finishing = True
+            if type(finish) is str and self._map_reasons:
+                changed = self._map_finish_reason(choice)
+        if type(delta) is dict:
             if self._other_reasoning is not None and self._other_reasoning in delta:
                 changed |= self._rename_reasoning(delta)
             if self._split_thinking:
@@ -286,11 +289,8 @@ class StreamRepairer:
                 changed |= self._split_tags(choice, delta)
             if self._wrap_thinking:
                 changed |= self._wrap_think(choice, delta)
-        finish = choice.get("finish_reason")
-        if finish is not None:
-            self._finishing = True
-            if finish == "stop" and self._tools and self._normalise_tools:
-                changed |= self._finish_with_tool_calls(choice)
+        if self._tools and self._normalise_tools and choice.get("finish_reason") == "stop":
+            changed |= self._finish_with_tool_calls(choice)
         return changed
 
     @staticmethod
