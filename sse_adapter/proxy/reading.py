@@ -7,12 +7,10 @@ import httpx
 
 from sse_adapter.errors import AdapterError, NotAnEventStream, ResponseTooLarge
 from sse_adapter.proxy.timeouts import Watch
-from sse_adapter.proxy.upstream import map_errors
+from sse_adapter.proxy.upstream import ERROR_BODY_LIMIT, map_errors
 from sse_adapter.repair.dialects import body_error
 
 __all__ = ["is_event_stream", "read_body", "refusal"]
-
-_ERROR_BODY_LIMIT = 64 * 1024  # enough for any error message
 
 
 def is_event_stream(response: httpx.Response) -> bool:
@@ -41,7 +39,7 @@ async def read_body(response: httpx.Response, watch: Watch, limit: int, *, trunc
 async def refusal(response: httpx.Response, watch: Watch) -> AdapterError:
     """The error an upstream answer that is no event stream stands for."""
     content_type = response.headers.get("content-type", "no content type")
-    body = await read_body(response, watch, _ERROR_BODY_LIMIT, truncate=True)
+    body = await read_body(response, watch, ERROR_BODY_LIMIT, truncate=True)
     error = body_error(response.status_code, content_type, body)
     if error is None:
         return NotAnEventStream(

@@ -18,14 +18,12 @@ from dataclasses import dataclass
 
 import httpx
 
-from sse_adapter.proxy.upstream import Upstream, UpstreamRequest, map_errors
+from sse_adapter.proxy.upstream import ERROR_BODY_LIMIT, Upstream, UpstreamRequest, read_at_most
 from sse_adapter.repair.request import Outgoing, rejected_fields
 
 __all__ = ["Exchange", "Refused", "open_accepted"]
 
 log = logging.getLogger(__name__)
-
-_ERROR_BODY_LIMIT = 64 * 1024
 
 
 class Refused:
@@ -85,7 +83,7 @@ async def open_accepted(
     response = await upstream.open(request)  # its body is outgoing.body
     if response.status_code not in (400, 422, 500):
         return response
-    body = await _error_body(response, upstream.url(request))
+    body = await read_at_most(response, upstream.url(request), ERROR_BODY_LIMIT)
     names = rejected_fields(response.status_code, body) & outgoing.fields.keys()
     if not names:
         return _replayed(response, body)
@@ -95,19 +93,6 @@ async def open_accepted(
     retry = outgoing.without(names)
     repairs.update(retry.repairs - outgoing.repairs)
     return await upstream.open(request.with_body(retry.body))
-
-
-async def _error_body(response: httpx.Response, url: str) -> bytes:
-    body = bytearray()
-    try:
-        with map_errors(url):
-            async for part in response.aiter_bytes():
-                body += part
-                if len(body) > _ERROR_BODY_LIMIT:
-                    break
-    finally:
-        await response.aclose()
-    return bytes(body[:_ERROR_BODY_LIMIT])
 
 
 def _replayed(response: httpx.Response, body: bytes) -> httpx.Response:

@@ -38,7 +38,16 @@ from sse_adapter.errors import (
 )
 from sse_adapter.settings import Settings, shown_url
 
-__all__ = ["Upstream", "UpstreamRequest", "forwardable", "map_errors", "upstream_path", "why"]
+__all__ = [
+    "ERROR_BODY_LIMIT",
+    "Upstream",
+    "UpstreamRequest",
+    "forwardable",
+    "map_errors",
+    "read_at_most",
+    "upstream_path",
+    "why",
+]
 
 # RFC 9110, section 7.6.1: meaningful for one connection only. Host and the
 # body's length are set again for the upstream connection.
@@ -60,6 +69,7 @@ _HOP_BY_HOP = frozenset(
 _PROBE_AGENT = f"sse-adapter/{__version__}"  # its own requests, told apart in the server's logs
 _WRITE_TIMEOUT = 60.0  # sending the request body; the answer may take as long as it takes
 _IDLE_CONNECTIONS = 30.0  # seconds an unused keep-alive connection to the model server stays open
+ERROR_BODY_LIMIT = 64 * 1024  # enough of an error answer for any message
 
 
 def forwardable(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -170,6 +180,21 @@ def _ours(exc: httpx.HTTPError | aiohttp.ClientError, url: str) -> AdapterError:
     return UpstreamError(f"the request to the upstream at {url} failed: {why(cause)}")
 
 
+async def read_at_most(response: httpx.Response, url: str, limit: int) -> bytes:
+    """A response's body, cut at ``limit`` bytes, and the response closed:
+    for answers read for what they say (errors, the adapter's own calls)."""
+    body = bytearray()
+    try:
+        with map_errors(url):
+            async for part in response.aiter_bytes():
+                body += part
+                if len(body) > limit:
+                    break
+    finally:
+        await response.aclose()
+    return bytes(body[:limit])
+
+
 class Upstream:
     """The model server: one pooled connection set for the app's whole life.
 
@@ -269,18 +294,9 @@ class Upstream:
             *([("authorization", self._auth)] if self._auth else []),
         ]
         request = httpx.Request("POST", url, headers=headers, content=orjson.dumps(body))
-        received = bytearray()
         async with asyncio.timeout(within):
             response = await self.send(request, url)
-            try:
-                with map_errors(url):
-                    async for part in response.aiter_bytes():
-                        received += part
-                        if len(received) > limit:
-                            break
-            finally:
-                await response.aclose()
-        return response.status_code, bytes(received[:limit])
+            return response.status_code, await read_at_most(response, url, limit)
 
     def _headers(self, given: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
         forwarded = forwardable(given)
