@@ -10,6 +10,7 @@ import orjson
 from fastapi import Response
 
 from sse_adapter.proxy.upstream import map_errors
+from sse_adapter.repair.dialects import json_or_none
 from sse_adapter.repair.request import ModelAlias
 
 __all__ = ["listed_with_aliases", "with_aliases"]
@@ -35,10 +36,7 @@ def listed_with_aliases(body: bytes, aliases: Mapping[str, ModelAlias]) -> bytes
     """An OpenAI model list with an entry per alias it lacks; None for a body of another shape."""
     if len(body) > _LIMIT:
         return None
-    try:
-        listing = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
+    listing = json_or_none(body)
     models = listing.get("data") if isinstance(listing, dict) else None
     if not isinstance(models, list):
         return None

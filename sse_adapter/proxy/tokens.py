@@ -24,11 +24,10 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-import orjson
-
 from sse_adapter.errors import AdapterError
 from sse_adapter.proxy.upstream import Upstream
 from sse_adapter.repair.chunks import Kind
+from sse_adapter.repair.dialects import json_or_none
 
 __all__ = ["TokenCounter", "Tokenizer"]
 
@@ -87,13 +86,13 @@ class TokenCounter:
 
     async def _find(self, model: str) -> Tokenizer | None:
         status, body = await self._post("/tokenize", {"model": model, "prompt": "a"})
-        found = _json(body) if status == 200 else None
+        found = json_or_none(body) if status == 200 else None
         if isinstance(found, dict) and isinstance(found.get("count"), int):
             return self._say(Tokenizer.VLLM)
         if isinstance(found, dict) and isinstance(found.get("tokens"), list):
             return self._say(Tokenizer.LLAMA_CPP)  # it reads "content" and ignored "prompt"
         status, body = await self._post("/tokenize", {"inputs": "a", "add_special_tokens": False})
-        if status == 200 and isinstance(_json(body), list):
+        if status == 200 and isinstance(json_or_none(body), list):
             return self._say(Tokenizer.TGI)
         return self._say(None)
 
@@ -128,7 +127,7 @@ class TokenCounter:
         if tokenizer is Tokenizer.TGI:
             return _count(tokenizer, *await self._post("/chat_tokenize", {"model": model, **chat}))
         status, body = await self._post("/apply-template", chat)
-        templated = _json(body) if status == 200 else None
+        templated = json_or_none(body) if status == 200 else None
         text = templated.get("prompt") if isinstance(templated, dict) else None
         return await self._text(tokenizer, model, text, special=True) if isinstance(text, str) else None
 
@@ -150,7 +149,7 @@ def _count(tokenizer: Tokenizer, status: int, body: bytes) -> int | None:
     """The number of tokens in a tokenize answer, or None for an answer of another shape."""
     if status != 200:
         return None
-    found = _json(body)
+    found = json_or_none(body)
     if tokenizer is Tokenizer.VLLM:
         count = found.get("count") if isinstance(found, dict) else None
         return count if isinstance(count, int) and count >= 0 else None
@@ -159,10 +158,3 @@ def _count(tokenizer: Tokenizer, status: int, body: bytes) -> int | None:
     if tokenizer is Tokenizer.LLAMA_CPP and isinstance(found, dict):
         found = found.get("tokens")
     return len(found) if isinstance(found, list) else None
-
-
-def _json(body: bytes) -> object:
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None

@@ -23,6 +23,7 @@ __all__ = [
     "event_error",
     "excerpt",
     "is_real_usage",
+    "json_or_none",
 ]
 
 OPENAI_FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})
@@ -59,7 +60,7 @@ def chunk_error(chunk: dict[str, Any], status: int | None = None) -> UpstreamRep
 def event_error(data: str) -> UpstreamReported:
     """An event the upstream marked as an error: llama.cpp's legacy ``error:``
     line, or ``event: error``. Its data is the error object itself."""
-    parsed = _loads(data.encode())
+    parsed = json_or_none(data.encode())
     if isinstance(parsed, dict):
         found = chunk_error(parsed) or chunk_error({"error": parsed})
         if found is not None:
@@ -69,7 +70,7 @@ def event_error(data: str) -> UpstreamReported:
 
 def body_error(status: int, content_type: str, body: bytes) -> UpstreamReported | None:
     """The error a whole response body stands for; None for a 2xx body that is no error."""
-    parsed = _loads(body)
+    parsed = json_or_none(body)
     found = chunk_error(parsed, status) if isinstance(parsed, dict) else None
     if found is not None or 200 <= status < 300:
         return found
@@ -105,7 +106,8 @@ def _text(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def _loads(raw: bytes) -> object:
+def json_or_none(raw: bytes) -> object:
+    """The JSON a body holds, or None for one that is not JSON."""
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:

@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from sse_adapter.errors import InvalidJSON
-from sse_adapter.repair.dialects import excerpt
+from sse_adapter.repair.dialects import excerpt, json_or_none
 
 __all__ = [
     "NEVER_DROPPED",
@@ -114,10 +114,7 @@ def prepare(
 
 
 def _object(body: bytes) -> dict[str, Any]:
-    try:
-        fields = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        fields = None
+    fields = json_or_none(body)
     if not isinstance(fields, dict):
         raise InvalidJSON(f"the request body is not a JSON object: {excerpt(body)!r}")
     return fields
