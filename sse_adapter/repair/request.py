@@ -66,9 +66,8 @@ class Outgoing:
         """The same request without these fields (never those the request needs)."""
         fields = dict(self.fields)
         repairs = Counter(self.repairs)
-        for name in names:
-            if name not in NEVER_DROPPED and fields.pop(name, _ABSENT) is not _ABSENT:
-                repairs["request_field_dropped"] += 1
+        if dropped := _drop(fields, names):
+            repairs["request_field_dropped"] += dropped
         return replace(self, fields=fields, body=orjson.dumps(fields), repairs=repairs)
 
 
@@ -106,11 +105,15 @@ def prepare(
         kept = options if isinstance(options, dict) else {}
         fields["stream_options"] = {**kept, "include_usage": True}
         repairs["stream_usage_asked"] += 1
-    for name in drop:
-        if name not in NEVER_DROPPED and fields.pop(name, _ABSENT) is not _ABSENT:
-            repairs["request_field_dropped"] += 1
+    if dropped := _drop(fields, drop):
+        repairs["request_field_dropped"] += dropped
     rewritten = orjson.dumps(fields) if repairs else body
     return Outgoing(fields, rewritten, stream, model, alias is not None, usage_asked, repairs)
+
+
+def _drop(fields: dict[str, Any], names: Iterable[str]) -> int:
+    """Remove the named fields a request can do without; how many it had."""
+    return sum(name not in NEVER_DROPPED and fields.pop(name, _ABSENT) is not _ABSENT for name in names)
 
 
 def _object(body: bytes) -> dict[str, Any]:
@@ -123,9 +126,7 @@ def _object(body: bytes) -> dict[str, Any]:
 def _apply_alias(fields: dict[str, Any], alias: ModelAlias, repairs: Counter[str]) -> None:
     deep_merge(fields, alias.set)
     _fill_missing(fields, alias.defaults)
-    for name in alias.drop:
-        if name not in NEVER_DROPPED:
-            fields.pop(name, None)
+    _drop(fields, alias.drop)
     if alias.upstream_model is not None:
         fields["model"] = alias.upstream_model
     repairs["model_alias"] += 1
