@@ -309,15 +309,13 @@ class StreamRepairer:
 
     def _wrap_think(self, choice: dict[str, Any], delta: dict[str, Any]) -> bool:
         """Reasoning into content, inside ``<think>...</think>``."""
+        placed = _text_at(choice, delta)
+        if placed is None:
+            return False  # left where it is: content it cannot go into
+        index, content = placed
         reasoning = delta.pop("reasoning_content", None)
         other = delta.pop("reasoning", None)
         reasoning = reasoning if isinstance(reasoning, str) else other if isinstance(other, str) else ""
-        content = delta.get("content")
-        if content is not None and not isinstance(content, str):
-            return False
-        index = choice.get("index", 0)
-        if not isinstance(index, int | str):
-            return False
         wrapper = self._wrappers.get(index)
         if wrapper is None:
             if not reasoning:
@@ -343,13 +341,11 @@ class StreamRepairer:
         return reasoning_name(self.settings)
 
     def _split_think(self, choice: dict[str, Any], delta: dict[str, Any]) -> bool:
-        content = delta.get("content")
+        placed = _text_at(choice, delta)
         finish = choice.get("finish_reason")
-        index = choice.get("index", 0)
-        if content is not None and not isinstance(content, str):
+        if placed is None or (placed[1] is None and finish is None):
             return False  # parts, or no text at all: not ours to split
-        if (content is None and finish is None) or not isinstance(index, int | str):
-            return False
+        index, content = placed
         splitter = self._thinking.setdefault(index, ThinkSplitter())
         reasoning, text = splitter.feed(content or "")
         if finish is not None:
@@ -376,13 +372,11 @@ class StreamRepairer:
         return self._tool_calls(index).normalise(delta["tool_calls"])
 
     def _split_tags(self, choice: dict[str, Any], delta: dict[str, Any]) -> bool:
-        content = delta.get("content")
+        placed = _text_at(choice, delta)
         finish = choice.get("finish_reason")
-        index = choice.get("index", 0)
-        if (content is not None and not isinstance(content, str)) or not isinstance(index, int | str):
+        if placed is None or (placed[1] is None and finish is None):
             return False
-        if content is None and finish is None:
-            return False
+        index, content = placed
         splitter = self._tool_tags.get(index)
         if splitter is None:
             splitter = self._tool_tags[index] = ToolTagSplitter(self.settings.max_event_bytes)
@@ -435,6 +429,16 @@ class StreamRepairer:
         if calls:
             self._add_calls(index, delta, calls)
         return fit(chunk, self.settings.max_line_bytes, self.repairs)
+
+
+def _text_at(choice: dict[str, Any], delta: dict[str, Any]) -> tuple[int | str, str | None] | None:
+    """A choice's index and its delta's text content (None: no content), or
+    None when either is of a shape the text repairs leave alone (parts, say)."""
+    content = delta.get("content")
+    index = choice.get("index", 0)
+    if (content is not None and not isinstance(content, str)) or not isinstance(index, int | str):
+        return None
+    return index, content
 
 
 def map_finish_reason(choice: dict[str, Any], settings: Settings, logged: set[str] | None = None) -> bool:

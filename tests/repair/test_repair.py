@@ -324,3 +324,24 @@ def test_values_of_the_wrong_type_pass_unchanged(choice: dict[str, Any], why: st
 def test_choices_that_are_no_list_pass_unchanged() -> None:
     data = '{"id":"c1","object":"chat.completion.chunk","created":1,"choices":5}'
     assert repairer().repair(Event(data)) == [data.encode()]
+
+
+def test_think_tags_output_wraps_reasoning_into_content_across_chunks() -> None:
+    chunks = run(
+        repairer(reasoning_field="think-tags"),
+        chunk({"reasoning_content": "Hm, "}),
+        chunk({"reasoning": "four."}),
+        chunk({"content": "4"}, "stop"),
+    )
+    texts = [c["choices"][0]["delta"].get("content") for c in chunks]
+    assert texts == ["<think>Hm, ", "four.", "</think>4"]
+    assert not any("reasoning" in name for c in chunks for name in c["choices"][0]["delta"])
+
+
+def test_think_tags_output_keeps_reasoning_it_cannot_put_in_content() -> None:
+    parts = [{"type": "text", "text": "x"}]
+    [out] = run(
+        repairer(reasoning_field="think-tags"), chunk({"content": parts, "reasoning_content": "r"}, id="")
+    )
+    assert out["id"] != ""  # a repair rewrote the chunk: the reasoning must survive that
+    assert out["choices"][0]["delta"] == {"content": parts, "reasoning_content": "r"}
