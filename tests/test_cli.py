@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import time
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -62,15 +64,11 @@ def test_a_bad_value_is_one_line_and_exit_code_2(
     assert "Traceback" not in result.stderr
 
 
-def test_serve_reads_env_and_the_flag_wins() -> None:
-    port = free_port()
-    env = {
-        "SSE_ADAPTER_UPSTREAM": "http://127.0.0.1:9",
-        "SSE_ADAPTER_PORT": "1",
-        "SSE_ADAPTER_HOST": "127.0.0.1",
-    }
+@contextlib.contextmanager
+def serving(port: int, *args: str, env: dict[str, str]) -> Iterator[httpx.Response]:
+    """``sse-adapter serve`` as a process, once its /healthz answers on ``port``; that answer."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "sse_adapter", "serve", "--port", str(port)],
+        [sys.executable, "-m", "sse_adapter", "serve", *args],
         env={**ENV, **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -85,13 +83,24 @@ def test_serve_reads_env_and_the_flag_wins() -> None:
                 assert process.poll() is None, process.stdout.read() if process.stdout else ""
                 assert time.monotonic() < deadline
                 time.sleep(0.1)
+        yield reply
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def test_serve_reads_env_and_the_flag_wins() -> None:
+    port = free_port()
+    env = {
+        "SSE_ADAPTER_UPSTREAM": "http://127.0.0.1:9",
+        "SSE_ADAPTER_PORT": "1",
+        "SSE_ADAPTER_HOST": "127.0.0.1",
+    }
+    with serving(port, "--port", str(port), env=env) as reply:
         assert reply.json() == {"status": "ok"}
         unreachable = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json={"model": "m"})
         assert unreachable.status_code == 502
         assert "http://127.0.0.1:9" in unreachable.json()["error"]["message"]
-    finally:
-        process.terminate()
-        process.wait(10)
 
 
 def test_settings_defaults_match_the_documented_interface() -> None:
@@ -217,27 +226,12 @@ def test_a_config_file_sets_any_flag_and_env_and_flags_win(tmp_path: Path) -> No
     config = tmp_path / "adapter.toml"
     config.write_text(CONFIG)
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "sse_adapter", "serve", "--config", str(config), "--heartbeat-interval", "5"],
-        env={**ENV, "SSE_ADAPTER_PORT": str(port)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                unreachable = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json={"model": "m"})
-                break
-            except httpx.TransportError:
-                assert process.poll() is None, process.stdout.read() if process.stdout else ""
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
+    with serving(
+        port, "--config", str(config), "--heartbeat-interval", "5", env={"SSE_ADAPTER_PORT": str(port)}
+    ):
+        unreachable = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json={"model": "m"})
         assert unreachable.status_code == 502
         assert "http://127.0.0.1:9" in unreachable.json()["error"]["message"]  # the file's upstream
-    finally:
-        process.terminate()
-        process.wait(10)
 
 
 def test_the_config_file_reaches_the_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

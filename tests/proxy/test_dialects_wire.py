@@ -17,7 +17,7 @@ import pytest
 from sse_adapter.settings import Settings
 from tests.adapter_server import run_adapter
 from tests.end_client import Seen, assert_spec_clean, fixture, stream
-from tests.upstream_fake import Handler, Received, Writer, content_frame, fake_upstream, sse
+from tests.upstream_fake import Handler, Received, Writer, content_frame, fake_upstream, json_answer, sse
 
 pytestmark = pytest.mark.anyio
 
@@ -221,14 +221,8 @@ async def test_think_tags_split_across_chunks_reach_the_client_as_reasoning() ->
 
 
 async def test_a_200_json_error_before_the_stream_gets_an_error_status() -> None:
-    async def handler(request: Received, out: Writer) -> None:
-        body = b'{"error":{"message":"server overloaded","type":"overloaded","code":503}}'
-        await out.start(
-            200, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))], chunked=False
-        )
-        await out.raw(body)
-
-    async with fake_upstream(handler) as upstream:
+    body = b'{"error":{"message":"server overloaded","type":"overloaded","code":503}}'
+    async with fake_upstream(json_answer(200, body)) as upstream:
         async with run_adapter(Settings(upstream=upstream.url)) as adapter:
             seen = await stream(adapter, CHAT, {"model": "m", "stream": True})
     assert seen.status == 503

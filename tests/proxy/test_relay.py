@@ -265,14 +265,8 @@ async def test_an_unreachable_upstream_is_a_502_in_openai_shape() -> None:
 
 
 async def test_a_fast_upstream_error_keeps_its_status() -> None:
-    async def handler(request: Received, out: Writer) -> None:
-        body = b'{"error":"Input validation error: max_new_tokens","error_type":"validation"}'
-        await out.start(
-            422, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))], chunked=False
-        )
-        await out.raw(body)
-
-    async with fake_upstream(handler) as upstream:
+    body = b'{"error":"Input validation error: max_new_tokens","error_type":"validation"}'
+    async with fake_upstream(json_answer(422, body)) as upstream:
         async with run_adapter(settings(upstream.url)) as adapter, httpx.AsyncClient() as client:
             reply = await client.post(adapter + CHAT, json={"model": "m", "stream": True})
     assert reply.status_code == 422
