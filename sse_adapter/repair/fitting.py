@@ -19,7 +19,7 @@ import orjson
 from sse_adapter.errors import LineTooLong, UpstreamError
 from sse_adapter.repair.dialects import BULKY_FIELDS
 
-__all__ = ["fit", "serialised"]
+__all__ = ["fit", "pieces", "serialised"]
 
 _PREFIX = len(b"data: ")
 _CHAT_TEXT = ("reasoning_content", "reasoning", "content")
@@ -77,7 +77,7 @@ def _split_text(chunk: dict[str, Any], limit: int) -> list[bytes] | None:
     room = limit - _PREFIX - _longest(chunk, choice)
     if room < _LEAST_ROOM:
         return None
-    return _payloads(chunk, choice, [{"text": piece} for piece in _pieces(text, room)], choice.update)
+    return _payloads(chunk, choice, [{"text": piece} for piece in pieces(text, room)], choice.update)
 
 
 def _split_chat(
@@ -96,7 +96,7 @@ def _split_chat(
     room = limit - _PREFIX - _longest(chunk, choice)
     if room < _LEAST_ROOM:
         return None
-    parts = [{name: piece} for name, text in texts for piece in _pieces(text, room)]
+    parts = [{name: piece} for name, text in texts for piece in pieces(text, room)]
     parts += [
         part for place, call in enumerate(calls) for part in _call_parts(call, arguments.get(place), room)
     ]
@@ -153,13 +153,13 @@ def _call_parts(call: Any, arguments: str | None, room: int) -> list[dict[str, A
         return [{"tool_calls": [call]}]
     which = {key: call[key] for key in ("index",) if key in call} or {"id": call.get("id")}
     parts: list[dict[str, Any]] = []
-    for piece in _pieces(arguments, room):
+    for piece in pieces(arguments, room):
         head = which if parts else call
         parts.append({"tool_calls": [{**head, "function": {**head.get("function", {}), "arguments": piece}}]})
     return parts
 
 
-def _pieces(text: str, room: int) -> Iterator[str]:
+def pieces(text: str, room: int) -> Iterator[str]:
     """Consecutive slices of ``text`` whose JSON string bodies take at most ``room`` bytes."""
     start = 0
     while start < len(text):

@@ -13,8 +13,8 @@ from typing import Any
 
 import orjson
 
-from sse_adapter.errors import UpstreamError
-from sse_adapter.repair.chunks import StreamIdentity
+from sse_adapter.errors import AdapterError, UpstreamError
+from sse_adapter.repair.chunks import StreamIdentity, error_chunk
 from sse_adapter.repair.dialects import (
     OPENAI_FINISH_REASONS,
     STOP_ALIASES,
@@ -27,6 +27,7 @@ from sse_adapter.repair.think import ThinkSplitter, ThinkWrapper
 from sse_adapter.repair.toolcalls import ToolCalls, ToolTagSplitter
 from sse_adapter.settings import ReasoningField, Settings, Tags, ToolCallMode
 from sse_adapter.sse.decoder import Event
+from sse_adapter.sse.encoder import DONE, frame, frames
 
 __all__ = ["StreamRepairer", "map_finish_reason", "reasoning_name", "rename_reasoning"]
 
@@ -144,6 +145,25 @@ class StreamRepairer:
                 return [raw]
         return self._send(chunk, data, changed)
 
+    @property
+    def stream_id(self) -> str:
+        return self.identity.id
+
+    @staticmethod
+    def encode(payloads: list[bytes]) -> bytes:
+        return frames(payloads)
+
+    @staticmethod
+    def closing() -> bytes:
+        return DONE
+
+    def failure(self, error: AdapterError) -> bytes:
+        return frame(error_chunk(self.identity, error)) + DONE
+
+    @staticmethod
+    def error_body(error: AdapterError) -> bytes:
+        return orjson.dumps(error.to_openai())
+
     def finish(self, failed: bool = False, usage: dict[str, Any] | None = None) -> list[bytes]:
         """The payloads that end the stream: text held back, then the usage
         (the upstream's, else ``usage`` as counted for it).
@@ -162,6 +182,8 @@ class StreamRepairer:
                 f"the upstream's stream held no OpenAI chunks ({self.repairs['non_chunk_dropped']} events of "
                 "another shape); check that --upstream is the server's OpenAI-compatible endpoint"
             )
+        if not failed and not self.finished:
+            self.repairs["missing_done"] += 1
         held = dict.fromkeys([*self._thinking, *self._tool_tags, *self._wrappers])
         payloads = [payload for index in held for payload in self._flush_held(index)]
         if failed:
