@@ -14,7 +14,9 @@ from sse_adapter import __version__
 from sse_adapter.settings import (
     HeartbeatMode,
     LogFormat,
+    MessagesHeartbeat,
     ReasoningField,
+    ResponsesHeartbeat,
     Settings,
     SettingsError,
     StreamUsage,
@@ -166,6 +168,22 @@ def serve(
             "comment: ': keep-alive', which keeps only the hop to the gateway alive; off: none.",
         ),
     ] = HeartbeatMode.CHUNK,
+    responses_heartbeat: Annotated[
+        ResponsesHeartbeat,
+        _option(
+            "RESPONSES_HEARTBEAT",
+            "On /v1/responses: keepalive: a typed keepalive event (Codex's idle timer counts only "
+            "typed events); comment: ': keep-alive' only; off: none.",
+        ),
+    ] = ResponsesHeartbeat.KEEPALIVE,
+    messages_heartbeat: Annotated[
+        MessagesHeartbeat,
+        _option(
+            "MESSAGES_HEARTBEAT",
+            "On /v1/messages: ping: Anthropic's event: ping (new-api relays it, not comments); "
+            "comment: ': keep-alive' only; off: none.",
+        ),
+    ] = MessagesHeartbeat.PING,
     status_hold: Annotated[
         float | None,
         _option(
@@ -366,6 +384,8 @@ def serve(
             trace_bodies=trace_bodies,
             heartbeat_interval=heartbeat_interval,
             heartbeat_mode=heartbeat_mode,
+            responses_heartbeat=responses_heartbeat,
+            messages_heartbeat=messages_heartbeat,
             status_hold=status_hold,
             connect_timeout=connect_timeout,
             first_byte_timeout=first_byte_timeout,

@@ -63,6 +63,9 @@ class RequestStats:
 _ROUTES = {
     "/v1/chat/completions": "chat_completions",
     "/v1/completions": "completions",
+    "/v1/responses": "responses",
+    "/v1/messages": "messages",
+    "/v1/messages/count_tokens": "count_tokens",
     "/healthz": "healthz",
     "/readyz": "readyz",
     "/metrics": "metrics",
@@ -129,9 +132,9 @@ class Observe:
         metrics.requests.labels(stats.route, stats.mode, str(status)).inc()
         metrics.events.inc(stats.events)
         if stats.heartbeats:
-            metrics.heartbeats.labels(stats.heartbeat_mode).inc(stats.heartbeats)
+            metrics.heartbeats.labels(stats.route, stats.heartbeat_mode).inc(stats.heartbeats)
         for kind, count in stats.repairs.items():
-            metrics.repairs.labels(kind).inc(count)
+            metrics.repairs.labels(stats.route, kind).inc(count)
         if stats.without_usage:
             metrics.streams_without_usage.inc()
         if stats.outcome != "ok":

@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 import orjson
 
@@ -120,24 +121,27 @@ def _as_stream(exchange: Exchange) -> Exchange:
     return replace(exchange, request=exchange.request.with_body(body), outgoing=outgoing)
 
 
-async def keepalive_body(answer: asyncio.Task[Answer], interval: float) -> AsyncIterator[bytes]:
-    """A space each interval until the answer is ready, then the answer; the 200 is already out."""
+async def keepalive_body(
+    answer: asyncio.Task[Answer], interval: float, render: Callable[[AdapterError], dict[str, Any]]
+) -> AsyncIterator[bytes]:
+    """A space each interval until the answer is ready, then the answer; the
+    200 is already out, so an error is a body ``render`` shapes for the route."""
     try:
         while not answer.done():
             yield b" "
             await asyncio.wait({answer}, timeout=interval)
-        yield _late_body(answer)
+        yield _late_body(answer, render)
     finally:
         answer.cancel()  # the client left: stop the upstream's work too
 
 
-def _late_body(answer: asyncio.Task[Answer]) -> bytes:
+def _late_body(answer: asyncio.Task[Answer], render: Callable[[AdapterError], dict[str, Any]]) -> bytes:
     try:
         result = answer.result()
     except AdapterError as error:
         log.warning("non-stream answer failed after the 200: %s", error.message)
-        return orjson.dumps(error.to_openai())
+        return orjson.dumps(render(error))
     except Exception:
         log.exception("non-stream answer failed inside sse-adapter")
-        return orjson.dumps(InternalError("sse-adapter failed on this request; see its log").to_openai())
+        return orjson.dumps(render(InternalError("sse-adapter failed on this request; see its log")))
     return result.body

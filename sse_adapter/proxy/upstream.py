@@ -43,6 +43,7 @@ __all__ = [
     "Upstream",
     "UpstreamRequest",
     "forwardable",
+    "is_messages_path",
     "map_errors",
     "read_at_most",
     "upstream_path",
@@ -87,6 +88,14 @@ def forwardable(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
 
 # What may stand in a path as sent: the client's own %-escapes are kept; anything else is escaped.
 _PATH_SAFE = "/%:@!$&'()*+,;=-._~"
+
+
+_KEY_HEADERS = frozenset({"authorization", "x-api-key"})
+
+
+def is_messages_path(path: str) -> bool:
+    """Anthropic's routes: their clients read Anthropic's error shape and send ``x-api-key``."""
+    return path == "/v1/messages" or path.startswith("/v1/messages/")
 
 
 def upstream_path(raw: bytes) -> str:
@@ -221,6 +230,7 @@ class Upstream:
             "write": _WRITE_TIMEOUT,
             "pool": None,
         }
+        self._api_key = settings.upstream_api_key
         # With --api-key the client's key is the adapter's, never the model server's.
         self._keep_client_key = not settings.api_keys and self._auth is None
         self._session: aiohttp.ClientSession | None = None
@@ -258,7 +268,7 @@ class Upstream:
         built = httpx.Request(
             request.method,
             url,
-            headers=self._headers(request.headers),
+            headers=self._headers(request.headers, is_messages_path(request.path)),
             content=request.body,
             extensions={"timeout": self._timeouts},
         )
@@ -298,12 +308,14 @@ class Upstream:
             response = await self.send(request, url)
             return response.status_code, await read_at_most(response, url, limit)
 
-    def _headers(self, given: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    def _headers(self, given: Iterable[tuple[str, str]], anthropic: bool = False) -> list[tuple[str, str]]:
         forwarded = forwardable(given)
-        if not self._keep_client_key:
-            forwarded = [(name, value) for name, value in forwarded if name.lower() != "authorization"]
+        if not self._keep_client_key:  # the client's key, in either header, is the adapter's
+            forwarded = [(name, value) for name, value in forwarded if name.lower() not in _KEY_HEADERS]
         if self._auth is not None:
             forwarded.append(("authorization", self._auth))
+        if anthropic and self._api_key is not None:  # what Anthropic-speaking servers read
+            forwarded.append(("x-api-key", self._api_key))
         if not any(name.lower() == "accept-encoding" for name, _ in forwarded):
             # else aiohttp would ask for gzip on behalf of a client that never did
             forwarded.append(("accept-encoding", "identity"))

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from sse_adapter.errors import UpstreamReported
+from sse_adapter.errors import AdapterError, UpstreamReported
 
 __all__ = [
     "BULKY_FIELDS",
@@ -22,6 +22,8 @@ __all__ = [
     "chunk_error",
     "event_error",
     "excerpt",
+    "is_context_overflow",
+    "is_overloaded",
     "is_real_usage",
     "json_or_none",
 ]
@@ -79,6 +81,35 @@ def body_error(status: int, content_type: str, body: bytes) -> UpstreamReported 
             if message := _text(parsed.get(key)):
                 return UpstreamReported(message, status=status, upstream_type=_text(parsed.get("type")))
     return UpstreamReported(_describe(status, content_type, body), status=status)
+
+
+# What servers say when the prompt does not fit (vLLM, SGLang, llama-server, Ollama, TGI, LM Studio).
+_CONTEXT = re.compile(
+    r"context length|context size|context window|context_length_exceeded|exceed_context_size"
+    r"|prompt is too long|prompt too long|input length exceeds|maximum context|too many tokens"
+    r"|tokens \+ `max_new_tokens` must be",
+    re.IGNORECASE,
+)
+# ... and when it is full: a queue, its slots, its capacity.
+_OVERLOADED = re.compile(
+    r"overloaded|queue is full|queue full|server is busy|no slot|at capacity|too many requests",
+    re.IGNORECASE,
+)
+_FULL_STATUSES = frozenset({429, 503, 529})
+
+
+def is_context_overflow(error: AdapterError) -> bool:
+    """The request's prompt is longer than the model's context: sending it again cannot help."""
+    code = error.upstream_code if isinstance(error, UpstreamReported) else None
+    return code == "context_length_exceeded" or bool(_CONTEXT.search(error.message))
+
+
+def is_overloaded(error: AdapterError) -> bool:
+    """The server (or the adapter) is full for now: the client should wait, then retry."""
+    if error.http_status in _FULL_STATUSES:
+        return True
+    kind = error.upstream_type if isinstance(error, UpstreamReported) else None
+    return kind in ("overloaded_error", "rate_limit_error") or bool(_OVERLOADED.search(error.message))
 
 
 def is_real_usage(usage: object) -> bool:

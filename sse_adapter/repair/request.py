@@ -62,6 +62,11 @@ class Outgoing:
     usage_asked: bool  # the client asked for stream usage itself: it gets OpenAI's usage-only chunk
     repairs: Counter[str]
 
+    def with_field(self, name: str, value: Any) -> Outgoing:
+        """The same request with one field set (the body written anew)."""
+        fields = {**self.fields, name: value}
+        return replace(self, fields=fields, body=orjson.dumps(fields))
+
     def without(self, names: Iterable[str]) -> Outgoing:
         """The same request without these fields (never those the request needs)."""
         fields = dict(self.fields)

@@ -59,7 +59,9 @@ async def test_metrics_count_known_streams() -> None:
         == 2
     )
     repairs = {
-        labels[0][1]: value for (name, labels), value in got.items() if name == "sse_adapter_repairs_total"
+        dict(labels)["kind"]: value
+        for (name, labels), value in got.items()
+        if name == "sse_adapter_repairs_total"
     }
     assert repairs["no_space_after_data"] == 2 * 5
     assert repairs["missing_done"] == 2
@@ -82,10 +84,10 @@ async def test_metrics_count_heartbeats_and_errors() -> None:
         async with run_adapter(Settings(upstream=upstream.url, heartbeat_interval=0.1)) as adapter:
             seen = await stream(adapter, CHAT, {"model": "m", "stream": True})
             got = await scrape(adapter)
-    beats = got[("sse_adapter_heartbeats_total", (("mode", "chunk"),))]
+    beats = got[("sse_adapter_heartbeats_total", (("mode", "chunk"), ("route", "chat_completions")))]
     assert beats == seen.heartbeats() >= 3
     assert got[("sse_adapter_upstream_errors_total", (("kind", "upstream_error"),))] == 1
-    assert got[("sse_adapter_repairs_total", (("kind", "error_shape"),))] == 1
+    assert got[("sse_adapter_repairs_total", (("kind", "error_shape"), ("route", "chat_completions")))] == 1
 
 
 async def test_readyz_flips_when_the_upstream_goes_away(monkeypatch: pytest.MonkeyPatch) -> None:
