@@ -11,6 +11,12 @@ of the last read; if the deadline has moved it sleeps again, and if it has
 passed it cancels the task doing the exchange, which leaves the ``with``
 block as :class:`UpstreamTimeout`. So the total timeout fires however fast
 the upstream streams.
+
+A timer that wakes early only sleeps again, so a deadline that moves later
+costs nothing; the one that can move earlier is the switch from the
+first-byte clock to the idle clock at the first event (the idle deadline is
+usually well before the first-byte one), and there the timer is set anew.
+Else the idle timeout would wait for the first-byte deadline to pass first.
 """
 
 from __future__ import annotations
@@ -78,10 +84,17 @@ class Watch:
     def received(self, data: bytes, event: bool) -> None:
         """Bytes came from the upstream: any byte resets the idle clock."""
         self.last_read = self._loop.time()
-        if event:
-            self.streaming = True
+        if event and not self.streaming:
+            self._streams()
         if self._tap is not None:
             self._tap(data)
+
+    def _streams(self) -> None:
+        """The first event: the idle clock takes over from the first-byte one, from now."""
+        self.streaming = True
+        if self._timer is not None:  # armed for the first-byte deadline, most often the later one
+            self._timer.cancel()
+            self._arm()
 
     def __enter__(self) -> Watch:
         self._task = asyncio.current_task()

@@ -12,7 +12,11 @@ are counted through the upstream's tokenize endpoints, where it has them:
   takes ``inputs``; both answer with the tokens.
 
 Which of them the upstream has is found on the first stream that needs it,
-and kept for the process's life. Where none answers, or a call fails, there
+and kept for the process's life. Only an answer settles it: endpoints that
+are not there (404, 405) or answer in no shape known here mean no tokenizer.
+A server that cannot say yet (down, loading, overloaded: no connection, a
+timeout, a 5xx, 408 or 429) is asked again on a later stream, at most every
+``_RETRY_AFTER`` seconds. Where no tokenizer answers, or a call fails, there
 is no usage: a number is never made up.
 """
 
@@ -21,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,12 +41,17 @@ log = logging.getLogger(__name__)
 _WITHIN = 10.0  # seconds for each tokenize call: the stream's last frames wait for it
 _LIMIT = 16 * 1024 * 1024  # a token list of a long prompt is large; enough for any
 _RETRY_AFTER = 30.0  # seconds before a search that failed (the server down, or loading) is tried again
+_NOT_YET = frozenset({408, 425, 429})  # with every 5xx: "ask again later", not "no such endpoint"
 
 
 class Tokenizer(enum.Enum):
     VLLM = "vLLM /tokenize"
     LLAMA_CPP = "llama.cpp /apply-template + /tokenize"
     TGI = "TGI /chat_tokenize + /tokenize"
+
+
+class _NotYet(Exception):
+    """The upstream could not say yet whether it has a tokenizer."""
 
 
 class TokenCounter:
@@ -51,7 +61,7 @@ class TokenCounter:
         self._upstream = upstream
         self._within = within
         self._found: asyncio.Future[Tokenizer | None] | None = None
-        self._failed_at = -_RETRY_AFTER
+        self._failed_at = -math.inf
 
     async def usage(self, kind: Kind, request: Mapping[str, Any], answer: str) -> dict[str, int] | None:
         """The usage of an answer to a request, or None when it cannot be counted exactly."""
@@ -80,18 +90,32 @@ class TokenCounter:
             self._found = asyncio.ensure_future(self._find(model))
         try:
             return await asyncio.shield(self._found)
-        except (TimeoutError, AdapterError):
+        except (TimeoutError, AdapterError, _NotYet):
             self._failed_at = now
             return None  # not known yet (the server may be loading)
 
     async def _find(self, model: str) -> Tokenizer | None:
+        try:
+            return await self._search(model)
+        except (TimeoutError, AdapterError, _NotYet) as error:
+            log.info(
+                "the upstream could not say yet whether it has a tokenizer (%s); streams without usage "
+                "go on without it, and a stream at least %g s later asks again",
+                str(error) or f"no answer within {self._within:g} s",
+                _RETRY_AFTER,
+            )
+            raise
+
+    async def _search(self, model: str) -> Tokenizer | None:
         status, body = await self._post("/tokenize", {"model": model, "prompt": "a"})
+        _settled(status)
         found = json_or_none(body) if status == 200 else None
         if isinstance(found, dict) and isinstance(found.get("count"), int):
             return self._say(Tokenizer.VLLM)
         if isinstance(found, dict) and isinstance(found.get("tokens"), list):
             return self._say(Tokenizer.LLAMA_CPP)  # it reads "content" and ignored "prompt"
         status, body = await self._post("/tokenize", {"inputs": "a", "add_special_tokens": False})
+        _settled(status)
         if status == 200 and isinstance(json_or_none(body), list):
             return self._say(Tokenizer.TGI)
         return self._say(None)
@@ -143,6 +167,13 @@ class TokenCounter:
 
     async def _post(self, path: str, body: object) -> tuple[int, bytes]:
         return await self._upstream.post_json(path, body, self._within, _LIMIT)
+
+
+def _settled(status: int) -> None:
+    """Raise unless the status answers the search: a server that is down,
+    loading or overloaded has not said that it has no tokenizer."""
+    if status >= 500 or status in _NOT_YET:
+        raise _NotYet(f"/tokenize answered {status}")
 
 
 def _count(tokenizer: Tokenizer, status: int, body: bytes) -> int | None:
