@@ -103,7 +103,7 @@ class _Gateway:
         self.aliases = {alias.name: alias for alias in settings.models}
         self.refused = Refused()
         self._ask_usage = settings.stream_usage is StreamUsage.ASK
-        self._sends_usage: set[str] = set()  # paths whose streams carried usage: no text kept to count
+        self._sends_usage: set[str] = set()  # routes whose streams carried usage: no text kept to count
         self._upstream: Upstream | None = None
         self._readiness: Readiness | None = None
         self._counter: TokenCounter | None = None
@@ -161,7 +161,7 @@ class _Gateway:
         )
         response = await self.upstream.open(upstream_request)
         request.state.stats.answered(response.status_code, response.headers.multi_items())
-        if self.aliases and upstream_request.method == "GET" and upstream_request.path == "/v1/models":
+        if self.aliases and upstream_request.method == "GET" and upstream_request.route == "/v1/models":
             return await with_aliases(response, self.aliases)
         return _passthrough(response)
 
@@ -175,7 +175,7 @@ class _Gateway:
         outgoing = prepare(
             upstream_request.body,
             ask_usage=self._ask_usage,
-            drop=(*self.settings.drop_fields, *self.refused.of(upstream_request.path)),
+            drop=(*self.settings.drop_fields, *self.refused.of(upstream_request.route)),
             models=self.aliases,
         )
         stats.model = outgoing.model
@@ -197,22 +197,22 @@ class _Gateway:
         self.metrics.active_streams.inc()
         return self._open_stream(exchange, kind, stats)
 
-    def _stream_closed(self, path: str, repairer: StreamRepairer) -> None:
+    def _stream_closed(self, route: str, repairer: StreamRepairer) -> None:
         self.streams -= 1
         self.metrics.active_streams.dec()
         if repairer.saw_usage:
-            self._sends_usage.add(path)
+            self._sends_usage.add(route)
 
     def _open_stream(self, exchange: Exchange, kind: Kind, stats: RequestStats) -> Response:
         outgoing = exchange.outgoing
         identity = StreamIdentity(kind, outgoing.model, int(time.time()))
-        path = exchange.request.path
+        route = exchange.request.route
         repairer = StreamRepairer(
             identity,
             self.settings,
             usage_on_last_choice=self._ask_usage and not outgoing.usage_asked,
             alias=outgoing.model if outgoing.aliased else None,
-            collect_text=self._ask_usage and path not in self._sends_usage,
+            collect_text=self._ask_usage and route not in self._sends_usage,
         )
         return EventStream(
             exchange,
@@ -221,7 +221,7 @@ class _Gateway:
             stats,
             heartbeat=self._heartbeat(identity),
             count_usage=partial(self._count_usage, kind, outgoing) if self._ask_usage else None,
-            on_close=partial(self._stream_closed, path, repairer),
+            on_close=partial(self._stream_closed, route, repairer),
         )
 
     async def _count_usage(self, kind: Kind, outgoing: Outgoing, answer: str) -> dict[str, Any] | None:

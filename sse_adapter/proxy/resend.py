@@ -3,9 +3,9 @@ fields the upstream refused (shared/upstream-dialects.md, "Request fields
 that servers reject").
 
 The refused fields are read from the server's error (repair/request.py keeps
-the table of its shapes). They are remembered for the upstream's path for
-the process's life, so later requests leave them out from the start, and
-logged once. A refusal that names no field the request had is the
+the table of its shapes). They are remembered for the route (the decoded
+path) for the process's life, so later requests leave them out from the
+start, and logged once. A refusal that names no field the request had is the
 upstream's answer, passed on as it came.
 """
 
@@ -27,23 +27,24 @@ log = logging.getLogger(__name__)
 
 
 class Refused:
-    """The fields each upstream path has refused, for the process's life."""
+    """The fields each route (a decoded path: ``UpstreamRequest.route``) has
+    refused, for the process's life."""
 
     def __init__(self) -> None:
-        self._by_path: dict[str, set[str]] = {}
+        self._by_route: dict[str, set[str]] = {}
 
-    def of(self, path: str) -> frozenset[str]:
-        return frozenset(self._by_path.get(path, ()))
+    def of(self, route: str) -> frozenset[str]:
+        return frozenset(self._by_route.get(route, ()))
 
-    def add(self, path: str, names: frozenset[str]) -> None:
-        known = self._by_path.setdefault(path, set())
+    def add(self, route: str, names: frozenset[str]) -> None:
+        known = self._by_route.setdefault(route, set())
         new = names - known
         if new:
             known.update(new)
             log.warning(
                 "the upstream refused the request field(s) %s on %s: sent without them from now on",
                 ", ".join(sorted(new)),
-                path,
+                route,
             )
 
 
@@ -87,7 +88,7 @@ async def open_accepted(
     names = rejected_fields(response.status_code, body) & outgoing.fields.keys()
     if not names:
         return _replayed(response, body)
-    refused.add(request.path, names)
+    refused.add(request.route, names)
     if not may_resend():
         return _replayed(response, body)
     retry = outgoing.without(names)

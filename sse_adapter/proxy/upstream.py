@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -87,6 +88,7 @@ def forwardable(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
 
 # What may stand in a path as sent: the client's own %-escapes are kept; anything else is escaped.
 _PATH_SAFE = "/%:@!$&'()*+,;=-._~"
+_SLASHES = re.compile("/{2,}")
 
 
 def upstream_path(raw: bytes) -> str:
@@ -125,6 +127,14 @@ class UpstreamRequest:
 
     def with_body(self, body: bytes) -> UpstreamRequest:
         return replace(self, body=body)
+
+    @property
+    def route(self) -> str:
+        """The path as routed: decoded, each run of slashes one. What the
+        adapter learns of a path is kept under it, whichever of its many
+        spellings (``/v1/chat/%63ompletions``) a client sent; the path
+        forwarded is left as it is."""
+        return _SLASHES.sub("/", unquote(self.path))
 
 
 def why(exc: BaseException) -> str:
