@@ -25,6 +25,7 @@ from sse_adapter.repair.dialects import excerpt, json_or_none
 
 __all__ = [
     "NEVER_DROPPED",
+    "NEVER_SET",
     "ModelAlias",
     "Outgoing",
     "Rejection",
@@ -35,6 +36,9 @@ __all__ = [
 
 # Without these there is no request: a server that rejects them rejects the request.
 NEVER_DROPPED = frozenset({"model", "messages", "prompt", "stream"})
+# The client's alone: whether it reads a stream or one JSON body is what it
+# asked for, and what the adapter answers it with (an alias cannot set it).
+NEVER_SET = frozenset({"stream"})
 
 # Statuses a server refuses a field with. llama.cpp before 2025 said 500.
 _REJECTING = frozenset({400, 422, 500})
