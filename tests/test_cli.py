@@ -270,9 +270,20 @@ def test_the_config_file_reaches_the_settings(tmp_path: Path, monkeypatch: pytes
         ('[models."a"]\nupstream = "x"\n', "unknown key 'upstream'"),
         ('[models."a"]\ndrop = ["messages"]\n', "drop cannot name"),
         ('upstream = "http://x"\ndrop-fields = "model"\n', "--drop-fields cannot drop model"),
+        ('[models."a"]\nset = { stream = true }\n', '[models."a"]: set.stream cannot be given'),
+        ('[models."a"]\ndefaults = { stream = false }\n', '[models."a"]: defaults.stream cannot be given'),
         (None, "cannot be read"),
     ],
-    ids=["unknown-key", "bad-toml", "bad-alias-key", "alias-drops-messages", "drops-model", "missing"],
+    ids=[
+        "unknown-key",
+        "bad-toml",
+        "bad-alias-key",
+        "alias-drops-messages",
+        "drops-model",
+        "alias-sets-stream",
+        "alias-defaults-stream",
+        "missing",
+    ],
 )
 def test_a_bad_config_file_is_one_line_and_exit_code_2(tmp_path: Path, text: str | None, needle: str) -> None:
     config = tmp_path / "adapter.toml"
@@ -282,3 +293,5 @@ def test_a_bad_config_file_is_one_line_and_exit_code_2(tmp_path: Path, text: str
     assert result.returncode == 2
     assert needle in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+    if text is not None and "[models." in text:
+        assert str(config) in result.stderr  # the file, named

@@ -118,7 +118,7 @@ class _Gateway:
         self.response_ids = ResponseIds()
         self._plain_settings = replace(settings, nonstream_via_stream=False)
         self._ask_usage = settings.stream_usage is StreamUsage.ASK
-        self._sends_usage: set[str] = set()  # paths whose streams carried usage: no text kept to count
+        self._sends_usage: set[str] = set()  # routes whose streams carried usage: no text kept to count
         self._upstream: Upstream | None = None
         self._readiness: Readiness | None = None
         self._counter: TokenCounter | None = None
@@ -182,7 +182,7 @@ class _Gateway:
         )
         response = await self.upstream.open(upstream_request)
         request.state.stats.answered(response.status_code, response.headers.multi_items())
-        if self.aliases and upstream_request.method == "GET" and upstream_request.path == "/v1/models":
+        if self.aliases and upstream_request.method == "GET" and upstream_request.route == "/v1/models":
             return await with_aliases(response, self.aliases)
         return _passthrough(response)
 
@@ -196,7 +196,7 @@ class _Gateway:
         outgoing = prepare(
             upstream_request.body,
             ask_usage=self._ask_usage and form.is_chat,  # stream_options is chat's alone
-            drop=(*self.settings.drop_fields, *self.refused.of(upstream_request.path)),
+            drop=(*self.settings.drop_fields, *self.refused.of(upstream_request.route)),
             models=self.aliases,
         )
         if form is Format.RESPONSES:
@@ -225,17 +225,17 @@ class _Gateway:
         self.metrics.active_streams.inc()
         return self._open_stream(exchange, form, stats)
 
-    def _stream_closed(self, path: str, repairer: StreamFormat) -> None:
+    def _stream_closed(self, route: str, repairer: StreamFormat) -> None:
         self.streams -= 1
         self.metrics.active_streams.dec()
         if repairer.saw_usage:
-            self._sends_usage.add(path)
+            self._sends_usage.add(route)
         if isinstance(repairer, ResponsesRepairer) and (made := repairer.made_id) is not None:
             self.response_ids.add(*made)
 
     def _open_stream(self, exchange: Exchange, form: Format, stats: RequestStats) -> Response:
-        outgoing, path = exchange.outgoing, exchange.request.path
-        collect = self._ask_usage and path not in self._sends_usage
+        outgoing, route = exchange.outgoing, exchange.request.route
+        collect = self._ask_usage and route not in self._sends_usage
         repairer, heartbeat, mode = self._stream_format(form, outgoing, collect)
         return EventStream(
             exchange,
@@ -245,7 +245,7 @@ class _Gateway:
             heartbeat=heartbeat,
             heartbeat_mode=mode,
             count_usage=partial(self._count_usage, form, outgoing) if self._ask_usage else None,
-            on_close=partial(self._stream_closed, path, repairer),
+            on_close=partial(self._stream_closed, route, repairer),
         )
 
     def _stream_format(

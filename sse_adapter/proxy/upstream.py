@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -88,6 +89,7 @@ def forwardable(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
 
 # What may stand in a path as sent: the client's own %-escapes are kept; anything else is escaped.
 _PATH_SAFE = "/%:@!$&'()*+,;=-._~"
+_SLASHES = re.compile("/{2,}")
 
 
 _KEY_HEADERS = frozenset({"authorization", "x-api-key"})
@@ -134,6 +136,14 @@ class UpstreamRequest:
 
     def with_body(self, body: bytes) -> UpstreamRequest:
         return replace(self, body=body)
+
+    @property
+    def route(self) -> str:
+        """The path as routed: decoded, each run of slashes one. What the
+        adapter learns of a path is kept under it, whichever of its many
+        spellings (``/v1/chat/%63ompletions``) a client sent; the path
+        forwarded is left as it is."""
+        return _SLASHES.sub("/", unquote(self.path))
 
 
 def why(exc: BaseException) -> str:
@@ -268,7 +278,7 @@ class Upstream:
         built = httpx.Request(
             request.method,
             url,
-            headers=self._headers(request.headers, is_messages_path(request.path)),
+            headers=self._headers(request.headers, is_messages_path(request.route)),
             content=request.body,
             extensions={"timeout": self._timeouts},
         )
