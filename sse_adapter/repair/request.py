@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 # Without these there is no request: a server that rejects them rejects the request.
-NEVER_DROPPED = frozenset({"model", "messages", "prompt", "stream"})
+NEVER_DROPPED = frozenset({"model", "messages", "prompt", "input", "stream"})
 # The client's alone: whether it reads a stream or one JSON body is what it
 # asked for, and what the adapter answers it with (an alias cannot set it).
 NEVER_SET = frozenset({"stream"})

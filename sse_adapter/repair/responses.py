@@ -262,13 +262,13 @@ class ResponsesRepairer:
             changed = True
             if self._next is not None:
                 self.repairs["sequence_renumbered"] += 1
-        self._next = due + 1
         payload = dumps(body) if changed or not data else data.encode()
         if kind not in _DELTAS and len(payload) + PREFIX > self._limit and _WHOLE.search(kind) is None:
             raise LineTooLong(
                 f"the upstream sent a {kind} event of {len(payload)} bytes, over --max-line-bytes "
                 f"({self._limit}), and only deltas can be split"
             )
+        self._next = due + 1  # only now: an event that does not go out takes no number
         return [typed_frame(kind, payload)]
 
 
