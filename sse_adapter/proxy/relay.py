@@ -48,6 +48,10 @@ __all__ = ["EventStream"]
 
 log = logging.getLogger(__name__)
 
+# Counting a stream's usage, all its tokenizer calls together (a stuck tokenizer
+# must not hold a complete answer back for long).
+_COUNT_WITHIN = 15.0
+
 _HEADERS = [
     (b"content-type", b"text/event-stream"),
     (b"cache-control", b"no-cache"),
@@ -103,6 +107,7 @@ class EventStream(Response):
         self._response: httpx.Response | None = None
         self._refusal: AdapterError | None = None
         self._tail: list[bytes] = []  # the payloads that end a clean stream
+        self._answered = False  # the upstream's whole answer came: what remains is counting it
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Run the stream in a task of its own, and wait for it.
@@ -155,7 +160,9 @@ class EventStream(Response):
                     return self._refusal
                 await self._write(None)  # commit the 200: the upstream streams
                 await self._relay(response)
-                self._tail = self._pipeline.finish(usage=await self._counted_usage())
+            self._answered = True
+            # Counting waits on the tokenizer, not the upstream: its own bound, not the upstream's clocks.
+            self._tail = self._pipeline.finish(usage=await self._counted_usage())
         except AdapterError as error:
             return error
         except asyncio.CancelledError:
@@ -164,6 +171,8 @@ class EventStream(Response):
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
             if self._client_gone:
                 return None
+            if self._answered:  # the whole answer came: it ends well, only without its count
+                return self._finish_uncounted()
             return ShuttingDown(
                 "sse-adapter is shutting down and the stream outlasted --shutdown-grace; "
                 "the answer is incomplete: send the request again"
@@ -203,14 +212,31 @@ class EventStream(Response):
             raise failure
 
     async def _counted_usage(self) -> dict[str, Any] | None:
-        """The usage the upstream did not send, counted with its tokenizer where it can be."""
+        """The usage the upstream did not send, counted with its tokenizer where it can be,
+        within ``_COUNT_WITHIN`` seconds in all: past that the stream ends without it."""
         repairer = self._pipeline.repairer
         if repairer.saw_usage or self._count_usage is None:
             return None
-        # No text kept: the upstream sent usage before, and this once it did not.
-        usage = None if repairer.texts is None else await self._count_usage("".join(repairer.texts))
+        self._stats.without_usage = True
+        if repairer.texts is None:  # no text kept: the upstream sent usage before, and this once it did not
+            return None
+        try:
+            async with asyncio.timeout(_COUNT_WITHIN):
+                usage = await self._count_usage("".join(repairer.texts))
+        except TimeoutError:
+            log.info("the upstream's tokenizer did not count this stream within %g s", _COUNT_WITHIN)
+            return None
         self._stats.without_usage = usage is None
         return usage
+
+    def _finish_uncounted(self) -> AdapterError | None:
+        """The last frames of a whole answer whose count was cut short (by the drain)."""
+        self._stats.without_usage = True
+        try:
+            self._tail = self._pipeline.finish()
+        except AdapterError as error:
+            return error
+        return None
 
     async def _finish(self, error: AdapterError | None) -> None:
         """The last frames (chat: and ``[DONE]``); or, when nothing was sent yet, the error's own answer."""
