@@ -28,6 +28,13 @@ __all__ = ["Exchange", "Refused", "open_accepted"]
 log = logging.getLogger(__name__)
 
 
+# Fields remembered per route. A server refuses few fields, but a client can
+# make up any number of names it refuses: past this many, a refusal holds for
+# its own request only (sent again without the field), and takes no memory
+# and no log line.
+_MOST_REMEMBERED = 64
+
+
 class Refused:
     """The fields each route (a decoded path: ``UpstreamRequest.route``) has
     refused, for the process's life."""
@@ -42,7 +49,7 @@ class Refused:
         if not names:
             return
         known = self._by_route.setdefault(route, set())
-        new = names - known
+        new = set(sorted(names - known)[: max(_MOST_REMEMBERED - len(known), 0)])
         if new:
             known.update(new)
             log.warning(

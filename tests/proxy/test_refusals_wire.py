@@ -15,6 +15,7 @@ import httpx
 import orjson
 import pytest
 
+from sse_adapter.proxy.resend import Refused
 from sse_adapter.settings import Settings
 from tests.adapter_server import run_adapter
 from tests.end_client import stream
@@ -200,3 +201,12 @@ async def test_a_route_that_sent_usage_is_known_by_any_spelling() -> None:
     assert second.usage() is None
     assert searches == []  # no tokenizer looked for: the route sends its usage
     assert len(upstream.requests) == 2
+
+
+def test_made_up_names_a_server_refuses_take_bounded_memory() -> None:
+    refused = Refused()
+    for batch in range(100):
+        refused.add("/v1/chat/completions", frozenset(f"x_{batch}_{number}" for number in range(10)))
+    assert len(refused.of("/v1/chat/completions")) == 64
+    refused.add("/v1/completions", frozenset({"best_of"}))
+    assert refused.of("/v1/completions") == {"best_of"}
