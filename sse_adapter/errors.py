@@ -43,9 +43,12 @@ class AdapterError(Exception):
     type: ClassVar[str] = "upstream_error"
     code: ClassVar[str] = "adapter_error"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, detail: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        # What only sse-adapter's log shows: the upstream's address, a library's
+        # own words. A client is told what failed and what to do, never our insides.
+        self.detail = detail
 
     @property
     def http_status(self) -> int:
@@ -153,8 +156,8 @@ class EventTooLarge(AdapterError):
 
     code = "event_too_large"
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, detail: str | None = None) -> None:
+        super().__init__(message, detail)
         self.completed: list[Any] = []
 
 

@@ -11,6 +11,7 @@ import sys
 import time
 import tomllib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -64,29 +65,40 @@ def test_a_bad_value_is_one_line_and_exit_code_2(
     assert "Traceback" not in result.stderr
 
 
+@dataclass
+class Served:
+    reply: httpx.Response  # the first /healthz answer
+    output: str = ""  # what the process printed, once it has stopped
+
+
 @contextlib.contextmanager
-def serving(port: int, *args: str, env: dict[str, str]) -> Iterator[httpx.Response]:
-    """``sse-adapter serve`` as a process, once its /healthz answers on ``port``; that answer."""
+def serving(port: int, *args: str, env: dict[str, str]) -> Iterator[Served]:
+    """``sse-adapter serve`` as a process, once its /healthz answers on ``port``; its output
+    is there once the ``with`` block has ended the process."""
     process = subprocess.Popen(
         [sys.executable, "-m", "sse_adapter", "serve", *args],
         env={**ENV, **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        text=True,
     )
+    served = None
     try:
         deadline = time.monotonic() + 20
         while True:
             try:
-                reply = httpx.get(f"http://127.0.0.1:{port}/healthz")
+                served = Served(httpx.get(f"http://127.0.0.1:{port}/healthz"))
                 break
             except httpx.TransportError:
                 assert process.poll() is None, process.stdout.read() if process.stdout else ""
                 assert time.monotonic() < deadline
                 time.sleep(0.1)
-        yield reply
+        yield served
     finally:
         process.terminate()
-        process.wait(10)
+        output, _ = process.communicate(timeout=10)
+        if served is not None:
+            served.output = output
 
 
 def test_serve_reads_env_and_the_flag_wins() -> None:
@@ -96,11 +108,14 @@ def test_serve_reads_env_and_the_flag_wins() -> None:
         "SSE_ADAPTER_PORT": "1",
         "SSE_ADAPTER_HOST": "127.0.0.1",
     }
-    with serving(port, "--port", str(port), env=env) as reply:
-        assert reply.json() == {"status": "ok"}
+    with serving(port, "--port", str(port), env=env) as served:
+        assert served.reply.json() == {"status": "ok"}
         unreachable = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json={"model": "m"})
         assert unreachable.status_code == 502
-        assert "http://127.0.0.1:9" in unreachable.json()["error"]["message"]
+        assert "cannot connect to the model server" in unreachable.json()["error"]["message"]
+    assert (
+        "sse-adapter relays to http://127.0.0.1:9," in served.output
+    )  # the env's upstream, named in the log
 
 
 def test_settings_defaults_match_the_documented_interface() -> None:
@@ -228,10 +243,10 @@ def test_a_config_file_sets_any_flag_and_env_and_flags_win(tmp_path: Path) -> No
     port = free_port()
     with serving(
         port, "--config", str(config), "--heartbeat-interval", "5", env={"SSE_ADAPTER_PORT": str(port)}
-    ):
+    ) as served:
         unreachable = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json={"model": "m"})
         assert unreachable.status_code == 502
-        assert "http://127.0.0.1:9" in unreachable.json()["error"]["message"]  # the file's upstream
+    assert "sse-adapter relays to http://127.0.0.1:9," in served.output  # the file's upstream
 
 
 def test_the_config_file_reaches_the_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

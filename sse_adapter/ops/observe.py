@@ -26,7 +26,7 @@ from sse_adapter.ops.logs import logfmt
 from sse_adapter.ops.metrics import Metrics
 from sse_adapter.ops.trace import Trace
 
-__all__ = ["WIRE", "Observe", "RequestStats"]
+__all__ = ["WIRE", "Observe", "RequestStats", "request_id"]
 
 WIRE = "sse_adapter.wire"
 
@@ -70,6 +70,12 @@ _ROUTES = {
     "/readyz": "readyz",
     "/metrics": "metrics",
 }
+
+
+def request_id(scope: Scope) -> str:
+    """The request's id, as the guard set it: what ties a log line to an access line."""
+    found = next((value for name, value in scope.get("headers", ()) if name == b"x-request-id"), b"-")
+    return found.decode("latin-1")
 
 
 def _route(path: str) -> str:

@@ -28,7 +28,7 @@ from sse_adapter.errors import (
     TooManyStreams,
 )
 from sse_adapter.ops.metrics import Metrics
-from sse_adapter.ops.observe import Observe, RequestStats
+from sse_adapter.ops.observe import Observe, RequestStats, request_id
 from sse_adapter.proxy.guard import Guard
 from sse_adapter.proxy.health import Readiness
 from sse_adapter.proxy.models import with_aliases
@@ -142,7 +142,8 @@ class _Gateway:
         if reason is None:
             log.info("sse-adapter relays to %s, which answers", url)
         else:
-            log.warning("sse-adapter relays to %s, which does not answer yet: %s", url, reason)
+            detail = f" ({self._readiness.detail})" if self._readiness.detail else ""
+            log.warning("sse-adapter relays to %s, which does not answer yet: %s%s", url, reason, detail)
 
     @property
     def upstream(self) -> Upstream:
@@ -385,6 +386,8 @@ def _error_body(request: Request, error: AdapterError) -> dict[str, Any]:
 
 async def _adapter_error(request: Request, error: AdapterError) -> JSONResponse:
     request.state.stats.outcome = error.code
+    if error.detail:
+        log.warning("request %s failed: %s (%s)", request_id(request.scope), error.message, error.detail)
     headers = None
     if isinstance(error, TooManyStreams):
         headers = {"Retry-After": _RETRY_AFTER}

@@ -61,7 +61,7 @@ async def complete(exchange: Exchange, kind: Kind, settings: Settings, stats: Re
         finally:
             await response.aclose()
     content_type = response.headers.get("content-type", "")
-    error = body_error(response.status_code, content_type, body)
+    error = body_error(response.status_code, content_type, body, response.headers.get("server", ""))
     if error is not None:
         raise error
     parsed = _json(body, response.status_code)
@@ -139,7 +139,7 @@ def _late_body(answer: asyncio.Task[Answer], render: Callable[[AdapterError], di
     try:
         result = answer.result()
     except AdapterError as error:
-        log.warning("non-stream answer failed after the 200: %s", error.message)
+        log.warning("non-stream answer failed after the 200: %s (%s)", error.message, error.detail or "-")
         return orjson.dumps(render(error))
     except Exception:
         log.exception("non-stream answer failed inside sse-adapter")

@@ -36,7 +36,7 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from sse_adapter.errors import AdapterError, InternalError, ShuttingDown, UpstreamReported
-from sse_adapter.ops.observe import WIRE, RequestStats
+from sse_adapter.ops.observe import WIRE, RequestStats, request_id
 from sse_adapter.proxy.reading import is_event_stream, refusal
 from sse_adapter.proxy.resend import Exchange
 from sse_adapter.proxy.timeouts import Watch
@@ -118,6 +118,7 @@ class EventStream(Response):
         """
         self._send = send
         self._wire: Send = scope.get(WIRE, send)  # past the middlewares, for the frames
+        self._request_id = request_id(scope)
         self._loop = loop = asyncio.get_running_loop()
         self._watch = Watch(self._settings, self._exchange.url, self._stats.started, self._stats.tap)
         if self._heartbeat is not None:
@@ -160,6 +161,7 @@ class EventStream(Response):
                     return self._refusal
                 await self._write(None)  # commit the 200: the upstream streams
                 await self._relay(response)
+            self._pipeline.check_end()  # an answer cut short is not worth counting
             self._answered = True
             # Counting waits on the tokenizer, not the upstream: its own bound, not the upstream's clocks.
             self._tail = self._pipeline.finish(usage=await self._counted_usage())
@@ -251,11 +253,19 @@ class EventStream(Response):
             return
         self._stats.outcome = error.code
         if not self._committed:
+            if error.detail:
+                log.warning("request %s failed: %s (%s)", self._request_id, error.message, error.detail)
             await self._answer_error(error)
             return
         if error is self._refusal and isinstance(error, UpstreamReported):  # the 200 is gone: say the status
             error.message = f"the upstream answered {self._stats.upstream_status}: {error.message}"
-        log.warning("stream %s ended in error: %s", self._format.stream_id or "(no id yet)", error.message)
+        log.warning(
+            "request %s: stream %s ended in error: %s%s",
+            self._request_id,
+            self._format.stream_id or "(no id yet)",
+            error.message,
+            f" ({error.detail})" if error.detail else "",
+        )
         held = [] if isinstance(error, InternalError) else self._pipeline.finish(failed=True)
         await self._write(self._counted(held) + self._format.failure(error), last=True)
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
+import ssl
+import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -48,6 +50,7 @@ __all__ = [
     "map_errors",
     "read_at_most",
     "upstream_path",
+    "upstream_request_id",
     "why",
 ]
 
@@ -93,6 +96,16 @@ _SLASHES = re.compile("/{2,}")
 
 
 _KEY_HEADERS = frozenset({"authorization", "x-api-key"})
+
+
+def upstream_request_id(given: str) -> str:
+    """The request id as the model server gets it: a UUID. llama-cpp-python answers any other
+    with an empty 400; the client's own id stays in our log and answer headers, and this one is
+    derived from it, the same each time, so the server's log can still be matched to ours."""
+    try:
+        return str(uuid.UUID(given))
+    except ValueError:
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, "sse-adapter:" + given))
 
 
 def is_messages_path(path: str) -> bool:
@@ -164,10 +177,16 @@ def _ours(exc: httpx.HTTPError | aiohttp.ClientError, url: str) -> AdapterError:
     # httpx-aiohttp re-raises aiohttp's errors as httpx's, but coarsely (a
     # refused connection becomes ConnectTimeout): judge by the original.
     cause = exc.__cause__ if isinstance(exc.__cause__, aiohttp.ClientError) else exc
+    detail = f"{url}: {why(cause)} ({type(cause).__name__})"
     if isinstance(cause, (httpx.TimeoutException, aiohttp.ServerTimeoutError)):
         return UpstreamTimeout(
-            f"the upstream at {url} did not answer in time ({type(cause).__name__}); "
-            "check that the model server is up and not overloaded"
+            "the model server did not answer in time; check that it is up and not overloaded", detail
+        )
+    if _is_tls(cause):
+        return UpstreamUnreachable(
+            "the TLS handshake with the model server failed: if it speaks plain HTTP, give --upstream "
+            "as http://, not https://",
+            detail,
         )
     if isinstance(
         cause,
@@ -180,8 +199,8 @@ def _ours(exc: httpx.HTTPError | aiohttp.ClientError, url: str) -> AdapterError:
         ),
     ):
         return UpstreamUnreachable(
-            f"cannot connect to the upstream at {url} ({why(cause)}); "
-            "check that the model server is running and that --upstream points at it"
+            "cannot connect to the model server; check that it is running and that --upstream points at it",
+            detail,
         )
     if isinstance(
         cause,
@@ -193,10 +212,18 @@ def _ours(exc: httpx.HTTPError | aiohttp.ClientError, url: str) -> AdapterError:
         ),
     ):
         return UpstreamDisconnected(
-            f"the upstream at {url} broke off the response ({why(cause)}); "
-            "the answer is incomplete: check the model server's logs"
+            "the model server broke off the response; the answer is incomplete: check the model server's log",
+            detail,
         )
-    return UpstreamError(f"the request to the upstream at {url} failed: {why(cause)}")
+    return UpstreamError("the request to the model server failed; sse-adapter's log says why", detail)
+
+
+def _is_tls(cause: BaseException) -> bool:
+    """A TLS handshake that failed: most often https:// to a server that speaks plain HTTP."""
+    if isinstance(cause, aiohttp.ClientSSLError):
+        return True
+    chain = [cause, cause.__cause__, getattr(cause, "os_error", None)]
+    return any(isinstance(link, ssl.SSLError) for link in chain) or "SSL" in why(cause)
 
 
 async def read_at_most(response: httpx.Response, url: str, limit: int) -> bytes:
@@ -319,7 +346,10 @@ class Upstream:
             return response.status_code, await read_at_most(response, url, limit)
 
     def _headers(self, given: Iterable[tuple[str, str]], anthropic: bool = False) -> list[tuple[str, str]]:
-        forwarded = forwardable(given)
+        forwarded = [
+            (name, upstream_request_id(value) if name.lower() == "x-request-id" else value)
+            for name, value in forwardable(given)
+        ]
         if not self._keep_client_key:  # the client's key, in either header, is the adapter's
             forwarded = [(name, value) for name, value in forwarded if name.lower() not in _KEY_HEADERS]
         if self._auth is not None:

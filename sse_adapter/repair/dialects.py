@@ -70,7 +70,7 @@ def event_error(data: str) -> UpstreamReported:
     return UpstreamReported(excerpt(data.encode()))
 
 
-def body_error(status: int, content_type: str, body: bytes) -> UpstreamReported | None:
+def body_error(status: int, content_type: str, body: bytes, server: str = "") -> UpstreamReported | None:
     """The error a whole response body stands for; None for a 2xx body that is no error."""
     parsed = json_or_none(body)
     found = chunk_error(parsed, status) if isinstance(parsed, dict) else None
@@ -80,7 +80,7 @@ def body_error(status: int, content_type: str, body: bytes) -> UpstreamReported 
         for key in ("message", "detail", "msg"):
             if message := _text(parsed.get(key)):
                 return UpstreamReported(message, status=status, upstream_type=_text(parsed.get("type")))
-    return UpstreamReported(_describe(status, content_type, body), status=status)
+    return UpstreamReported(_describe(status, content_type, body, server), status=status)
 
 
 # What servers say when the prompt does not fit (vLLM, SGLang, llama-server, Ollama, TGI, LM Studio).
@@ -120,11 +120,17 @@ def is_real_usage(usage: object) -> bool:
     )
 
 
-def _describe(status: int, content_type: str, body: bytes) -> str:
+def _describe(status: int, content_type: str, body: bytes, server: str = "") -> str:
     if "html" in content_type.lower() or body.lstrip().startswith(b"<"):
         text = excerpt(_TAGS.sub(b" ", body))
         return f"{text} (an HTML page: a proxy in front of the model server answered, not the server)"
-    return excerpt(body) if body.strip() else f"HTTP {status} with an empty body"
+    if body.strip():
+        return excerpt(body)
+    who = f" ({' '.join(server.split())[:80]})" if server.strip() else ""
+    return (
+        f"the model server{who} answered HTTP {status} with an empty body, so it did not say why; "
+        "its own log does (llama-cpp-python, for one, answers 400 this way to a request it cannot parse)"
+    )
 
 
 def excerpt(raw: bytes) -> str:

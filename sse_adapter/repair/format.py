@@ -51,6 +51,10 @@ class StreamFormat(Protocol):
         """The wire bytes of what :meth:`repair` and :meth:`finish` return."""
         ...
 
+    def check_end(self) -> None:
+        """Raises when the stream, now over, was no answer (or not all of one)."""
+        ...
+
     def finish(self, failed: bool = False, usage: Usage | None = None) -> list[bytes]:
         """The units held back, released at the end (with ``usage`` as counted
         when the upstream sent none); raises when the stream was no answer."""

@@ -98,14 +98,17 @@ class MessagesRepairer:
     def encode(self, units: list[bytes]) -> bytes:
         return b"".join(units)
 
-    def finish(self, failed: bool = False, usage: Usage | None = None) -> list[bytes]:
-        if failed:
-            return []
+    def check_end(self) -> None:
         if not self.finished:
             raise UpstreamDisconnected(
                 "the upstream ended the stream without message_stop: the answer is incomplete. "
                 "Look at the model server's log; send the request again"
             )
+
+    def finish(self, failed: bool = False, usage: Usage | None = None) -> list[bytes]:
+        if failed:
+            return []
+        self.check_end()
         held, self._held = self._held, []
         units: list[bytes] = []
         for body in held:

@@ -63,14 +63,20 @@ class Pipeline:
 
     def finish(self, failed: bool = False, usage: dict[str, Any] | None = None) -> list[bytes]:
         """The last payloads (held text, then usage); raises if the stream was no answer."""
-        if not failed and not self.decoder.received_any:
+        if not failed:
+            self.check_end()
+        return self.repairer.finish(failed, usage)
+
+    def check_end(self) -> None:
+        """Raises when the stream, now over, was no answer: before counting what it said."""
+        if not self.decoder.received_any:
             raise EmptyStream(
                 "the upstream ended the stream without sending anything. Most often the prompt is "
                 "longer than the model's context (llama-cpp-python ends such a stream silently and says "
                 "why only in its log); else the model server failed before its first token: look at "
                 "its log"
             )
-        return self.repairer.finish(failed, usage)
+        self.repairer.check_end()
 
     def _repair_all(self, events: list[Event]) -> tuple[list[bytes], AdapterError | None]:
         """The events' payloads, up to the first that fails: what came before a

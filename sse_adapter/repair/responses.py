@@ -146,14 +146,17 @@ class ResponsesRepairer:
     def encode(self, units: list[bytes]) -> bytes:
         return b"".join(units)
 
-    def finish(self, failed: bool = False, usage: Usage | None = None) -> list[bytes]:
-        if failed:
-            return []
+    def check_end(self) -> None:
         if not self.finished:
             raise UpstreamDisconnected(
                 "the upstream ended the stream without response.completed: the answer is incomplete. "
                 "Look at the model server's log; send the request again"
             )
+
+    def finish(self, failed: bool = False, usage: Usage | None = None) -> list[bytes]:
+        if failed:
+            return []
+        self.check_end()
         held, self._held = self._held, None
         if held is None:
             return []

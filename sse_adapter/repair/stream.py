@@ -164,24 +164,29 @@ class StreamRepairer:
     def error_body(error: AdapterError) -> bytes:
         return orjson.dumps(error.to_openai())
 
+    def check_end(self) -> None:
+        """A stream whose every event was dropped is no answer but a wrong
+        endpoint (TGI's native /generate_stream, say): an error. One without
+        ``[DONE]`` is an answer all the same."""
+        if not self.finished and not self._events:
+            raise UpstreamError(
+                "the upstream's answer held no SSE events; check that --upstream is the server's "
+                "OpenAI-compatible endpoint"
+            )
+        if not self._sent and self.repairs["non_chunk_dropped"]:
+            raise UpstreamError(
+                f"the upstream's stream held no OpenAI chunks ({self.repairs['non_chunk_dropped']} events of "
+                "another shape); check that --upstream is the server's OpenAI-compatible endpoint"
+            )
+
     def finish(self, failed: bool = False, usage: dict[str, Any] | None = None) -> list[bytes]:
         """The payloads that end the stream: text held back, then the usage
         (the upstream's, else ``usage`` as counted for it).
 
         After a failure the usage is left out: the error is the last word.
-        A stream whose every event was dropped is no answer but a wrong
-        endpoint (TGI's native /generate_stream, say): that is an error too.
         """
-        if not failed and not self.finished and not self._events:
-            raise UpstreamError(
-                "the upstream's answer held no SSE events; check that --upstream is the server's "
-                "OpenAI-compatible endpoint"
-            )
-        if not failed and not self._sent and self.repairs["non_chunk_dropped"]:
-            raise UpstreamError(
-                f"the upstream's stream held no OpenAI chunks ({self.repairs['non_chunk_dropped']} events of "
-                "another shape); check that --upstream is the server's OpenAI-compatible endpoint"
-            )
+        if not failed:
+            self.check_end()
         if not failed and not self.finished:
             self.repairs["missing_done"] += 1
         held = dict.fromkeys([*self._thinking, *self._tool_tags, *self._wrappers])

@@ -357,3 +357,17 @@ async def test_usage_already_sent_is_not_counted_again() -> None:
             got = [event for _, event in await events_of(adapter)]
     assert got[-1].response.usage.output_tokens == USAGE["output_tokens"]
     assert not [request for request in upstream.probes if request.target == "/tokenize"]
+
+
+async def test_an_answer_cut_short_is_not_counted() -> None:
+    async def server(request: Received, out: Writer) -> None:
+        if request.target == "/tokenize":
+            await json_answer(200, b'{"count": 3, "tokens": [1, 2, 3]}')(request, out)
+            return
+        await sse([*responses_head(), responses_delta("Hel", 4)])(request, out)
+
+    async with fake_upstream(server, handles_probes=True) as upstream:
+        async with run_adapter(settings(upstream.url)) as adapter:
+            got = [event for _, event in await events_of(adapter)]
+    assert got[-1].type == "response.failed"
+    assert not [request for request in upstream.probes if request.target == "/tokenize"]
