@@ -55,6 +55,8 @@ _DELTAS = frozenset(
 # with a 64 KiB scanner (new-api's lines go to 10 MiB and more), and no
 # client limits a line: they go out whole (README, "Responses").
 _WHOLE = re.compile(r"\.done$|^response\.(completed|incomplete|failed|in_progress|created|queued)$")
+# Events about a content part of an item: these carry a content_index.
+_PARTS = re.compile(r"content_part|output_text|reasoning_text|refusal")
 _RETRY_IN = 10  # seconds a client is asked to wait when the server is full
 
 
@@ -100,6 +102,8 @@ class ResponsesRepairer:
         self._next: int | None = None  # the number the next emitted event carries
         self._created = False  # a response.created has gone out
         self._held: dict[str, Any] | None = None  # a terminal event waiting for its usage
+        self._outputs: dict[str, int] = {}  # the output index of each item, where the upstream gave none
+        self._parts: dict[str, int] = {}  # how many content parts each such item has
 
     @property
     def stream_id(self) -> str:
@@ -133,6 +137,8 @@ class ResponsesRepairer:
         response = body.get("response")
         if isinstance(response, dict):
             changed |= self._own_response(response)
+        if "item_id" in body or "item" in body:
+            changed |= self._place(kind, body)
         if kind in _TERMINAL:
             self.finished = True
             if not _has_usage(response):
@@ -234,6 +240,31 @@ class ResponsesRepairer:
             response["model"] = self._alias
             self.repairs["model_renamed"] += 1
             changed = True
+        return changed
+
+    def _place(self, kind: str, body: dict[str, Any]) -> bool:
+        """The output and content indexes llama-server leaves out, which the openai SDK's
+        accumulator reads: counted from the items and parts as they are added."""
+        if "output_index" in body and ("content_index" in body or not _PARTS.search(kind)):
+            return False  # the common case, vLLM's and OpenAI's: nothing to fill
+        item = body.get("item")
+        item_id = item.get("id") if isinstance(item, dict) else body.get("item_id")
+        if not isinstance(item_id, str):
+            return False
+        changed = False
+        if "output_index" not in body:
+            if item_id not in self._outputs:
+                self._outputs[item_id] = len(self._outputs)
+            body["output_index"] = self._outputs[item_id]
+            changed = True
+        if _PARTS.search(kind) and "content_index" not in body:
+            parts = self._parts.get(item_id, 0)
+            if kind == "response.content_part.added":
+                self._parts[item_id] = parts = parts + 1
+            body["content_index"] = max(parts - 1, 0)
+            changed = True
+        if changed:
+            self.repairs["output_index_filled"] += 1
         return changed
 
     def _delta(self, kind: str, body: dict[str, Any], data: str, changed: bool) -> list[bytes]:

@@ -73,8 +73,25 @@ def deltas_text(raw: bytes) -> str:
     return "".join(text)
 
 
+def events_in(raw: bytes) -> list[dict[str, Any]]:
+    return [orjson.loads(line[6:]) for line in raw.split(b"\n") if line.startswith(b"data: {")]
+
+
+def failed(stem: str) -> bool:
+    """A recording in which the server reported an error mid-stream."""
+    recording = (LIVE / meta(stem)["body_file"]).read_bytes()
+    said = [body.get("type") for body in events_in(recording)]
+    return b"\nevent: error\n" in b"\n" + recording or "error" in said
+
+
+def numbered(events: list[dict[str, Any]]) -> bool:
+    """Every event carries the sequence number one above the one before (vLLM's, OpenAI's)."""
+    numbers = [body.get("sequence_number") for body in events]
+    return numbers == list(range(len(numbers))) if "sequence_number" in events[0] else not any(numbers)
+
+
 @pytest.mark.parametrize("stem", recorded("sse"))
-async def test_a_recorded_stream_passes_byte_for_byte(stem: str) -> None:
+async def test_a_recorded_stream_reaches_the_client_whole(stem: str) -> None:
     path, body = request_of(stem)
     recording = (LIVE / meta(stem)["body_file"]).read_bytes()
     async with fake_upstream(replay(stem)) as upstream:
@@ -82,11 +99,25 @@ async def test_a_recorded_stream_passes_byte_for_byte(stem: str) -> None:
             async with httpx.AsyncClient(timeout=30) as http:
                 answer = await http.post(adapter + path, json={**body, "stream": True})
     assert answer.status_code == 200
-    assert answer.content == recording  # vLLM numbers, ends and counts its streams itself: nothing to repair
+    sent, got = events_in(recording), events_in(answer.content)
     assert deltas_text(answer.content) == deltas_text(recording)
+    if failed(stem):  # what came before the error, then the error once, in the route's own shape
+        assert got[:-1] == sent[:-1]
+        assert got[-1]["type"] in ("error", "response.failed")
+        assert sent[-1]["message"] in orjson.dumps(got[-1]).decode()
+        return
+    if (numbered(sent) and sent[0].get("sequence_number") == 0) or "/v1/messages" in path:
+        assert answer.content == recording  # nothing to repair: byte for byte
+        return
+    # llama-server numbers nothing: the adapter numbers every event and fills the indexes the SDK reads
+    assert [event["sequence_number"] for event in got] == list(range(len(got)))
+    owned = ("sequence_number", "output_index", "content_index")
+    assert [{k: v for k, v in event.items() if k not in owned} for event in got] == sent
 
 
-@pytest.mark.parametrize("stem", [stem for stem in recorded("sse") if "responses" in stem])
+@pytest.mark.parametrize(
+    "stem", [stem for stem in recorded("sse") if "responses" in stem and not failed(stem)]
+)
 async def test_the_openai_sdk_reads_a_recorded_responses_stream_whole(stem: str) -> None:
     _, body = request_of(stem)
     async with fake_upstream(replay(stem)) as upstream:
@@ -101,7 +132,9 @@ async def test_the_openai_sdk_reads_a_recorded_responses_stream_whole(stem: str)
     assert final.usage.output_tokens > 0
 
 
-@pytest.mark.parametrize("stem", [stem for stem in recorded("sse") if "messages" in stem])
+@pytest.mark.parametrize(
+    "stem", [stem for stem in recorded("sse") if "messages" in stem and not failed(stem)]
+)
 async def test_the_anthropic_sdk_reads_a_recorded_messages_stream_whole(stem: str) -> None:
     _, body = request_of(stem)
     async with fake_upstream(replay(stem)) as upstream:
@@ -134,3 +167,16 @@ async def test_a_recorded_refusal_keeps_its_status_and_message_in_the_routes_sha
         assert got["type"] == "error"
         assert got["error"]["type"] in ("invalid_request_error", "not_found_error")
     assert said in got["error"]["message"]
+
+
+@pytest.mark.parametrize("stem", [stem for stem in recorded("sse") if "messages" in stem and failed(stem)])
+async def test_the_anthropic_sdk_raises_on_a_recorded_failure(stem: str) -> None:
+    _, body = request_of(stem)
+    async with fake_upstream(replay(stem)) as upstream:
+        async with run_adapter(Settings(upstream=upstream.url)) as adapter:
+            sdk = anthropic.AsyncAnthropic(base_url=adapter, api_key="k", max_retries=0)
+            with pytest.raises(anthropic.APIStatusError) as raised:
+                async with sdk.messages.stream(**{k: v for k, v in body.items() if k != "stream"}) as stream:
+                    await stream.get_final_message()
+            await sdk.close()
+    assert raised.value.body["error"]["type"] == "api_error"  # type: ignore[index,call-overload]

@@ -246,3 +246,19 @@ def test_messages_requests_become_chat_turns_for_the_tokenizer() -> None:
     assert [turn["role"] for turn in chat["messages"]] == ["system", "user", "assistant", "tool"]
     assert chat["messages"][2]["tool_calls"][0]["function"]["arguments"] == '{"a":1}'
     assert chat["tools"][0]["function"]["parameters"] == {"type": "object"}
+
+
+def test_the_indexes_llama_server_leaves_out_are_filled_in() -> None:
+    item = {"id": "msg_1", "type": "message", "role": "assistant", "content": []}
+    parts = [
+        typed({"type": "response.created", "response": {"id": "resp_1", "status": "in_progress"}}),
+        typed({"type": "response.output_item.added", "item": item}),
+        typed({"type": "response.content_part.added", "item_id": "msg_1", "part": {"type": "output_text"}}),
+        typed({"type": "response.output_text.delta", "item_id": "msg_1", "delta": "hi"}),
+        typed({"type": "response.output_item.added", "item": {**item, "id": "msg_2"}}),
+        typed({"type": "response.output_text.delta", "item_id": "msg_2", "delta": "!"}),
+    ]
+    got = frames(run(ResponsesRepairer("m", 65000), parts))
+    assert [body.get("output_index") for body in got] == [None, 0, 0, 0, 1, 1]
+    assert [body.get("content_index") for body in got] == [None, None, 0, 0, None, 0]
+    assert [body["sequence_number"] for body in got] == list(range(6))
