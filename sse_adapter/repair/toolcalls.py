@@ -59,18 +59,21 @@ class ToolCalls:
         self._calls: dict[int, _Call] = {}
         self._by_id: dict[str, int] = {}
         self._last: int | None = None
+        # One past the highest index so far: a max over every call on each
+        # new one would make a stream of n calls cost n squared.
+        self._next = 0
 
     @property
     def seen(self) -> bool:
         return bool(self._calls)
 
     def next_index(self) -> int:
-        return max(self._calls, default=-1) + 1
+        return self._next
 
     def add(self, call: dict[str, Any]) -> dict[str, Any]:
         """A whole call found in text, as the one delta that carries it."""
         index = self.next_index()
-        self._calls[index] = _Call(call["name"])
+        self._start(index, call["name"])
         self._last = index
         return {"index": index, "id": new_call_id(), "type": "function", "function": call}
 
@@ -91,11 +94,16 @@ class ToolCalls:
         self._last = index
         state = self._calls.get(index)
         if state is None:
-            state = self._calls[index] = _Call(_name(call))
+            state = self._start(index, _name(call))
             changed |= _identify(call, self.repairs)
         else:
             changed |= self._later(call, state)
         return self._arguments(call, state) or changed
+
+    def _start(self, index: int, name: str) -> _Call:
+        state = self._calls[index] = _Call(name)
+        self._next = max(self._next, index + 1)
+        return state
 
     def _index(self, call: dict[str, Any]) -> int:
         """The delta's own index; else the call its id names; else the call
@@ -232,16 +240,17 @@ class ToolTagSplitter:
         text, self._held = self._held + text, ""
         said: list[str] = []
         calls: list[dict[str, Any]] = []
-        while text:
+        start = 0  # what lies before is done with: re-slicing it per tag would cost n squared
+        while start < len(text):
             tag = _CLOSE if self._block is not None else _OPEN
-            found = text.find(tag)
+            found = text.find(tag, start)
             if found < 0:
-                keep = tag_start_at_end(text, tag)
-                self._take(text[: len(text) - keep], said)
-                self._held = text[len(text) - keep :]
+                end = len(text) - tag_start_at_end(text, tag, start)
+                self._take(text[start:end], said)
+                self._held = text[end:]
                 break
-            self._take(text[:found], said)
-            text = text[found + len(tag) :]
+            self._take(text[start:found], said)
+            start = found + len(tag)
             self._toggle(said, calls)
         return "".join(said), calls
 
