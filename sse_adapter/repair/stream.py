@@ -68,6 +68,7 @@ class StreamRepairer:
         self._ride = usage_on_last_choice
         self._alias = alias
         self._last_choice: dict[str, Any] | None = None  # held for the usage to ride on
+        self._last_sent: str | None = None  # the upstream's payload of the chunk held
         self._finishing = False  # the chunk under repair finishes a choice
         self._usage_chunk: dict[str, Any] | None = None
         self._sent = 0
@@ -137,7 +138,7 @@ class StreamRepairer:
         if self._finishing:
             self._finishing = False
             if self._ride:
-                return self._hold_last_choice(chunk)
+                return self._hold_last_choice(chunk, data)
         if not changed:  # the common case, inline: _send's first branch
             raw = data.encode()
             if len(raw) + 6 <= self.settings.max_line_bytes:
@@ -204,23 +205,24 @@ class StreamRepairer:
             payloads += fit({**chunk, "usage": usage}, self.settings.max_line_bytes, self.repairs)
         return payloads
 
-    def _hold_last_choice(self, chunk: dict[str, Any]) -> list[bytes]:
+    def _hold_last_choice(self, chunk: dict[str, Any], data: str) -> list[bytes]:
         """Hold a chunk that finishes a choice (it may be the last with choices);
         the one held before goes out now."""
         released = self._release_last_choice()
-        self._last_choice = chunk
+        self._last_choice, self._last_sent = chunk, data
         self._sent += 1
         return released
 
     def _release_last_choice(self) -> list[bytes]:
         held, self._last_choice = self._last_choice, None
-        return [] if held is None else fit(held, self.settings.max_line_bytes, self.repairs)
+        return [] if held is None else fit(held, self.settings.max_line_bytes, self.repairs, self._last_sent)
 
     def _last_with_usage(self, usage: dict[str, Any] | None) -> list[bytes]:
         if usage is None:
             return self._release_last_choice()
-        chunk = self._last_choice or self.identity.chunk()
-        self._last_choice = chunk
+        if self._last_choice is None:
+            self._last_choice, self._last_sent = self.identity.chunk(), None
+        chunk = self._last_choice
         chunk["usage"] = usage
         self.repairs["usage_on_last_chunk"] += 1
         return self._release_last_choice()
@@ -231,7 +233,7 @@ class StreamRepairer:
             raw = data.encode()
             if len(raw) + 6 <= self.settings.max_line_bytes:
                 return [raw]  # as the upstream sent it, byte for byte
-        return fit(chunk, self.settings.max_line_bytes, self.repairs)
+        return fit(chunk, self.settings.max_line_bytes, self.repairs, data)
 
     def _count(self, repair: str, applies: bool) -> bool:
         if applies:

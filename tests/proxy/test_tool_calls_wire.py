@@ -20,7 +20,7 @@ from sse_adapter.settings import Settings
 from sse_adapter.tools.oneapi import LINE_LIMIT
 from tests.adapter_server import run_adapter
 from tests.end_client import assert_spec_clean, fixture, stream
-from tests.upstream_fake import fake_upstream, json_answer, sse
+from tests.upstream_fake import content_frame, fake_upstream, json_answer, sse
 
 pytestmark = pytest.mark.anyio
 
@@ -229,3 +229,27 @@ async def test_a_body_gets_the_same_repairs() -> None:
     assert calls == [("get_weather", '{"city":"Paris"}'), ("noop", ""), ("get_time", '{"zone":"CET"}')]
     assert (finish, text) == ("tool_calls", "Sure.")
     assert all(call.id and call.type == "function" for call in final.choices[0].message.tool_calls)
+
+
+async def test_700_tag_calls_in_one_event_arrive_whole_in_lines_one_api_reads() -> None:
+    """The upstream's line fits; the 700 calls the adapter makes of it take
+    more room (ids, types, arguments as escaped strings): it splits its own
+    output over a few lines, never blaming the upstream for a line too long."""
+    block = '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>'
+    event = content_frame("Checking." + block * 700)
+    assert len(event.split(b"\n")[0]) <= LINE_LIMIT
+    frames = [event, tool_frame(None, "stop"), b"data: [DONE]\n\n"]
+    async with fake_upstream(sse(frames)) as upstream:
+        settings = Settings(upstream=upstream.url, tool_call_tags="split")  # type: ignore[arg-type]
+        async with run_adapter(settings) as adapter:
+            seen = await stream(adapter, CHAT, {**ASK, "stream": True})
+            final = await final_with_sdk(adapter)
+    assert_spec_clean(seen.raw)
+    assert [(call["name"], call["arguments"]) for call in seen.tool_calls()] == [
+        ("get_weather", '{"city":"Paris"}')
+    ] * 700
+    assert 2 < len(seen.chunks) < 10
+    assert seen.finish_reason() == "tool_calls"
+    assert (seen.text(), seen.dones()) == ("Checking.", 1)
+    assert_openai_shaped(seen.chunks)
+    assert rebuilt(final) == ([("get_weather", '{"city":"Paris"}')] * 700, "tool_calls", "Checking.")

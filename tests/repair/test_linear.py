@@ -189,6 +189,20 @@ CASES = [
         id="a long content fitted under the line limit",
     ),
     pytest.param(
+        Case(
+            lambda n: chunk(
+                {
+                    "tool_calls": [
+                        {"index": i, "id": f"c{i}", "type": "function", "function": CALL} for i in range(n)
+                    ]
+                }
+            ),
+            lambda body: fit(body, 65000, Counter()),
+            4000,
+        ),
+        id="many tool calls in one chunk fitted under the line limit",
+    ),
+    pytest.param(
         Case(lambda n: b"<" * n, lambda body: body_error(502, "text/html", body), 16384),
         id="an HTML error page full of '<'",
     ),

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from sse_adapter.errors import LineTooLong, UpstreamError, UpstreamReported
+from sse_adapter.errors import InternalError, LineTooLong, UpstreamError, UpstreamReported
 from sse_adapter.repair.chunks import Kind, StreamIdentity, heartbeat_chunk
 from sse_adapter.repair.fitting import fit
 from sse_adapter.repair.stream import StreamRepairer
@@ -270,9 +270,27 @@ def test_a_small_chunk_keeps_its_bulky_fields() -> None:
 
 
 def test_what_cannot_be_split_is_an_error_never_a_cut() -> None:
+    data = chunk({"tool_calls": [{"index": 0, "function": {"name": "x" * 70_000}}]})
+    with pytest.raises(LineTooLong, match=r"^the upstream sent a chunk of 70\d{3} bytes .*--max-line-bytes"):
+        fit(orjson.loads(data), LIMIT, Counter(), data)
+
+
+def test_a_chunk_the_adapter_made_too_long_is_not_blamed_on_the_upstream() -> None:
     body = orjson.loads(chunk({"tool_calls": [{"index": 0, "function": {"name": "x" * 70_000}}]}))
-    with pytest.raises(LineTooLong, match="--max-line-bytes"):
+    with pytest.raises(InternalError, match=r"^sse-adapter made a chunk of .*--max-line-bytes") as made:
         fit(body, LIMIT, Counter())
+    assert "upstream" not in made.value.message
+
+
+def test_a_chunk_the_adapters_repairs_grew_too_long_is_not_blamed_on_the_upstream() -> None:
+    """An alias longer than the upstream's model name, on a chunk just under the limit."""
+    body = orjson.loads(chunk({"content": "a"}))
+    body["choices"][0]["logprobs"] = {"content": [{"token": "t" * (LIMIT - 400), "logprob": 0.0}]}
+    data = orjson.dumps(body).decode()
+    assert len(data) + 6 < LIMIT
+    fix = StreamRepairer(StreamIdentity(Kind.CHAT, "m", 1), Settings(upstream="http://x"), alias="a" * 500)
+    with pytest.raises(InternalError, match=r"^sse-adapter's repairs grew the upstream's chunk of \d+ bytes"):
+        fix.repair(Event(data))
 
 
 def test_the_line_limit_is_a_setting() -> None:
