@@ -408,7 +408,7 @@ class StreamRepairer:
         index, content = placed
         splitter = self._tool_tags.get(index)
         if splitter is None:
-            splitter = self._tool_tags[index] = ToolTagSplitter(self.settings.max_event_bytes)
+            splitter = self._tool_tags[index] = ToolTagSplitter()
         text, calls = splitter.feed(content or "")
         if finish is not None:
             text += splitter.flush()

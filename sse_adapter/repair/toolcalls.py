@@ -31,6 +31,10 @@ __all__ = [
 
 _OPEN = "<tool_call>"
 _CLOSE = "</tool_call>"
+# How much of an open block a stream holds back, waiting for it to close:
+# past this it was no call (prose about the tag, or a call too long to wait
+# for) and goes on as text, instead of holding the rest of the answer.
+_HOLD = 4096
 
 
 def new_call_id() -> str:
@@ -173,7 +177,10 @@ def normalise_message_calls(message: dict[str, Any], repairs: Counter[str]) -> b
 
 
 def split_tool_tags(content: str) -> tuple[str, list[dict[str, Any]]]:
-    """A whole content's ``<tool_call>`` blocks as calls, and the text around them."""
+    """A whole content's ``<tool_call>`` blocks as calls, and the text around them.
+
+    Nothing waits here, so a block of any length may be a call.
+    """
     splitter = ToolTagSplitter(len(content))
     text, calls = splitter.feed(content)
     return text + splitter.flush(), calls
@@ -226,10 +233,11 @@ class ToolTagSplitter:
 
     Tags may be cut across chunks at any character, so a tail that could
     begin a tag is held back; a block is held whole until it closes, up to
-    ``limit`` characters, past which it was no call and goes out as text.
+    ``limit`` characters past its tag, past which it was no call and goes
+    out as text.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int = _HOLD) -> None:
         self.limit = limit
         self._held = ""
         self._block: list[str] | None = None  # inside a block: its text so far

@@ -9,9 +9,11 @@ broken shapes rebuild something else, or make the SDK raise.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import openai
 import orjson
 import pytest
@@ -20,7 +22,7 @@ from sse_adapter.settings import Settings
 from sse_adapter.tools.oneapi import LINE_LIMIT
 from tests.adapter_server import run_adapter
 from tests.end_client import assert_spec_clean, fixture, stream
-from tests.upstream_fake import content_frame, fake_upstream, json_answer, sse
+from tests.upstream_fake import SSE_HEADERS, Received, Writer, content_frame, fake_upstream, json_answer, sse
 
 pytestmark = pytest.mark.anyio
 
@@ -253,3 +255,38 @@ async def test_700_tag_calls_in_one_event_arrive_whole_in_lines_one_api_reads() 
     assert (seen.text(), seen.dones()) == ("Checking.", 1)
     assert_openai_shaped(seen.chunks)
     assert rebuilt(final) == ([("get_weather", '{"city":"Paris"}')] * 700, "tool_calls", "Checking.")
+
+
+async def test_text_after_a_tag_that_never_closes_reaches_the_client_while_the_model_writes() -> None:
+    """A block is held only 4 KiB past its tag: the text after it arrives
+    while the upstream is still streaming, not when it ends."""
+    released = asyncio.Event()
+    prose = ["Use it like this: <tool_call>{", *["x" * 100] * 60]
+
+    async def writing(request: Received, out: Writer) -> None:
+        await out.start(200, SSE_HEADERS)
+        for piece in prose:
+            await out.chunk(content_frame(piece))
+        await released.wait()  # the model is still writing
+        await out.chunk(tool_frame(None, "stop") + b"data: [DONE]\n\n")
+        await out.end()
+
+    async def read(reply: httpx.Response) -> str:
+        text, buffer = "", b""
+        async for piece in reply.aiter_raw():
+            *frames, buffer = (buffer + piece).split(b"\n\n")
+            for frame in frames:
+                chunk = orjson.loads(frame.removeprefix(b"data: "))
+                text += "".join(choice["delta"].get("content") or "" for choice in chunk["choices"])
+            if len(text) >= 5000:
+                return text
+        return text
+
+    async with fake_upstream(writing) as upstream:
+        settings = Settings(upstream=upstream.url, tool_call_tags="split")  # type: ignore[arg-type]
+        async with run_adapter(settings) as adapter, httpx.AsyncClient(timeout=10) as client:
+            body = {**ASK, "stream": True}
+            async with client.stream("POST", adapter + CHAT, json=body) as reply:
+                text = await asyncio.wait_for(read(reply), 10)
+                released.set()
+    assert text.startswith("Use it like this: <tool_call>{" + "x" * 4000)

@@ -16,7 +16,7 @@ from sse_adapter.repair.chunks import Kind, StreamIdentity
 from sse_adapter.repair.fitting import fit
 from sse_adapter.repair.stream import StreamRepairer
 from sse_adapter.repair.toolcalls import ToolCalls, ToolTagSplitter, split_tool_tags
-from sse_adapter.settings import Settings
+from sse_adapter.settings import Settings, Tags
 from sse_adapter.sse.decoder import Event
 
 
@@ -326,3 +326,23 @@ def test_no_line_holds_two_pieces_of_one_call() -> None:
         call["function"]["arguments"] for part in parts for call in part if call["index"] == 0
     ) == ("x" * 4000)
     assert parts[-1][-1] == short  # the short call rides with the last piece of the long one
+
+
+def test_a_stream_holds_an_open_block_only_4_kib_past_its_tag() -> None:
+    """Prose that opens a tag and never closes it goes on as text, not at the end of the answer."""
+    fix = StreamRepairer(StreamIdentity(Kind.CHAT, "m", 1), Settings("http://x", tool_call_tags=Tags.SPLIT))
+    events = [chunk({"content": "a <tool_call>{"}), *[chunk({"content": "x" * 100})] * 50]
+    before_the_end = [payload for data in events for payload in fix.repair(Event(data))]
+    text = "".join(orjson.loads(p)["choices"][0]["delta"].get("content") or "" for p in before_the_end)
+    assert text == "a <tool_call>{" + "x" * 5000
+    assert not fix.finish()
+
+
+def test_a_block_that_closes_within_the_hold_is_a_call() -> None:
+    arguments = '{"text": "' + "y" * 4000 + '"}'
+    pieces = ["<tool_call>", '{"name": "f", "arguments": ', *arguments, "}</tool_call>"]
+    chunks, _ = repaired([chunk({"content": piece}) for piece in pieces], tool_call_tags="split")
+    calls = [call for c in chunks for call in c["choices"][0]["delta"].get("tool_calls") or []]
+    assert [call["function"] for call in calls] == [
+        {"name": "f", "arguments": '{"text":"' + "y" * 4000 + '"}'}
+    ]
