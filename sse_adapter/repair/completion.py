@@ -38,10 +38,12 @@ def normalise_completion(
     created: int,
     repairs: Counter[str] | None = None,
     alias: str | None = None,
+    offers_tools: bool = True,
 ) -> dict[str, Any]:
     """The same repairs a stream gets, counted in ``repairs``, and a usage
     object whatever the server gave. ``alias``: the model name the client
-    asked for, which the body carries back."""
+    asked for, which the body carries back; ``offers_tools``: as for a
+    stream, whether ``<tool_call>`` text may be a call."""
     repairs = Counter() if repairs is None else repairs
     if alias is not None and body.get("model") != alias:
         body["model"] = alias
@@ -54,12 +56,14 @@ def normalise_completion(
             body["created"] = created
     for choice in _list(body.get("choices")):
         if isinstance(choice, dict):
-            _normalise_choice(choice, settings, repairs)
+            _normalise_choice(choice, settings, repairs, offers_tools)
     body["usage"] = usage_of(body)
     return body
 
 
-def _normalise_choice(choice: dict[str, Any], settings: Settings, repairs: Counter[str]) -> None:
+def _normalise_choice(
+    choice: dict[str, Any], settings: Settings, repairs: Counter[str], offers_tools: bool
+) -> None:
     if settings.fill_fields:
         choice.setdefault("finish_reason", None)
     map_finish_reason(choice, settings)
@@ -68,7 +72,7 @@ def _normalise_choice(choice: dict[str, Any], settings: Settings, repairs: Count
         return
     rename_reasoning(message, settings)
     _split_think(message, settings)
-    if settings.tool_call_tags is Tags.SPLIT:
+    if settings.tool_call_tags is Tags.SPLIT and offers_tools:
         _split_tool_tags(message, repairs)
     if settings.reasoning_field is ReasoningField.THINK_TAGS:
         _wrap_think(message, repairs)

@@ -47,7 +47,9 @@ class StreamRepairer:
     until the usage comes or the stream ends, instead of a chunk of its own.
     ``alias``: the model name the client asked for, which every chunk
     carries back. ``collect_text``: keep the answer's text, for counting
-    its tokens when the upstream sends no usage.
+    its tokens when the upstream sends no usage. ``offers_tools``: the
+    request let the model call tools (:func:`offers_tools`); without,
+    ``<tool_call>`` text stays text.
     """
 
     def __init__(
@@ -58,6 +60,7 @@ class StreamRepairer:
         usage_on_last_choice: bool = False,
         alias: str | None = None,
         collect_text: bool = False,
+        offers_tools: bool = True,
     ) -> None:
         self.identity = identity
         self.settings = settings
@@ -81,7 +84,7 @@ class StreamRepairer:
         self._fill_fields = settings.fill_fields
         self._map_reasons = settings.map_finish_reason
         self._split_thinking = settings.think_tags is Tags.SPLIT
-        self._split_tool_tags = settings.tool_call_tags is Tags.SPLIT
+        self._split_tool_tags = settings.tool_call_tags is Tags.SPLIT and offers_tools
         self._normalise_tools = settings.tool_calls is ToolCallMode.NORMALISE
         self._other_reasoning = _other_reasoning_name(settings)
         self._wrap_thinking = settings.reasoning_field is ReasoningField.THINK_TAGS

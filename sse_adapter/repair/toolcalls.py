@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,7 @@ __all__ = [
     "arguments_text",
     "new_call_id",
     "normalise_message_calls",
+    "offers_tools",
     "parse_tool_block",
     "split_tool_tags",
 ]
@@ -35,6 +37,14 @@ _CLOSE = "</tool_call>"
 # past this it was no call (prose about the tag, or a call too long to wait
 # for) and goes on as text, instead of holding the rest of the answer.
 _HOLD = 4096
+
+
+def offers_tools(request: Mapping[str, Any]) -> bool:
+    """Whether a request let the model call tools: only then is ``<tool_call>``
+    text a call. Without tools, or with ``tool_choice: "none"``, the model
+    was told it has none, and tags it writes are text (an example, say)."""
+    tools = request.get("tools")
+    return isinstance(tools, list) and bool(tools) and request.get("tool_choice") != "none"
 
 
 def new_call_id() -> str:

@@ -18,16 +18,26 @@ import openai
 import orjson
 import pytest
 
-from sse_adapter.settings import Settings
+from sse_adapter.settings import Settings, Tags
 from sse_adapter.tools.oneapi import LINE_LIMIT
 from tests.adapter_server import run_adapter
 from tests.end_client import assert_spec_clean, fixture, stream
-from tests.upstream_fake import SSE_HEADERS, Received, Writer, content_frame, fake_upstream, json_answer, sse
+from tests.upstream_fake import (
+    SSE_HEADERS,
+    Handler,
+    Received,
+    Writer,
+    content_frame,
+    fake_upstream,
+    json_answer,
+    sse,
+)
 
 pytestmark = pytest.mark.anyio
 
 CHAT = "/v1/chat/completions"
-ASK = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+ASK = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "tools": TOOLS}
 WEATHER_AND_TIME = (("get_weather", '{"city": "Paris"}'), ("get_time", '{"zone": "CET"}'))
 
 
@@ -290,3 +300,49 @@ async def test_text_after_a_tag_that_never_closes_reaches_the_client_while_the_m
                 text = await asyncio.wait_for(read(reply), 10)
                 released.set()
     assert text.startswith("Use it like this: <tool_call>{" + "x" * 4000)
+
+
+TAGGED = 'Write <tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call> to call it.'
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "calls"),
+    [
+        pytest.param({"tools": TOOLS}, 1, id="tools"),
+        pytest.param({"tools": TOOLS, "tool_choice": "auto"}, 1, id="tool_choice-auto"),
+        pytest.param({"tools": TOOLS, "tool_choice": "none"}, 0, id="tool_choice-none"),
+        pytest.param({}, 0, id="no-tools"),
+        pytest.param({"tools": []}, 0, id="empty-tools"),
+    ],
+)
+@pytest.mark.parametrize("mode", ["stream", "body", "body-from-stream"])
+async def test_tags_are_calls_only_when_the_request_let_the_model_call_tools(
+    request_fields: dict[str, Any], calls: int, mode: str
+) -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], **request_fields}
+    async with fake_upstream(tagged_answer(streamed=mode != "body")) as upstream:
+        via_stream = mode == "body-from-stream"
+        settings = Settings(upstream.url, tool_call_tags=Tags.SPLIT, nonstream_via_stream=via_stream)
+        async with run_adapter(settings) as adapter:
+            if mode == "stream":
+                seen = await stream(adapter, CHAT, {**body, "stream": True})
+                got = (len(seen.tool_calls()), seen.text(), seen.finish_reason())
+            else:
+                async with httpx.AsyncClient(timeout=10) as client:
+                    [choice] = (await client.post(adapter + CHAT, json=body)).json()["choices"]
+                calls_made = choice["message"].get("tool_calls") or []
+                got = (len(calls_made), choice["message"]["content"] or "", choice["finish_reason"])
+    if calls:
+        assert got == (1, "Write  to call it.", "tool_calls")
+    else:
+        assert got == (0, TAGGED, "stop")
+
+
+def tagged_answer(streamed: bool) -> Handler:
+    """An answer whose content holds one ``<tool_call>`` block, streamed or whole."""
+    if streamed:
+        return sse([content_frame(TAGGED), tool_frame(None, "stop"), b"data: [DONE]\n\n"])
+    message = {"role": "assistant", "content": TAGGED}
+    choices = [{"index": 0, "message": message, "finish_reason": "stop"}]
+    body = {"id": "x", "object": "chat.completion", "created": 1, "model": "m", "choices": choices}
+    return json_answer(200, orjson.dumps(body))

@@ -13,9 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sse_adapter.repair.chunks import Kind, StreamIdentity
+from sse_adapter.repair.completion import normalise_completion
 from sse_adapter.repair.fitting import fit
 from sse_adapter.repair.stream import StreamRepairer
-from sse_adapter.repair.toolcalls import ToolCalls, ToolTagSplitter, split_tool_tags
+from sse_adapter.repair.toolcalls import ToolCalls, ToolTagSplitter, offers_tools, split_tool_tags
 from sse_adapter.settings import Settings, Tags
 from sse_adapter.sse.decoder import Event
 
@@ -346,3 +347,34 @@ def test_a_block_that_closes_within_the_hold_is_a_call() -> None:
     assert [call["function"] for call in calls] == [
         {"name": "f", "arguments": '{"text":"' + "y" * 4000 + '"}'}
     ]
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "offered"),
+    [
+        pytest.param({"tools": [{"type": "function"}]}, True, id="tools"),
+        pytest.param({"tools": [{"type": "function"}], "tool_choice": "required"}, True, id="required"),
+        pytest.param(
+            {"tools": [{"type": "function"}], "tool_choice": {"type": "function"}}, True, id="named"
+        ),
+        pytest.param({"tools": [{"type": "function"}], "tool_choice": "none"}, False, id="none"),
+        pytest.param({}, False, id="no-tools"),
+        pytest.param({"tools": []}, False, id="empty"),
+        pytest.param({"tools": None}, False, id="null"),
+    ],
+)
+def test_a_request_offers_tools_unless_it_has_none_or_says_none(
+    request_fields: dict[str, Any], offered: bool
+) -> None:
+    assert offers_tools(request_fields) is offered
+
+
+def test_without_tools_offered_tags_stay_text_in_a_stream_and_a_body() -> None:
+    text = '<tool_call>{"name": "f", "arguments": {}}</tool_call>'
+    settings = Settings("http://x", tool_call_tags=Tags.SPLIT)
+    fix = StreamRepairer(StreamIdentity(Kind.CHAT, "m", 1), settings, offers_tools=False)
+    data = chunk({"content": text}, "stop")
+    assert fix.repair(Event(data)) == [data.encode()]
+    body = {"choices": [{"index": 0, "message": {"content": text}, "finish_reason": "stop"}]}
+    normalised = normalise_completion(body, Kind.CHAT, settings, 1, offers_tools=False)
+    assert normalised["choices"][0]["message"] == {"content": text}
