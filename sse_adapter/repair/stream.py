@@ -226,6 +226,8 @@ class StreamRepairer:
         if self._last_choice is None:
             self._last_choice, self._last_sent = self.identity.chunk(), None
         chunk = self._last_choice
+        for name, value in (self._usage_chunk or {}).items():
+            chunk.setdefault(name, value)  # the usage chunk's other fields ride along
         chunk["usage"] = usage
         self.repairs["usage_on_last_chunk"] += 1
         return self._release_last_choice()
@@ -252,11 +254,14 @@ class StreamRepairer:
             return False
         usage = chunk.pop("usage")
         if real:
+            # A usage-only chunk is not sent on: what else the server put in it
+            # (llama-server's timings, system_fingerprint) goes out with the usage.
             self._usage_chunk = {
+                **({} if chunk.get("choices") else chunk),
                 "id": self.identity.claim(chunk.get("id")),
                 "object": chunk.get("object") or self.identity.kind.value,
                 "created": chunk.get("created") or self.identity.created,
-                "model": chunk.get("model") or self.identity.model,
+                "model": self._alias or chunk.get("model") or self.identity.model,
                 "choices": [],
                 "usage": usage,
             }

@@ -169,6 +169,40 @@ def test_a_usage_only_chunk_is_held_for_the_end() -> None:
     assert orjson.loads(fix.finish()[-1])["usage"] == usage
 
 
+LLAMA_USAGE_CHUNK = {
+    "id": "c1",
+    "object": "chat.completion.chunk",
+    "created": 1,
+    "model": "up",
+    "system_fingerprint": "b6000-abc",
+    "choices": [],
+    "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
+    "timings": {"prompt_n": 5, "predicted_n": 2, "predicted_per_second": 30.5},
+}
+
+
+@pytest.mark.parametrize("ride", [False, True], ids=["usage-chunk", "on-the-last-chunk"])
+def test_every_field_of_a_usage_only_chunk_goes_out_with_the_usage(ride: bool) -> None:
+    """llama-server puts timings and system_fingerprint beside the usage; the model is the alias."""
+    fix = StreamRepairer(
+        StreamIdentity(Kind.CHAT, "alias", 1), Settings("http://x"), usage_on_last_choice=ride, alias="alias"
+    )
+    chunks = run(fix, chunk({"content": "a"}, "stop"), orjson.dumps(LLAMA_USAGE_CHUNK).decode())
+    last = chunks[-1]
+    assert last["usage"] == LLAMA_USAGE_CHUNK["usage"]
+    assert (last["timings"], last["system_fingerprint"]) == (LLAMA_USAGE_CHUNK["timings"], "b6000-abc")
+    assert {c["model"] for c in chunks} == {"alias"}
+    assert bool(last["choices"]) is ride
+
+
+def test_usage_on_a_chunk_with_choices_leaves_its_other_fields_there() -> None:
+    usage = {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
+    first, last = run(repairer(), chunk({}, "stop", usage=usage, timings={"prompt_n": 5}))
+    assert first["timings"] == {"prompt_n": 5}
+    assert "timings" not in last
+    assert last["usage"] == usage
+
+
 def test_usage_can_be_passed_as_the_upstream_sent_it() -> None:
     [got] = run(repairer(final_usage_only=False), chunk({"content": "a"}, usage=None))
     assert got["usage"] is None
