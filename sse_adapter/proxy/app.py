@@ -51,6 +51,7 @@ from sse_adapter.repair.pipeline import Pipeline
 from sse_adapter.repair.request import Outgoing, prepare
 from sse_adapter.repair.responses import ResponseIds, ResponsesRepairer
 from sse_adapter.repair.stream import StreamRepairer
+from sse_adapter.repair.toolcalls import offers_tools
 from sse_adapter.settings import HeartbeatMode, MessagesHeartbeat, ResponsesHeartbeat, Settings, StreamUsage
 from sse_adapter.sse.encoder import comment, frame
 
@@ -272,6 +273,7 @@ class _Gateway:
             usage_on_last_choice=self._ask_usage and not outgoing.usage_asked,
             alias=alias,
             collect_text=collect,
+            offers_tools=offers_tools(outgoing.fields),
         )
         return repairer, self._heartbeat(identity), settings.heartbeat_mode.value
 

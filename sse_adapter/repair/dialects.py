@@ -37,7 +37,8 @@ BULKY_FIELDS = ("timings", "prompt_token_ids", "token_ids", "context", "prompt_p
 
 _EXCERPT = 300
 _OURS = frozenset({"message", "msg", "type", "code"})  # the fields an error's own answer sets
-_TAGS = re.compile(rb"<[^>]*>")
+# [^<>]: a match stops at the next "<", so a page of "<" costs n, not n squared
+_TAGS = re.compile(rb"<[^<>]*>")
 
 
 def chunk_error(chunk: dict[str, Any], status: int | None = None) -> UpstreamReported | None:

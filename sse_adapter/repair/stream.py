@@ -47,7 +47,9 @@ class StreamRepairer:
     until the usage comes or the stream ends, instead of a chunk of its own.
     ``alias``: the model name the client asked for, which every chunk
     carries back. ``collect_text``: keep the answer's text, for counting
-    its tokens when the upstream sends no usage.
+    its tokens when the upstream sends no usage. ``offers_tools``: the
+    request let the model call tools (:func:`offers_tools`); without,
+    ``<tool_call>`` text stays text.
     """
 
     def __init__(
@@ -58,6 +60,7 @@ class StreamRepairer:
         usage_on_last_choice: bool = False,
         alias: str | None = None,
         collect_text: bool = False,
+        offers_tools: bool = True,
     ) -> None:
         self.identity = identity
         self.settings = settings
@@ -68,6 +71,7 @@ class StreamRepairer:
         self._ride = usage_on_last_choice
         self._alias = alias
         self._last_choice: dict[str, Any] | None = None  # held for the usage to ride on
+        self._last_sent: str | None = None  # the upstream's payload of the chunk held
         self._finishing = False  # the chunk under repair finishes a choice
         self._usage_chunk: dict[str, Any] | None = None
         self._sent = 0
@@ -80,7 +84,7 @@ class StreamRepairer:
         self._fill_fields = settings.fill_fields
         self._map_reasons = settings.map_finish_reason
         self._split_thinking = settings.think_tags is Tags.SPLIT
-        self._split_tool_tags = settings.tool_call_tags is Tags.SPLIT
+        self._split_tool_tags = settings.tool_call_tags is Tags.SPLIT and offers_tools
         self._normalise_tools = settings.tool_calls is ToolCallMode.NORMALISE
         self._other_reasoning = _other_reasoning_name(settings)
         self._wrap_thinking = settings.reasoning_field is ReasoningField.THINK_TAGS
@@ -137,7 +141,7 @@ class StreamRepairer:
         if self._finishing:
             self._finishing = False
             if self._ride:
-                return self._hold_last_choice(chunk)
+                return self._hold_last_choice(chunk, data)
         if not changed:  # the common case, inline: _send's first branch
             raw = data.encode()
             if len(raw) + 6 <= self.settings.max_line_bytes:
@@ -204,23 +208,26 @@ class StreamRepairer:
             payloads += fit({**chunk, "usage": usage}, self.settings.max_line_bytes, self.repairs)
         return payloads
 
-    def _hold_last_choice(self, chunk: dict[str, Any]) -> list[bytes]:
+    def _hold_last_choice(self, chunk: dict[str, Any], data: str) -> list[bytes]:
         """Hold a chunk that finishes a choice (it may be the last with choices);
         the one held before goes out now."""
         released = self._release_last_choice()
-        self._last_choice = chunk
+        self._last_choice, self._last_sent = chunk, data
         self._sent += 1
         return released
 
     def _release_last_choice(self) -> list[bytes]:
         held, self._last_choice = self._last_choice, None
-        return [] if held is None else fit(held, self.settings.max_line_bytes, self.repairs)
+        return [] if held is None else fit(held, self.settings.max_line_bytes, self.repairs, self._last_sent)
 
     def _last_with_usage(self, usage: dict[str, Any] | None) -> list[bytes]:
         if usage is None:
             return self._release_last_choice()
-        chunk = self._last_choice or self.identity.chunk()
-        self._last_choice = chunk
+        if self._last_choice is None:
+            self._last_choice, self._last_sent = self.identity.chunk(), None
+        chunk = self._last_choice
+        for name, value in (self._usage_chunk or {}).items():
+            chunk.setdefault(name, value)  # the usage chunk's other fields ride along
         chunk["usage"] = usage
         self.repairs["usage_on_last_chunk"] += 1
         return self._release_last_choice()
@@ -231,7 +238,7 @@ class StreamRepairer:
             raw = data.encode()
             if len(raw) + 6 <= self.settings.max_line_bytes:
                 return [raw]  # as the upstream sent it, byte for byte
-        return fit(chunk, self.settings.max_line_bytes, self.repairs)
+        return fit(chunk, self.settings.max_line_bytes, self.repairs, data)
 
     def _count(self, repair: str, applies: bool) -> bool:
         if applies:
@@ -247,11 +254,14 @@ class StreamRepairer:
             return False
         usage = chunk.pop("usage")
         if real:
+            # A usage-only chunk is not sent on: what else the server put in it
+            # (llama-server's timings, system_fingerprint) goes out with the usage.
             self._usage_chunk = {
+                **({} if chunk.get("choices") else chunk),
                 "id": self.identity.claim(chunk.get("id")),
                 "object": chunk.get("object") or self.identity.kind.value,
                 "created": chunk.get("created") or self.identity.created,
-                "model": chunk.get("model") or self.identity.model,
+                "model": self._alias or chunk.get("model") or self.identity.model,
                 "choices": [],
                 "usage": usage,
             }
@@ -406,7 +416,7 @@ class StreamRepairer:
         index, content = placed
         splitter = self._tool_tags.get(index)
         if splitter is None:
-            splitter = self._tool_tags[index] = ToolTagSplitter(self.settings.max_event_bytes)
+            splitter = self._tool_tags[index] = ToolTagSplitter()
         text, calls = splitter.feed(content or "")
         if finish is not None:
             text += splitter.flush()

@@ -20,19 +20,19 @@ class ThinkSplitter:
 
     def feed(self, text: str) -> tuple[str, str]:
         """The ``(reasoning, content)`` this piece completes."""
-        text = self._held + text
-        self._held = ""
+        text, self._held = self._held + text, ""
         parts: dict[bool, list[str]] = {True: [], False: []}
-        while text:
+        start = 0  # what lies before is done with: re-slicing it per tag would cost n squared
+        while start < len(text):
             tag = _CLOSE if self.inside else _OPEN
-            found = text.find(tag)
+            found = text.find(tag, start)
             if found < 0:
-                keep = tag_start_at_end(text, tag)
-                parts[self.inside].append(text[: len(text) - keep])
-                self._held = text[len(text) - keep :]
+                end = len(text) - tag_start_at_end(text, tag, start)
+                parts[self.inside].append(text[start:end])
+                self._held = text[end:]
                 break
-            parts[self.inside].append(text[:found])
-            text = text[found + len(tag) :]
+            parts[self.inside].append(text[start:found])
+            start = found + len(tag)
             self.inside = not self.inside
         return "".join(parts[True]), "".join(parts[False])
 
@@ -75,9 +75,9 @@ def wrapped(reasoning: str, content: str) -> str:
     return f"{_OPEN}{reasoning}{_CLOSE}{content}" if reasoning else content
 
 
-def tag_start_at_end(text: str, tag: str) -> int:
-    """How many trailing characters of ``text`` could begin ``tag``."""
-    for size in range(min(len(tag) - 1, len(text)), 0, -1):
-        if tag.startswith(text[-size:]):
+def tag_start_at_end(text: str, tag: str, start: int = 0) -> int:
+    """How many trailing characters of ``text[start:]`` could begin ``tag``."""
+    for size in range(min(len(tag) - 1, len(text) - start), 0, -1):
+        if text.endswith(tag[:size]):
             return size
     return 0

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from sse_adapter.errors import LineTooLong, UpstreamError, UpstreamReported
+from sse_adapter.errors import InternalError, LineTooLong, UpstreamError, UpstreamReported
 from sse_adapter.repair.chunks import Kind, StreamIdentity, heartbeat_chunk
 from sse_adapter.repair.fitting import fit
 from sse_adapter.repair.stream import StreamRepairer
@@ -169,6 +169,40 @@ def test_a_usage_only_chunk_is_held_for_the_end() -> None:
     assert orjson.loads(fix.finish()[-1])["usage"] == usage
 
 
+LLAMA_USAGE_CHUNK = {
+    "id": "c1",
+    "object": "chat.completion.chunk",
+    "created": 1,
+    "model": "up",
+    "system_fingerprint": "b6000-abc",
+    "choices": [],
+    "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
+    "timings": {"prompt_n": 5, "predicted_n": 2, "predicted_per_second": 30.5},
+}
+
+
+@pytest.mark.parametrize("ride", [False, True], ids=["usage-chunk", "on-the-last-chunk"])
+def test_every_field_of_a_usage_only_chunk_goes_out_with_the_usage(ride: bool) -> None:
+    """llama-server puts timings and system_fingerprint beside the usage; the model is the alias."""
+    fix = StreamRepairer(
+        StreamIdentity(Kind.CHAT, "alias", 1), Settings("http://x"), usage_on_last_choice=ride, alias="alias"
+    )
+    chunks = run(fix, chunk({"content": "a"}, "stop"), orjson.dumps(LLAMA_USAGE_CHUNK).decode())
+    last = chunks[-1]
+    assert last["usage"] == LLAMA_USAGE_CHUNK["usage"]
+    assert (last["timings"], last["system_fingerprint"]) == (LLAMA_USAGE_CHUNK["timings"], "b6000-abc")
+    assert {c["model"] for c in chunks} == {"alias"}
+    assert bool(last["choices"]) is ride
+
+
+def test_usage_on_a_chunk_with_choices_leaves_its_other_fields_there() -> None:
+    usage = {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
+    first, last = run(repairer(), chunk({}, "stop", usage=usage, timings={"prompt_n": 5}))
+    assert first["timings"] == {"prompt_n": 5}
+    assert "timings" not in last
+    assert last["usage"] == usage
+
+
 def test_usage_can_be_passed_as_the_upstream_sent_it() -> None:
     [got] = run(repairer(final_usage_only=False), chunk({"content": "a"}, usage=None))
     assert got["usage"] is None
@@ -270,9 +304,27 @@ def test_a_small_chunk_keeps_its_bulky_fields() -> None:
 
 
 def test_what_cannot_be_split_is_an_error_never_a_cut() -> None:
+    data = chunk({"tool_calls": [{"index": 0, "function": {"name": "x" * 70_000}}]})
+    with pytest.raises(LineTooLong, match=r"^the upstream sent a chunk of 70\d{3} bytes .*--max-line-bytes"):
+        fit(orjson.loads(data), LIMIT, Counter(), data)
+
+
+def test_a_chunk_the_adapter_made_too_long_is_not_blamed_on_the_upstream() -> None:
     body = orjson.loads(chunk({"tool_calls": [{"index": 0, "function": {"name": "x" * 70_000}}]}))
-    with pytest.raises(LineTooLong, match="--max-line-bytes"):
+    with pytest.raises(InternalError, match=r"^sse-adapter made a chunk of .*--max-line-bytes") as made:
         fit(body, LIMIT, Counter())
+    assert "upstream" not in made.value.message
+
+
+def test_a_chunk_the_adapters_repairs_grew_too_long_is_not_blamed_on_the_upstream() -> None:
+    """An alias longer than the upstream's model name, on a chunk just under the limit."""
+    body = orjson.loads(chunk({"content": "a"}))
+    body["choices"][0]["logprobs"] = {"content": [{"token": "t" * (LIMIT - 400), "logprob": 0.0}]}
+    data = orjson.dumps(body).decode()
+    assert len(data) + 6 < LIMIT
+    fix = StreamRepairer(StreamIdentity(Kind.CHAT, "m", 1), Settings(upstream="http://x"), alias="a" * 500)
+    with pytest.raises(InternalError, match=r"^sse-adapter's repairs grew the upstream's chunk of \d+ bytes"):
+        fix.repair(Event(data))
 
 
 def test_the_line_limit_is_a_setting() -> None:
