@@ -83,7 +83,7 @@ async def test_metrics_count_heartbeats_and_errors() -> None:
             seen = await stream(adapter, CHAT, {"model": "m", "stream": True})
             got = await scrape(adapter)
     beats = got[("sse_adapter_heartbeats_total", (("mode", "chunk"),))]
-    assert beats == seen.heartbeats() >= 3
+    assert beats == seen.heartbeats() >= 2  # 0.5 s of silence: 4 or 5 at 0.1 s on an idle machine
     assert got[("sse_adapter_upstream_errors_total", (("kind", "upstream_error"),))] == 1
     assert got[("sse_adapter_repairs_total", (("kind", "error_shape"),))] == 1
 

@@ -64,7 +64,7 @@ def sockets() -> int:
     return count
 
 
-async def settles(measure: Callable[[], int], target: int, seconds: float = 3.0) -> int:
+async def settles(measure: Callable[[], int], target: int, seconds: float = 10.0) -> int:
     """The measure once it is back at ``target``, or its last value when time runs out."""
     for _ in range(int(seconds / 0.05)):
         if (value := measure()) <= target:
