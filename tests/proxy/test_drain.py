@@ -13,7 +13,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.adapter_server import free_port
+from tests.adapter_server import STARTUP, free_port
 from tests.upstream_fake import Received, Writer, content_frame, fake_upstream
 
 pytestmark = pytest.mark.anyio
@@ -44,11 +44,14 @@ async def cli_adapter(upstream: str, *flags: str) -> AsyncIterator[tuple[asyncio
     )
     try:
         async with httpx.AsyncClient() as client:
-            for _ in range(200):
+            deadline = asyncio.get_running_loop().time() + STARTUP
+            while True:
                 try:
                     await client.get(base + "/healthz")
                     break
                 except httpx.TransportError:
+                    assert adapter.returncode is None, "the adapter exited"
+                    assert asyncio.get_running_loop().time() < deadline
                     await asyncio.sleep(0.05)
         yield adapter, base
     finally:

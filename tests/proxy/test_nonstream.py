@@ -17,7 +17,7 @@ import pytest
 from sse_adapter.settings import Settings
 from sse_adapter.tools.oneapi import channel_test_passes, nonstream_error
 from tests.adapter_server import run_adapter
-from tests.end_client import FIXTURES, fixture
+from tests.end_client import FIXTURES, TLS, fixture
 from tests.upstream_fake import Handler, Received, Writer, fake_upstream, sse
 
 pytestmark = pytest.mark.anyio
@@ -67,7 +67,7 @@ async def post(adapter: str, body: dict[str, Any], path: str = CHAT) -> tuple[Re
     arrivals: list[float] = []
     content = bytearray()
     start = anyio.current_time()
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(timeout=10, verify=TLS) as client:
         async with client.stream("POST", adapter + path, json=body) as reply:
             async for piece in reply.aiter_raw():
                 arrivals.append(anyio.current_time() - start)

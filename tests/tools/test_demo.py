@@ -14,13 +14,13 @@ import pytest
 
 from sse_adapter.tools.demo_upstream import DIALECTS, demo_upstream, events_of, transcript
 from sse_adapter.tools.oneapi import channel_test_passes
-from tests.adapter_server import free_port_pair
+from tests.adapter_server import STARTUP, free_port_pair
 from tests.end_client import FIXTURES, fixture
 
 ENV = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
 
 
-def demo(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def demo(*args: str, timeout: float = STARTUP + 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "sse_adapter", "demo", *args],
         capture_output=True,

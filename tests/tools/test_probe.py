@@ -15,7 +15,7 @@ import pytest
 from sse_adapter.settings import Settings
 from sse_adapter.tools.oneapi import OneAPIRelay
 from sse_adapter.tools.probe import _rate, first_model, probe
-from tests.adapter_server import run_adapter
+from tests.adapter_server import STARTUP, run_adapter
 from tests.end_client import Seen, fixture
 from tests.proxy.test_dialects_wire import HANDLERS, ROWS, Row
 from tests.upstream_fake import Handler, Received, Writer, content_frame, fake_upstream, json_answer
@@ -113,7 +113,7 @@ asyncio.run(main())
         [sys.executable, "-c", code],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=3 * STARTUP,  # two probes and the adapter, each a process
         env={**os.environ, "COLUMNS": "200"},
         check=True,
     )
@@ -155,7 +155,7 @@ def test_a_bad_url_is_a_usage_error() -> None:
         [sys.executable, "-m", "sse_adapter", "probe", "--upstream", "nope"],
         capture_output=True,
         text=True,
-        timeout=30,
+        timeout=STARTUP,
     )
     assert result.returncode == 2
     assert "--upstream must be an http://" in result.stderr
