@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import random
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -12,13 +13,46 @@ from fastapi import FastAPI
 from sse_adapter.server import serving
 from sse_adapter.settings import Settings
 
+# Seconds a server started as its own process gets to answer, a hang guard: the interpreter's
+# start with the adapter's imports takes 1 s on an idle machine and took over 20 s at a load of
+# 20 on 2 cores.
+STARTUP = 60.0
+
+
+def _picked_from() -> range:
+    """Ports the kernel never hands out by itself.
+
+    A port bound to 0, and the local end of every outgoing connection, come from
+    ``ip_local_port_range`` (32768-60999 by default). Tests run in parallel open thousands
+    of connections; a port picked from that range for a server in another process could
+    be taken by one of them before the server binds it. Below the range it cannot.
+    """
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as ranges:
+            low = int(ranges.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return range(10000, low) if low > 12000 else range(0)
+
+
+_PICK = _picked_from()
+_RANDOM = random.SystemRandom()  # not the random module's: hypothesis seeds that in each worker
+
 
 def free_port() -> int:
     """A port of 127.0.0.1 nothing listens on, for a server started as its own process."""
-    with socket.socket() as sock:
+    for _ in range(100 if _PICK else 0):
+        port = _RANDOM.choice(_PICK)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    with socket.socket() as sock:  # a kernel that hands out every port: any free one
         sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
+        any_port: int = sock.getsockname()[1]
+    return any_port
 
 
 def free_port_pair() -> int:

@@ -19,7 +19,7 @@ import pytest
 
 from sse_adapter import __version__
 from sse_adapter.settings import HeartbeatMode, Settings, SettingsError
-from tests.adapter_server import free_port, free_port_pair
+from tests.adapter_server import STARTUP, free_port, free_port_pair
 
 ROOT = Path(__file__).parent.parent
 ENV = {key: value for key, value in os.environ.items() if not key.startswith("SSE_ADAPTER_")}
@@ -30,7 +30,7 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
         [sys.executable, "-m", "sse_adapter", *args],
         capture_output=True,
         text=True,
-        timeout=30,
+        timeout=STARTUP,
         env={**ENV, **(env or {})},
     )
 
@@ -84,15 +84,16 @@ def serving(port: int, *args: str, env: dict[str, str]) -> Iterator[Served]:
     )
     served = None
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                served = Served(httpx.get(f"http://127.0.0.1:{port}/healthz"))
-                break
-            except httpx.TransportError:
-                assert process.poll() is None, process.stdout.read() if process.stdout else ""
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
+        deadline = time.monotonic() + STARTUP
+        with httpx.Client() as client:
+            while True:
+                try:
+                    served = Served(client.get(f"http://127.0.0.1:{port}/healthz"))
+                    break
+                except httpx.TransportError:
+                    assert process.poll() is None, process.stdout.read() if process.stdout else ""
+                    assert time.monotonic() < deadline
+                    time.sleep(0.1)
         yield served
     finally:
         process.terminate()
@@ -188,7 +189,7 @@ def test_startup_says_where_it_relays_and_whether_that_answers() -> None:
     )
     try:
         assert process.stderr is not None
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + STARTUP
         lines: list[str] = []
         while not any("relays to" in line for line in lines):
             assert time.monotonic() < deadline, lines

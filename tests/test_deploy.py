@@ -24,7 +24,7 @@ from sse_adapter.cli import app as cli
 from sse_adapter.config import read_config
 from sse_adapter.proxy.app import create_app
 from sse_adapter.settings import Settings
-from tests.adapter_server import free_port
+from tests.adapter_server import STARTUP, free_port
 from tests.kustomize import render
 
 ROOT = Path(__file__).parent.parent
@@ -390,16 +390,17 @@ def test_the_dockerfile_entrypoint_serves_and_its_healthcheck_passes() -> None:
     assert run_env["SSE_ADAPTER_HOST"] == "0.0.0.0"  # as in the container
     server = subprocess.Popen(entrypoint, env=run_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                assert httpx.get(f"http://127.0.0.1:{port}/healthz").json() == {"status": "ok"}
-                break
-            except httpx.TransportError:
-                assert server.poll() is None, "the entrypoint exited"
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
-        check = subprocess.run(healthcheck, env=run_env, capture_output=True, timeout=10)
+        deadline = time.monotonic() + STARTUP
+        with httpx.Client() as client:
+            while True:
+                try:
+                    assert client.get(f"http://127.0.0.1:{port}/healthz").json() == {"status": "ok"}
+                    break
+                except httpx.TransportError:
+                    assert server.poll() is None, "the entrypoint exited"
+                    assert time.monotonic() < deadline
+                    time.sleep(0.1)
+        check = subprocess.run(healthcheck, env=run_env, capture_output=True, timeout=STARTUP)
         assert check.returncode == 0, check.stderr
     finally:
         server.terminate()

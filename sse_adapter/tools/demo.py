@@ -28,8 +28,9 @@ from sse_adapter.tools.quirks import describe, framing_quirks, read_as_relay
 __all__ = ["Outcome", "Verdict", "judge", "run_demo"]
 
 HEARTBEAT_INTERVAL = 1.0
-# A silence the end client lives through longer than this means no keep-alive reached it.
-SILENCE_LIMIT = 1.5 * HEARTBEAT_INTERVAL
+# A silence the end client lives through longer than this means no keep-alive reached it;
+# a few intervals, so that a loaded machine's late timer is not taken for a missing heartbeat.
+SILENCE_LIMIT = 3 * HEARTBEAT_INTERVAL
 CHAT = "/v1/chat/completions"
 
 

@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sse_adapter.ops.logs import TextFormatter
 from sse_adapter.proxy import health
 from sse_adapter.settings import Settings
-from tests.adapter_server import free_port, run_adapter
+from tests.adapter_server import STARTUP, free_port, run_adapter
 from tests.end_client import fixture, stream
 from tests.upstream_fake import Received, Writer, fake_upstream, json_answer, sse
 
@@ -85,7 +85,7 @@ async def test_metrics_count_heartbeats_and_errors() -> None:
             seen = await stream(adapter, CHAT, {"model": "m", "stream": True})
             got = await scrape(adapter)
     beats = got[("sse_adapter_heartbeats_total", (("mode", "chunk"), ("route", "chat_completions")))]
-    assert beats == seen.heartbeats() >= 3
+    assert beats == seen.heartbeats() >= 2  # 0.5 s of silence: 4 or 5 at 0.1 s on an idle machine
     assert got[("sse_adapter_upstream_errors_total", (("kind", "upstream_error"),))] == 1
     assert got[("sse_adapter_repairs_total", (("kind", "error_shape"), ("route", "chat_completions")))] == 1
 
@@ -158,14 +158,15 @@ def test_two_workers_report_the_sum_of_both(tmp_path: Path) -> None:
     ]
     server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/healthz")
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline
-                time.sleep(0.2)
+        deadline = time.monotonic() + STARTUP
+        with httpx.Client() as client:
+            while True:
+                try:
+                    client.get(f"http://127.0.0.1:{port}/healthz")
+                    break
+                except httpx.TransportError:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.2)
         for _ in range(20):  # spread over both workers by the kernel
             with httpx.Client() as client:
                 client.get(f"http://127.0.0.1:{port}/healthz")

@@ -13,6 +13,7 @@ import pytest
 
 from sse_adapter.settings import Settings
 from tests.adapter_server import run_adapter
+from tests.end_client import TLS
 from tests.upstream_fake import Received, Writer, content_frame, fake_upstream
 
 pytestmark = pytest.mark.anyio
@@ -47,7 +48,7 @@ async def test_the_upstream_sees_the_client_leave_within_a_second_every_time(mod
     async with fake_upstream(endless) as upstream:
         async with run_adapter(Settings(upstream=upstream.url, heartbeat_interval=0.05)) as adapter:
             for _ in range(TRIES):
-                async with httpx.AsyncClient() as client:
+                async with httpx.AsyncClient(verify=TLS) as client:
                     left = await leave_after_first_frame(client, adapter, model)
                 hung_up = await asyncio.wait_for(upstream.hangups.get(), 2)
                 latencies.append(hung_up - left)
@@ -64,7 +65,7 @@ def sockets() -> int:
     return count
 
 
-async def settles(measure: Callable[[], int], target: int, seconds: float = 3.0) -> int:
+async def settles(measure: Callable[[], int], target: int, seconds: float = 10.0) -> int:
     """The measure once it is back at ``target``, or its last value when time runs out."""
     for _ in range(int(seconds / 0.05)):
         if (value := measure()) <= target:
@@ -74,7 +75,7 @@ async def settles(measure: Callable[[], int], target: int, seconds: float = 3.0)
 
 
 async def aborted(adapter: str, model: str) -> float:
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(verify=TLS) as client:
         return await leave_after_first_frame(client, adapter, model)
 
 

@@ -15,7 +15,8 @@ import orjson
 import pytest
 
 from sse_adapter.settings import Settings
-from tests.adapter_server import run_adapter
+from tests.adapter_server import free_port, run_adapter
+from tests.end_client import TLS
 from tests.upstream_fake import Handler, Received, Writer, fake_upstream
 from tests.upstream_fake import content_frame as chunk
 
@@ -240,7 +241,7 @@ def normal_or(fault: Handler) -> Handler:
 async def ask(adapter: str, streaming: bool, model: str = "m", **options: Any) -> Outcome:
     """One request as a client makes it, bounded in time: a hang fails the test."""
     body = {"model": model, "messages": [], "stream": streaming}
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(timeout=10, verify=TLS) as client:
         reply = await asyncio.wait_for(client.post(adapter + CHAT, json=body, **options), 10)
     if not streaming or not reply.headers.get("content-type", "").startswith("text/event-stream"):
         parsed = orjson.loads(reply.content)
@@ -277,8 +278,7 @@ async def test_upstream_fault(
 
 @pytest.mark.parametrize("streaming", [True, False], ids=["stream", "non-stream"])
 async def test_connection_refused_then_the_upstream_comes_back(streaming: bool) -> None:
-    async with fake_upstream(normal_or(drip)) as gone:
-        port = gone.port
+    port = free_port()  # not from the kernel's own range: no parallel test's socket takes it meanwhile
     async with run_adapter(Settings(upstream=f"http://127.0.0.1:{port}", **SETTINGS)) as adapter:  # type: ignore[arg-type]
         assert await ask(adapter, streaming) == Outcome(502, "upstream_unreachable")
         async with fake_upstream(normal_or(drip), port=port):

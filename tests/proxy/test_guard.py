@@ -156,12 +156,13 @@ async def test_the_total_timeout_ends_a_stream_that_never_stops() -> None:
 
     async with fake_upstream(forever) as upstream:
         async with run_adapter(Settings(upstream=upstream.url, total_timeout=0.5)) as adapter:
-            seen = await stream(adapter, CHAT, {"model": "m", "stream": True})
+            # bounded: with a total timeout that never fires, the stream would run forever
+            seen = await asyncio.wait_for(stream(adapter, CHAT, {"model": "m", "stream": True}), 30)
     assert seen.text().startswith("...")
     error = seen.chunks[-1]["error"]
     assert error["code"] == "upstream_timeout"
-    assert "--total-timeout" in error["message"]
-    assert seen.duration < 3
+    assert "did not finish within 0.5 s (--total-timeout)" in error["message"]
+    assert seen.duration < 10 * 0.5  # generous: how soon it fires on a loaded machine is bench/'s
 
 
 async def test_the_total_timeout_ends_a_stream_that_never_pauses() -> None:
@@ -177,11 +178,13 @@ async def test_the_total_timeout_ends_a_stream_that_never_pauses() -> None:
     async with fake_upstream(torrent) as upstream:
         async with run_adapter(Settings(upstream=upstream.url, total_timeout=1.0)) as adapter:
             # bounded: with a total timeout that never fires, the stream would run forever
-            seen = await asyncio.wait_for(stream(adapter, CHAT, {"model": "m", "stream": True}), 10)
+            seen = await asyncio.wait_for(stream(adapter, CHAT, {"model": "m", "stream": True}), 30)
     assert seen.text().startswith("....")
     assert seen.chunks[-1]["error"]["code"] == "upstream_timeout"
-    assert "--total-timeout" in seen.chunks[-1]["error"]["message"]
-    assert seen.duration < 3
+    assert "did not finish within 1 s (--total-timeout)" in seen.chunks[-1]["error"]["message"]
+    # Generous: the client reads what was relayed before the error, in the same loop as the
+    # adapter, and on a loaded 2-core machine that took 3.2 s. How soon it fires is bench/'s.
+    assert seen.duration < 10 * 1.0
 
 
 @pytest.mark.parametrize(
@@ -193,21 +196,27 @@ async def test_the_total_timeout_ends_a_stream_that_never_pauses() -> None:
     ids=["count", "bytes"],
 )
 async def test_too_many_header_bytes_or_headers_get_a_431_at_once(headers: dict[str, str], why: str) -> None:
+    settings = Settings(upstream="http://x", request_read_timeout=30)
     async with fake_upstream(DONE_STREAM) as upstream:
-        async with run_adapter(Settings(upstream=upstream.url)) as adapter, httpx.AsyncClient() as client:
-            started = asyncio.get_running_loop().time()
-            reply = await client.post(adapter + CHAT, json={"model": "m", "stream": True}, headers=headers)
-            took = asyncio.get_running_loop().time() - started
-            fine = await client.post(
-                adapter + CHAT,
-                json={"model": "m", "stream": True},
-                headers={f"x-h{n}": "v" for n in range(60)},
-            )
+        async with run_adapter(replace(settings, upstream=upstream.url)) as adapter:
+            async with httpx.AsyncClient(timeout=60) as client:
+                started = asyncio.get_running_loop().time()
+                reply = await client.post(
+                    adapter + CHAT, json={"model": "m", "stream": True}, headers=headers
+                )
+                took = asyncio.get_running_loop().time() - started
+                fine = await client.post(
+                    adapter + CHAT,
+                    json={"model": "m", "stream": True},
+                    headers={f"x-h{n}": "v" for n in range(60)},
+                )
     assert reply.status_code == 431, why
     error = reply.json()["error"]
     assert (error["type"], error["code"]) == ("invalid_request_error", "request_headers_too_large")
     assert "--max-header-count" in error["message"]
-    assert took < 1.0, why
+    # at once, not at the request read timeout (30 s): the client's own work on 5,000
+    # headers took 2.2 s on a loaded 2-core machine, so the bound is generous
+    assert took < 10, why
     assert fine.status_code == 200  # a request with a reasonable head passes
     assert len(upstream.requests) == 1
 
@@ -291,6 +300,33 @@ async def raw_exchange(adapter: str, *pieces: bytes, pause: float = 0.0) -> byte
     return bytes(received)
 
 
+async def dribble(adapter: str, pieces: list[bytes], pause: float) -> tuple[bytes, int]:
+    """Send the pieces ``pause`` apart until the adapter answers; what it sent back
+    before it closed, and how many pieces were still unsent when its answer came."""
+    host, port = adapter.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    first = asyncio.ensure_future(reader.read(65536))
+    try:
+        for sent, piece in enumerate(pieces):
+            if first.done():
+                unsent = len(pieces) - sent
+                break
+            with contextlib.suppress(ConnectionError):  # the adapter may have answered and closed
+                writer.write(piece)
+                await writer.drain()
+            await asyncio.wait({first}, timeout=pause)
+        else:
+            unsent = 0
+        received = bytearray(await asyncio.wait_for(first, 30))
+        with contextlib.suppress(ConnectionError):
+            while chunk := await asyncio.wait_for(reader.read(65536), 10):
+                received.extend(chunk)
+    finally:
+        first.cancel()
+        writer.close()
+    return bytes(received), unsent
+
+
 def error_of(raw: bytes) -> tuple[int, str, bytes]:
     head, _, body = raw.partition(b"\r\n\r\n")
     assert b"content-type: application/json" in head.lower(), head
@@ -298,17 +334,15 @@ def error_of(raw: bytes) -> tuple[int, str, bytes]:
 
 
 async def test_a_head_that_dribbles_past_the_read_timeout_gets_a_408_and_is_closed() -> None:
+    # a header line every 0.2 s for 3 s: each byte is on time, the head as a whole is late
+    head = [b"POST /v1/chat/completions HTTP/1.1\r\n", *(b"X-Slow-%d: v\r\n" % n for n in range(15))]
     async with fake_upstream(DONE_STREAM) as upstream:
         async with run_adapter(Settings(upstream=upstream.url, request_read_timeout=0.5)) as adapter:
-            started = asyncio.get_running_loop().time()
-            raw = await raw_exchange(
-                adapter, b"POST /v1/chat/completions HTTP/1.1\r\n", b"Host: a\r\n", pause=0.3
-            )
-            took = asyncio.get_running_loop().time() - started
+            raw, unsent = await dribble(adapter, head, pause=0.2)
             silent = await raw_exchange(adapter)  # connects, sends nothing
     assert error_of(raw)[:2] == (408, "request_timeout")
+    assert unsent > 0  # the answer came while the head was still dribbling in, not after it
     assert error_of(silent)[:2] == (408, "request_timeout")
-    assert took < 2
     assert upstream.requests == []
 
 

@@ -131,7 +131,9 @@ def silent_then(*steps: tuple[float, bytes], headers_after: float = 0.0) -> obje
 chunk = partial(content_frame, chunk_id="chatcmpl-x", model="up")
 
 INTERVAL = 0.2
-MARGIN = INTERVAL / 2  # room for a loaded machine's scheduling, in proportion to what is measured
+# The longest gap a test accepts: several intervals, for a loaded machine's scheduling, and still
+# well under the upstream's silences (1 s and more) that a missing heartbeat would show as.
+LATE = 3 * INTERVAL
 
 
 @pytest.mark.parametrize("headers_after", [0.0, 0.9], ids=["headers-at-once", "headers-late"])
@@ -142,9 +144,9 @@ async def test_heartbeats_reach_the_end_client_while_the_upstream_is_silent(head
         async with run_adapter(settings(upstream.url, heartbeat_interval=INTERVAL)) as adapter:
             seen = await stream(adapter, CHAT, {"model": "reasoner", "stream": True})
     assert seen.text() == "thinking"
-    assert max(seen.gaps()) <= INTERVAL + MARGIN, seen.gaps()
+    assert max(seen.gaps()) <= LATE, seen.gaps()
     beats = [chunk for chunk in seen.chunks if chunk["choices"][0]["delta"] == {"content": ""}]  # type: ignore[index]
-    assert len(beats) >= 8  # about 2.0 s of silence / 0.2 s
+    assert len(beats) >= 3  # about 2.0 s of silence: 10 at 0.2 s, and at least one every LATE
     first_token = next(n for n, chunk in enumerate(seen.chunks) if chunk not in beats)
     # the request's model until the upstream names its own; then the upstream's, as its chunks carry
     assert {beat["model"] for beat in seen.chunks[:first_token]} == {"reasoner"}
@@ -176,7 +178,9 @@ async def test_comment_mode_keeps_only_the_hop_alive() -> None:
         adapter_settings = settings(upstream.url, heartbeat_interval=INTERVAL, heartbeat_mode="comment")
         async with run_adapter(adapter_settings) as adapter:
             seen = await stream(adapter, CHAT, {"model": "m", "stream": True})
-    assert seen.raw.startswith(b": keep-alive\n\n: keep-alive\n\n")
+    before, _, _ = seen.raw.partition(b"data: ")
+    assert before.startswith(b": keep-alive\n\n")
+    assert before == b": keep-alive\n\n" * before.count(b":")  # comments only, until the token
     assert seen.text() == "late"
     assert seen.frames[0][0] >= 0.6  # One-API drops comments: its client heard nothing before the token
 

@@ -21,12 +21,11 @@ from tests.upstream_fake import Handler, Received, Writer, fake_upstream, json_a
 
 pytestmark = pytest.mark.anyio
 
-RETRY = 0.3  # seconds between searches, for the test; 30 s in the adapter
 
-
-@pytest.fixture(autouse=True)
-def quick_retry(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tokens, "_RETRY_AFTER", RETRY)
+def retry_after(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    """How long a failed search waits before the next (30 s in the adapter): set by the
+    test, so that "not yet" and "again" never depend on how fast the machine is."""
+    monkeypatch.setattr(tokens, "_RETRY_AFTER", seconds)
 
 
 def first_search_answers(status: int, then: Handler, searches: list[int]) -> Handler:
@@ -44,16 +43,19 @@ def first_search_answers(status: int, then: Handler, searches: list[int]) -> Han
 
 
 @pytest.mark.parametrize("status", [503, 500, 502, 429, 408])
-async def test_a_tokenizer_that_cannot_answer_yet_is_asked_again_later(status: int) -> None:
+async def test_a_tokenizer_that_cannot_answer_yet_is_asked_again_later(
+    status: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     calls: list[str] = []
     searches: list[int] = []
     handler = first_search_answers(status, tokenizer("vllm", calls), searches)
     async with fake_upstream(handler, handles_probes=True) as upstream:
         async with run_adapter(Settings(upstream=upstream.url)) as adapter:
+            retry_after(monkeypatch, 3600)
             first = await stream(adapter, CHAT, ASK)
             soon = await stream(adapter, CHAT, ASK)  # within the retry delay: not asked again
             asked_soon = len(searches)
-            await asyncio.sleep(RETRY * 2)
+            retry_after(monkeypatch, 0)  # the delay has passed
             later = await stream(adapter, CHAT, ASK)
     assert first.text() == soon.text() == later.text() == "".join(WORDS)
     assert later.usage() == {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}
@@ -63,7 +65,8 @@ async def test_a_tokenizer_that_cannot_answer_yet_is_asked_again_later(status: i
 
 
 @pytest.mark.parametrize("status", [404, 405])
-async def test_no_tokenize_endpoint_settles_the_search(status: int) -> None:
+async def test_no_tokenize_endpoint_settles_the_search(status: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    retry_after(monkeypatch, 0)  # were it a failure, the next stream would search again
     searches: list[str] = []
 
     async def handler(received: Received, out: Writer) -> None:
@@ -76,14 +79,14 @@ async def test_no_tokenize_endpoint_settles_the_search(status: int) -> None:
     async with fake_upstream(handler, handles_probes=True) as upstream:
         async with run_adapter(Settings(upstream=upstream.url)) as adapter:
             first = await stream(adapter, CHAT, ASK)
-            await asyncio.sleep(RETRY * 2)
             later = await stream(adapter, CHAT, ASK)
     assert first.usage() is None
     assert later.usage() is None
     assert searches == ["/tokenize", "/tokenize"]  # vLLM's shape, then TGI's; never again
 
 
-async def test_a_search_that_times_out_is_tried_again() -> None:
+async def test_a_search_that_times_out_is_tried_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    retry_after(monkeypatch, 0)
     calls: list[str] = []
     vllm = tokenizer("vllm", calls)
     slow_once: list[bool] = []
@@ -98,6 +101,5 @@ async def test_a_search_that_times_out_is_tried_again() -> None:
         async with Upstream(Settings(upstream=upstream.url)) as client:
             counter = TokenCounter(client, within=0.3)
             first = await counter.tokenizer("m")
-            await asyncio.sleep(RETRY * 2)
             later = await counter.tokenizer("m")
     assert (first, later) == (None, Tokenizer.VLLM)

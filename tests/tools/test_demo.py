@@ -14,13 +14,13 @@ import pytest
 
 from sse_adapter.tools.demo_upstream import DIALECTS, demo_upstream, events_of, transcript
 from sse_adapter.tools.oneapi import channel_test_passes
-from tests.adapter_server import free_port_pair
+from tests.adapter_server import STARTUP, free_port_pair
 from tests.end_client import FIXTURES, fixture
 
 ENV = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
 
 
-def demo(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def demo(*args: str, timeout: float = STARTUP + 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "sse_adapter", "demo", *args],
         capture_output=True,
@@ -35,7 +35,9 @@ def test_demo_all_runs_within_the_think_time_and_exits_0() -> None:
     result = demo("--dialect", "all", "--think-seconds", "2")
     took = time.monotonic() - started
     assert result.returncode == 0, result.stderr
-    assert took < 2 + 15  # the think time plus a few seconds (and the interpreter's start)
+    # The think time plus a few seconds on an idle machine (5.7 s in all); the bound is generous,
+    # for the interpreter's start on a loaded one: how fast the demo runs is not this test's business.
+    assert took < 2 + 30
     summary = result.stdout[result.stdout.index("Summary") :]
     rows = {line.split("│")[1].strip(): line for line in summary.splitlines() if line.count("│") == 4}
     assert set(rows) == set(DIALECTS)
@@ -47,14 +49,14 @@ def test_demo_all_runs_within_the_think_time_and_exits_0() -> None:
 
 
 def test_the_reasoning_dialect_shows_silence_direct_and_heartbeats_through_the_adapter() -> None:
-    result = demo("--dialect", "reasoning", "--think-seconds", "3")
+    result = demo("--dialect", "reasoning", "--think-seconds", "4")
     assert result.returncode == 0, result.stderr
     silence = re.search(r"longest silence\s*│\s*([\d.]+) s\s*│\s*([\d.]+) s", result.stdout)
     beats = re.search(r"heartbeats seen\s*│\s*(\d+)\s*│\s*(\d+)", result.stdout)
     assert silence is not None
     assert beats is not None
-    assert float(silence[1]) >= 3.0
-    assert float(silence[2]) <= 1.5
+    assert float(silence[1]) >= 4.0  # the think time
+    assert float(silence[2]) <= 3.0  # the demo's limit: 1 s heartbeats, and room for a loaded machine
     assert (int(beats[1]), int(beats[2]) >= 2) == (0, True)
     assert "BROKEN: silent for" in result.stdout
 
