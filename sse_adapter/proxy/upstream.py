@@ -103,7 +103,8 @@ def upstream_request_id(given: str) -> str:
     with an empty 400; the client's own id stays in our log and answer headers, and this one is
     derived from it, the same each time, so the server's log can still be matched to ours."""
     try:
-        return str(uuid.UUID(given))
+        uuid.UUID(given)
+        return given  # a UUID already, in any of its spellings: as it came
     except ValueError:
         return str(uuid.uuid5(uuid.NAMESPACE_URL, "sse-adapter:" + given))
 

@@ -15,6 +15,7 @@ import orjson
 import pytest
 
 from sse_adapter.proxy.timeouts import Deadlines
+from sse_adapter.proxy.upstream import upstream_request_id
 from sse_adapter.settings import Settings
 from tests.adapter_server import run_adapter
 from tests.end_client import stream
@@ -89,7 +90,8 @@ async def test_the_request_id_is_passed_on_or_made_and_always_echoed() -> None:
             made = await client.get(adapter + "/v1/models")
             unsafe = await client.get(adapter + "/v1/models", headers={"X-Request-ID": "a b"})
     assert given.headers["x-request-id"] == "trace-42"
-    assert upstream.requests[0].headers["x-request-id"] == "trace-42"
+    # the model server gets a UUID (llama-cpp-python refuses any other), derived from the client's
+    assert upstream.requests[0].headers["x-request-id"] == upstream_request_id("trace-42") != "trace-42"
     assert len(made.headers["x-request-id"]) == 32
     assert upstream.requests[1].headers["x-request-id"] == made.headers["x-request-id"]
     assert unsafe.headers["x-request-id"] != "a b"
