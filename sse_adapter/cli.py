@@ -338,7 +338,8 @@ def serve(
             envvar="SSE_ADAPTER_CONFIG",
             is_eager=True,
             callback=_config,
-            help='A TOML file with a value for any flag and [models."alias"] sections; '
+            # rich reads [...] as markup: the backslash keeps the table's name on screen
+            help='A TOML file with a value for any flag and \\[models."alias"] sections; '
             "flags and env override it.",
             rich_help_panel=_REQUESTS,
             show_default=False,

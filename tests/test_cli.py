@@ -311,3 +311,9 @@ def test_a_bad_config_file_is_one_line_and_exit_code_2(tmp_path: Path, text: str
     assert len(result.stderr.strip().splitlines()) == 1
     if text is not None and "[models." in text:
         assert str(config) in result.stderr  # the file, named
+
+
+def test_the_config_help_shows_the_alias_table_name() -> None:
+    result = run("serve", "--help", env={"COLUMNS": "200"})
+    assert result.returncode == 0
+    assert '[models."alias"] sections' in result.stdout  # rich's markup must not swallow it
