@@ -426,11 +426,20 @@ def demo(
     dialect: Annotated[
         str,
         typer.Option(
-            help="A dialect to show (tgi-2.0, xinference, llamacpp-legacy, vllm, tools, reasoning), or all."
+            help="A dialect to show (chat: tgi-2.0, xinference, llamacpp-legacy, vllm, tools, reasoning; "
+            "responses-* and messages-*: clean, thinking or silent, cut, error), or all."
+        ),
+    ] = "all",
+    form: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="The route to show: chat (/v1/chat/completions), responses (/v1/responses), "
+            "messages (/v1/messages), or all.",
         ),
     ] = "all",
     think_seconds: Annotated[
-        float, typer.Option(help="How long the 'reasoning' model stays silent before its first token.")
+        float, typer.Option(help="How long the thinking models stay silent before they go on.")
     ] = 20.0,
     serve: Annotated[
         bool, typer.Option("--serve", help="Keep both servers running afterwards, and print curl commands.")
@@ -450,11 +459,16 @@ def demo(
 
     from rich.console import Console
 
-    from sse_adapter.tools.demo import dialects_named, run_demo
+    from sse_adapter.tools.agentclient import FORMATS
+    from sse_adapter.tools.demo import dialects_for, run_demo
     from sse_adapter.tools.demo_upstream import DIALECTS
 
     if dialect != "all" and dialect not in DIALECTS:
         raise typer.BadParameter(f"--dialect must be one of {', '.join(DIALECTS)} or all, got {dialect!r}")
+    if form != "all" and form not in FORMATS:
+        raise typer.BadParameter(f"--format must be one of {', '.join(FORMATS)} or all, got {form!r}")
+    if dialect != "all" and form != "all" and DIALECTS[dialect].form is not FORMATS[form]:
+        raise typer.BadParameter(f"--dialect {dialect} is not of --format {form}")
     if think_seconds < 0:
         raise typer.BadParameter(f"--think-seconds must be 0 or more, got {think_seconds}")
     if port is not None and not 1 <= port <= 65534:
@@ -462,7 +476,7 @@ def demo(
     logging.getLogger("sse_adapter").setLevel(logging.ERROR)  # the tables report the upstreams' errors
     with contextlib.suppress(KeyboardInterrupt):  # --serve ends with Ctrl-C
         try:
-            asyncio.run(run_demo(dialects_named(dialect), think_seconds, serve, port, Console()))
+            asyncio.run(run_demo(dialects_for(dialect, form), think_seconds, serve, port, Console()))
         except SettingsError as exc:
             raise typer.BadParameter(str(exc)) from None
 
