@@ -279,7 +279,7 @@ def show_how_to_try(upstream: str, adapter: str, console: Console) -> None:
     console.print(f"Demo model server: {upstream} (models: {', '.join(DIALECTS)})")
     console.print(f"sse-adapter:       {adapter}")
     console.print(f"One-API channel:   type 自定义渠道 (custom), base URL {adapter}\n")
-    console.print("Try the same request both ways (change the model to any of the above):", highlight=False)
+    console.print("Try the same request both ways (any model above, on its route):", highlight=False)
     examples = (
         (CHAT, _CHAT_BODY),
         (PATHS[Format.RESPONSES], request_body(Format.RESPONSES, "responses-thinking")),

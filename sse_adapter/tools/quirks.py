@@ -181,18 +181,7 @@ def typed_quirks(raw: bytes, form: Format) -> Counter[str]:
     lines = [line for line, _ in _LINE.findall(raw)]
     limit = Settings(upstream="http://reading").max_line_bytes
     found["line_over_limit"] += sum(len(line) > limit for line in lines)
-    decoder = SSEDecoder()
-    typed: list[tuple[str, dict[str, Any]]] = []
-    for event in decoder.feed(raw) + decoder.flush():
-        try:
-            body = orjson.loads(event.data)
-        except orjson.JSONDecodeError:
-            body = None
-        if not isinstance(body, dict):
-            found["not_json"] += 1
-            continue
-        kind = body.get("type")
-        typed.append(("error" if event.event == "error" else kind if isinstance(kind, str) else "", body))
+    typed, found["not_json"] = _typed_events(raw)
     kinds = [kind for kind, _ in typed]
     if _HEARTBEATS[form] not in kinds:
         found["comment_keepalives"] += sum(line.startswith(b":") for line in lines)
@@ -212,6 +201,39 @@ def typed_quirks(raw: bytes, form: Format) -> Counter[str]:
             kind == "error" and body.get("type") != "error" for kind, body in typed
         )
     return +found
+
+
+def _typed_events(raw: bytes) -> tuple[list[tuple[str, dict[str, Any]]], int]:
+    """Each event's kind (``error`` when named so, else its ``type``) and JSON
+    object; and how many events were no JSON object."""
+    decoder = SSEDecoder()
+    typed: list[tuple[str, dict[str, Any]]] = []
+    not_json = 0
+    for event in decoder.feed(raw) + decoder.flush():
+        try:
+            body = orjson.loads(event.data)
+        except orjson.JSONDecodeError:
+            body = None
+        if not isinstance(body, dict):
+            not_json += 1
+            continue
+        kind = body.get("type")
+        typed.append(("error" if event.event == "error" else kind if isinstance(kind, str) else "", body))
+    return typed, not_json
+
+
+def _ends_in_failure(raw: bytes, form: Format) -> bool:
+    """The body ends in the format's own failure event: nothing for the adapter to add."""
+    typed, _ = _typed_events(raw)
+    last: tuple[str, dict[str, Any]] | None = next(
+        (event for event in reversed(typed) if event[0] != _HEARTBEATS[form]), None
+    )
+    if last is None:
+        return False
+    kind, body = last
+    if form is Format.RESPONSES:
+        return kind == "response.failed"
+    return kind == "error" and body.get("type") == "error" and isinstance(body.get("error"), dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,10 +265,10 @@ def read_typed(raw: bytes, form: Format) -> TypedReading:
             error = raised
     repairs = +repairer.repairs
     del repairs["error_shape"]  # said below, in the format's words
-    if error is not None:
-        repairs["response_failed_added" if form is Format.RESPONSES else "error_event_added"] += 1
-    elif not repairer.saw_usage:
+    if error is None and not repairer.saw_usage:
         repairs["usage_missing"] += 1
+    elif error is not None and not _ends_in_failure(raw, form):
+        repairs["response_failed_added" if form is Format.RESPONSES else "error_event_added"] += 1
     said = error.message if isinstance(error, UpstreamReported) else None
     return TypedReading(_typed_text(units, form), error is not None, said, repairs)
 
