@@ -295,7 +295,7 @@ def show_how_to_try(upstream: str, adapter: str, console: Console) -> None:
     console.print(
         "\nOr judge it as One-API or new-api would, directly and through the adapter:", highlight=False
     )
-    for option, model in (("", "tgi-2.0"), (" --format responses", "responses-cut")):
+    for option, model in (("", "tgi-2.0"), (" --format responses", "responses-error")):
         probe = f"  sse-adapter probe{option} --upstream {upstream} --model {model} --via {adapter}"
         console.print(probe, highlight=False, soft_wrap=True)
     console.print("\nPress Ctrl-C to stop.")

@@ -256,7 +256,8 @@ def test_serve_keeps_both_servers_up_until_ctrl_c() -> None:
         assert f"base URL http://127.0.0.1:{port}" in printed
         probe = f"sse-adapter probe --upstream http://127.0.0.1:{port + 1} --model tgi-2.0 --via {base}"
         assert probe in printed  # the exact command, for the ports it took
-        assert f"sse-adapter probe --format responses --upstream http://127.0.0.1:{port + 1}" in printed
+        options = f"--format responses --upstream http://127.0.0.1:{port + 1} --model responses-error"
+        assert f"sse-adapter probe {options} --via {base}" in printed
         assert f"curl -N http://127.0.0.1:{port}/v1/responses" in printed
         typed = {"model": "responses-clean", "input": "hi", "stream": True}
         events = httpx.post(f"{base}/v1/responses", json=typed, timeout=10).text
