@@ -212,6 +212,16 @@ def test_version_and_no_bool_after_flags_in_help() -> None:
         assert "<bool>" not in shown.stdout, command
 
 
+@pytest.mark.parametrize(("command", "default"), [("probe", "chat"), ("demo", "all")])
+def test_probe_and_demo_take_a_format_chat_by_default_for_probe(command: str, default: str) -> None:
+    shown = run(command, "--help", env={"COLUMNS": "200"})
+    assert shown.returncode == 0
+    option = re.search(r"--format((?:(?!\s--[a-z]).)*)", shown.stdout, re.S)
+    assert option is not None
+    assert all(name in option[1] for name in ("chat", "responses", "messages", "all"))
+    assert f"[default: {default}]" in option[1]
+
+
 def test_the_package_says_what_it_is_and_pins_majors() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["license"] == "MIT"
