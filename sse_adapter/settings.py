@@ -59,6 +59,8 @@ class ReasoningField(enum.StrEnum):
     REASONING = "reasoning"
     KEEP = "keep"
     THINK_TAGS = "think-tags"  # in content, inside <think>...</think>, for clients that show only content
+    # under both names: vLLM now sends only `reasoning`, and some clients read only `reasoning_content`
+    BOTH = "both"
 
 
 class Tags(enum.StrEnum):

@@ -17,7 +17,7 @@ import orjson
 
 from sse_adapter.repair.chunks import Kind
 from sse_adapter.repair.dialects import is_real_usage
-from sse_adapter.repair.stream import map_finish_reason, reasoning_name, rename_reasoning
+from sse_adapter.repair.stream import map_finish_reason, reasoning_names, rename_reasoning
 from sse_adapter.repair.think import ThinkSplitter, wrapped
 from sse_adapter.repair.toolcalls import new_call_id, normalise_message_calls, split_tool_tags
 from sse_adapter.settings import ReasoningField, Settings, Tags, ToolCallMode
@@ -92,8 +92,8 @@ def _split_think(message: dict[str, Any], settings: Settings) -> None:
         held_thought, held_said = splitter.flush()
         if thought or held_thought:
             message["content"] = said + held_said
-            name = reasoning_name(settings)
-            message[name] = (message.get(name) or "") + thought + held_thought
+            for name in reasoning_names(settings):
+                message[name] = (message.get(name) or "") + thought + held_thought
 
 
 def _wrap_think(message: dict[str, Any], repairs: Counter[str]) -> None:

@@ -29,12 +29,13 @@ from sse_adapter.settings import ReasoningField, Settings, Tags, ToolCallMode
 from sse_adapter.sse.decoder import Event
 from sse_adapter.sse.encoder import DONE, frame, frames
 
-__all__ = ["StreamRepairer", "map_finish_reason", "reasoning_name", "rename_reasoning"]
+__all__ = ["StreamRepairer", "map_finish_reason", "reasoning_name", "reasoning_names", "rename_reasoning"]
 
 log = logging.getLogger(__name__)
 
 _EXCERPT = 200
 _BILLED_TEXT = ("content", "text", "reasoning_content", "reasoning")
+_REASONING = ("reasoning_content", "reasoning")
 _MISSING = object()
 
 
@@ -87,6 +88,8 @@ class StreamRepairer:
         self._split_tool_tags = settings.tool_call_tags is Tags.SPLIT and offers_tools
         self._normalise_tools = settings.tool_calls is ToolCallMode.NORMALISE
         self._other_reasoning = _other_reasoning_name(settings)
+        self._both_reasoning = settings.reasoning_field is ReasoningField.BOTH
+        self._reasoning_names = reasoning_names(settings)
         self._wrap_thinking = settings.reasoning_field is ReasoningField.THINK_TAGS
         self._unknown_reasons: set[str] = set()  # logged once a stream
         self._adopted = False
@@ -316,7 +319,9 @@ class StreamRepairer:
             if type(finish) is str and self._map_reasons:
                 changed = self._map_finish_reason(choice)
         if type(delta) is dict:
-            if self._other_reasoning is not None and self._other_reasoning in delta:
+            if (self._other_reasoning is not None and self._other_reasoning in delta) or (
+                self._both_reasoning and "reasoning_content" in delta  # the other name, for both
+            ):
                 changed |= self._rename_reasoning(delta)
             if self._split_thinking:
                 changed |= self._split_think(choice, delta)
@@ -373,10 +378,6 @@ class StreamRepairer:
     def _rename_reasoning(self, delta: dict[str, Any]) -> bool:
         return self._count("reasoning_renamed", rename_reasoning(delta, self.settings))
 
-    @property
-    def _reasoning_name(self) -> str:
-        return reasoning_name(self.settings)
-
     def _split_think(self, choice: dict[str, Any], delta: dict[str, Any]) -> bool:
         placed = _text_at(choice, delta)
         finish = choice.get("finish_reason")
@@ -392,8 +393,8 @@ class StreamRepairer:
             return False
         if text or isinstance(content, str):
             delta["content"] = text
-        if reasoning:
-            delta[self._reasoning_name] = (delta.get(self._reasoning_name) or "") + reasoning
+        for name in self._reasoning_names if reasoning else ():
+            delta[name] = (delta.get(name) or "") + reasoning
         return self._count("think_split", True)
 
     def _tool_calls(self, index: object) -> ToolCalls:
@@ -461,8 +462,8 @@ class StreamRepairer:
         chunk["choices"][0]["index"] = index
         delta = chunk["choices"][0]["delta"]
         delta["content"] = text
-        if reasoning:
-            delta[self._reasoning_name] = reasoning
+        for name in self._reasoning_names if reasoning else ():
+            delta[name] = reasoning
         if calls:
             self._add_calls(index, delta, calls)
         return fit(chunk, self.settings.max_line_bytes, self.repairs)
@@ -493,7 +494,9 @@ def map_finish_reason(choice: dict[str, Any], settings: Settings, logged: set[st
 
 
 def rename_reasoning(holder: dict[str, Any], settings: Settings) -> bool:
-    """Reasoning text under the one configured name, in a delta or a message."""
+    """Reasoning text under the one configured name (or both), in a delta or a message."""
+    if settings.reasoning_field is ReasoningField.BOTH:
+        return _mirror_reasoning(holder)
     other = _other_reasoning_name(settings)
     if other is None or other not in holder:
         return False
@@ -504,20 +507,38 @@ def rename_reasoning(holder: dict[str, Any], settings: Settings) -> bool:
     return True
 
 
+def _mirror_reasoning(holder: dict[str, Any]) -> bool:
+    """The text one reasoning name carries, under the other name too."""
+    texts = [holder.get(name) for name in _REASONING]
+    text = next((text for text in texts if isinstance(text, str)), None)
+    if text is None or all(isinstance(each, str) for each in texts):
+        return False  # none, or both already: servers that send both send the same text twice
+    for name in _REASONING:
+        if not isinstance(holder.get(name), str):
+            holder[name] = text
+    return True
+
+
 def _other_reasoning_name(settings: Settings) -> str | None:
-    """The reasoning field that gets renamed; None when both are kept."""
+    """The reasoning field that gets renamed (with ``both``: the one vLLM
+    sends, checked first); None when both are kept."""
     target = settings.reasoning_field
     if target in (ReasoningField.KEEP, ReasoningField.THINK_TAGS):
         return None
-    return "reasoning" if target is ReasoningField.REASONING_CONTENT else "reasoning_content"
+    return "reasoning" if target is not ReasoningField.REASONING else "reasoning_content"
 
 
 def reasoning_name(settings: Settings) -> str:
     """Where reasoning split out of ``<think>`` goes."""
     field = settings.reasoning_field
-    if field in (ReasoningField.KEEP, ReasoningField.THINK_TAGS):
+    if field in (ReasoningField.KEEP, ReasoningField.THINK_TAGS, ReasoningField.BOTH):
         return "reasoning_content"  # with think-tags, wrapped back into content next
     return field.value
+
+
+def reasoning_names(settings: Settings) -> tuple[str, ...]:
+    """Every name reasoning split out of ``<think>`` goes under."""
+    return _REASONING if settings.reasoning_field is ReasoningField.BOTH else (reasoning_name(settings),)
 
 
 def _not_an_object(data: str) -> UpstreamError:

@@ -4,6 +4,9 @@ llama-server answers a stream that asked for usage with a ``choices: []``
 chunk holding the usage, its ``timings`` and its ``system_fingerprint``
 (../shared/live/README.md). The adapter holds that chunk for the end and
 sends it again: every field the server put in it goes out with it.
+
+vLLM now sends reasoning only as ``reasoning``; with ``--reasoning-field
+both`` clients that read only ``reasoning_content`` get it too.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import Any
 import orjson
 import pytest
 
-from sse_adapter.settings import Settings
+from sse_adapter.settings import ReasoningField, Settings
 from tests.adapter_server import run_adapter
 from tests.end_client import assert_spec_clean, stream
 from tests.upstream_fake import Received, Writer, fake_upstream, sse
@@ -57,4 +60,25 @@ async def test_the_usage_chunk_keeps_llama_servers_timings_and_fingerprint(clien
     last = seen.chunks[-1]
     assert (last["usage"], last["timings"], last["system_fingerprint"]) == (USAGE, TIMINGS, FINGERPRINT)
     assert (last["choices"] == []) is client_asked  # unasked, the usage rides on the finish chunk
+    assert seen.text() == "Hi"
+
+
+async def vllm_reasoning(received: Received, out: Writer) -> None:
+    frames = [
+        data({"choices": [{"index": 0, "delta": {"reasoning": "Think"}, "finish_reason": None}]}),
+        data({"choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": "stop"}]}),
+    ]
+    await sse([*frames, b"data: [DONE]\n\n"])(received, out)
+
+
+async def test_both_sends_vllms_reasoning_under_both_names() -> None:
+    async with fake_upstream(vllm_reasoning) as upstream:
+        async with run_adapter(
+            Settings(upstream=upstream.url, reasoning_field=ReasoningField.BOTH)
+        ) as adapter:
+            seen = await stream(adapter, CHAT, ASK)
+    assert_spec_clean(seen.raw)
+    deltas = [chunk["choices"][0]["delta"] for chunk in seen.chunks if chunk["choices"]]
+    thinking = [delta for delta in deltas if delta.get("reasoning") or delta.get("reasoning_content")]
+    assert thinking == [{"reasoning": "Think", "reasoning_content": "Think"}]
     assert seen.text() == "Hi"

@@ -10,9 +10,10 @@ import pytest
 
 from sse_adapter.errors import InternalError, LineTooLong, UpstreamError, UpstreamReported
 from sse_adapter.repair.chunks import Kind, StreamIdentity, heartbeat_chunk
+from sse_adapter.repair.completion import normalise_completion
 from sse_adapter.repair.fitting import fit
 from sse_adapter.repair.stream import StreamRepairer
-from sse_adapter.settings import Settings
+from sse_adapter.settings import ReasoningField, Settings, Tags
 from sse_adapter.sse.decoder import Event
 
 
@@ -119,6 +120,43 @@ def test_filling_can_be_switched_off() -> None:
 def test_reasoning_goes_under_one_name(field: str, delta: dict[str, str], expected: dict[str, str]) -> None:
     [got] = run(repairer(reasoning_field=field), chunk(delta))
     assert got["choices"][0]["delta"] == expected
+
+
+BOTH = {"reasoning_content": "r", "reasoning": "r"}
+
+
+@pytest.mark.parametrize(
+    ("delta", "expected"),
+    [
+        pytest.param({"reasoning": "r"}, BOTH, id="vllm"),
+        pytest.param({"reasoning_content": "r"}, BOTH, id="llama-server"),
+        pytest.param({"reasoning_content": None, "reasoning": "r"}, BOTH, id="one-null"),
+        pytest.param(BOTH, BOTH, id="both-already"),
+        pytest.param({"content": "a"}, {"content": "a"}, id="no-reasoning"),
+    ],
+)
+def test_both_puts_reasoning_under_both_names(delta: dict[str, str], expected: dict[str, str]) -> None:
+    [got] = run(repairer(reasoning_field="both"), chunk(delta))
+    assert got["choices"][0]["delta"] == expected
+
+
+def test_both_puts_think_tags_split_out_under_both_names_in_a_stream_and_a_body() -> None:
+    chunks = run(
+        repairer(reasoning_field="both", think_tags="split"), chunk({"content": "<think>r</think>a<thi"})
+    )
+    deltas = [c["choices"][0]["delta"] for c in chunks]
+    assert deltas == [{**BOTH, "content": "a"}, {"content": "<thi"}]
+    chunks = run(repairer(reasoning_field="both", think_tags="split"), chunk({"content": "<think>r</th"}))
+    held = chunks[-1]["choices"][0]["delta"]  # held back, then flushed at the end: reasoning after all
+    assert (held["reasoning_content"], held["reasoning"]) == ("</th", "</th")
+    message = {"role": "assistant", "content": "<think>r</think>a"}
+    body = {"choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}
+    settings = Settings("http://x", reasoning_field=ReasoningField.BOTH, think_tags=Tags.SPLIT)
+    normalised = normalise_completion(body, Kind.CHAT, settings, 1)
+    assert normalised["choices"][0]["message"] == {"role": "assistant", "content": "a", **BOTH}
+    body["choices"][0]["message"] = {"role": "assistant", "content": "a", "reasoning": "r"}
+    normalised = normalise_completion(body, Kind.CHAT, settings, 1)
+    assert normalised["choices"][0]["message"] == {"role": "assistant", "content": "a", **BOTH}
 
 
 def think_stream(*pieces: str, **settings: Any) -> tuple[str, str]:
