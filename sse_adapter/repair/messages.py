@@ -73,7 +73,7 @@ class MessagesRepairer:
     def repair(self, event: Event) -> list[bytes]:
         body = event_object(event.data)
         kind = event_type(body, event.event)
-        if kind == "error" or event.event == "error":
+        if kind == "error" or event.event == "error" or ("error" in body and "type" not in body):
             self.repairs["error_shape"] += 1
             raise reported(body.get("error"), body)
         changed = False

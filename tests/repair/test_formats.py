@@ -262,3 +262,12 @@ def test_the_indexes_llama_server_leaves_out_are_filled_in() -> None:
     assert [body.get("output_index") for body in got] == [None, 0, 0, 0, 1, 1]
     assert [body.get("content_index") for body in got] == [None, None, 0, 0, None, 0]
     assert [body["sequence_number"] for body in got] == list(range(6))
+
+
+@pytest.mark.parametrize(
+    "repairer", [ResponsesRepairer("m", 65000), MessagesRepairer(65000)], ids=["responses", "messages"]
+)
+def test_an_openai_error_line_without_a_type_is_the_servers_error(repairer: Any) -> None:
+    line = b'data: {"error": {"message": "CUDA out of memory", "type": "server_error", "code": 500}}\n\n'
+    with pytest.raises(UpstreamReported, match="CUDA out of memory"):
+        run(repairer, [line])
