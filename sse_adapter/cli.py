@@ -288,7 +288,8 @@ def serve(
         ReasoningField,
         _option(
             "REASONING_FIELD",
-            "The one delta field reasoning text goes under; keep: as the server sent it.",
+            "The one delta field reasoning text goes under; both: under reasoning_content and "
+            "reasoning alike; keep: as the server sent it; think-tags: into content, inside <think>.",
             _REPAIRS,
         ),
     ] = ReasoningField.REASONING_CONTENT,
