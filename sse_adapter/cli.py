@@ -153,6 +153,14 @@ def serve(
             rich_help_panel="Logs",
         ),
     ] = False,
+    access_log_probes: Annotated[
+        Switch,
+        _option(
+            "ACCESS_LOG_PROBES",
+            "on: access lines for /healthz, /readyz and /metrics too; /metrics counts them either way.",
+            "Logs",
+        ),
+    ] = Switch.OFF,
     workers: Annotated[
         int, _option("WORKERS", "Worker processes; one per core past a few thousand events a second.")
     ] = 1,
@@ -384,6 +392,7 @@ def serve(
             log_level=log_level,
             trace_dir=trace_dir,
             trace_bodies=trace_bodies,
+            access_log_probes=access_log_probes is Switch.ON,
             heartbeat_interval=heartbeat_interval,
             heartbeat_mode=heartbeat_mode,
             responses_heartbeat=responses_heartbeat,

@@ -78,7 +78,9 @@ def run_server(settings: Settings) -> None:
     """
     _check_folder(settings.trace_dir, "--trace-dir")
     logs: dict[str, Any] = {
-        "log_config": logging_config(settings.log_format.value, settings.log_level),
+        "log_config": logging_config(
+            settings.log_format.value, settings.log_level, settings.access_log_probes
+        ),
         "access_log": False,
     }
     made = _metrics_folder() if settings.workers > 1 else None

@@ -123,6 +123,7 @@ class Settings:
     log_level: str = "info"
     trace_dir: str | None = None
     trace_bodies: bool = False
+    access_log_probes: bool = False  # /healthz, /readyz and /metrics hits in the access log
     # chunk normalisation: the defaults are what One-API and OpenAI clients need
     map_finish_reason: bool = True
     fill_fields: bool = True

@@ -13,7 +13,10 @@ import logging
 import re
 from typing import Any
 
-__all__ = ["JSONFormatter", "TextFormatter", "logfmt", "logging_config"]
+__all__ = ["PROBE_ROUTES", "JSONFormatter", "ProbeFilter", "TextFormatter", "logfmt", "logging_config"]
+
+# The access line's routes that are an orchestrator's or a scraper's, not a client's
+PROBE_ROUTES = frozenset({"healthz", "readyz", "metrics"})
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _BARE = re.compile(r"[^\s\"=\\\x00-\x1f\x7f]+")
@@ -51,8 +54,17 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
-def logging_config(log_format: str, level: str) -> dict[str, Any]:
-    """A dictConfig for uvicorn's ``log_config``: every logger, ours and uvicorn's, one format."""
+class ProbeFilter(logging.Filter):
+    """Keeps health probes and metric scrapes out of the access log (``--access-log-probes
+    off``): Kubernetes probes every few seconds, and /metrics counts the hits all the same."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return getattr(record, "fields", {}).get("route") not in PROBE_ROUTES
+
+
+def logging_config(log_format: str, level: str, probes: bool = False) -> dict[str, Any]:
+    """A dictConfig for uvicorn's ``log_config``: every logger, ours and uvicorn's, one format;
+    ``probes``: the access lines of /healthz, /readyz and /metrics too."""
     formatter: dict[str, Any] = (
         {"()": f"{__name__}.JSONFormatter"}
         if log_format == "json"
@@ -62,11 +74,13 @@ def logging_config(log_format: str, level: str) -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"main": formatter},
+        "filters": {"probes": {"()": f"{__name__}.ProbeFilter"}},
         "handlers": {
             "stderr": {"class": "logging.StreamHandler", "formatter": "main", "stream": "ext://sys.stderr"}
         },
         "root": {"handlers": ["stderr"], "level": level.upper()},
         "loggers": {
+            "sse_adapter.access": {"filters": [] if probes else ["probes"]},
             "uvicorn": {"level": level.upper(), "handlers": [], "propagate": True},
             "uvicorn.error": {"level": level.upper(), "handlers": [], "propagate": True},
             "uvicorn.access": {"handlers": [], "propagate": False},  # ours replaces it

@@ -203,9 +203,10 @@ async def test_too_many_header_bytes_or_headers_get_a_431_at_once(headers: dict[
         async with run_adapter(replace(settings, upstream=upstream.url)) as adapter:
             async with httpx.AsyncClient(timeout=60) as client:
                 started = asyncio.get_running_loop().time()
-                reply = await client.post(
-                    adapter + CHAT, json={"model": "m", "stream": True}, headers=headers
-                )
+                # No body: the answer comes once the head is read, and uvicorn closes a connection
+                # whose body it did not read; a body still on its way then resets the connection,
+                # and the client loses the answer (seen under load).
+                reply = await client.post(adapter + CHAT, headers=headers)
                 took = asyncio.get_running_loop().time() - started
                 fine = await client.post(
                     adapter + CHAT,

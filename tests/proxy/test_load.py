@@ -60,7 +60,10 @@ async def test_1000_concurrent_streams_arrive_whole_and_in_order() -> None:
     async with fake_upstream(fast) as upstream:
         # Heartbeats are not the subject: a loaded machine that takes an interval to open
         # a thousand streams would put one before the data, and byte for byte is the point.
-        async with run_adapter(Settings(upstream=upstream.url, heartbeat_mode=HeartbeatMode.OFF)) as adapter:
+        # A generous connect timeout: a thousand connects at once to the fake, in this process, on
+        # a loaded machine took more than the default 10 s; the subject is the bytes, not the clock.
+        settings = Settings(upstream=upstream.url, heartbeat_mode=HeartbeatMode.OFF, connect_timeout=60)
+        async with run_adapter(settings) as adapter:
             limits = httpx.Limits(max_connections=None, max_keepalive_connections=0)
             async with httpx.AsyncClient(timeout=60, limits=limits) as client:
 
