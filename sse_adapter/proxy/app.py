@@ -51,6 +51,7 @@ from sse_adapter.repair.pipeline import Pipeline
 from sse_adapter.repair.request import Outgoing, prepare
 from sse_adapter.repair.responses import ResponseIds, ResponsesRepairer
 from sse_adapter.repair.stream import StreamRepairer
+from sse_adapter.repair.think import prompt_opens_think
 from sse_adapter.repair.toolcalls import offers_tools
 from sse_adapter.settings import HeartbeatMode, MessagesHeartbeat, ResponsesHeartbeat, Settings, StreamUsage
 from sse_adapter.sse.encoder import comment, frame
@@ -274,6 +275,7 @@ class _Gateway:
             alias=alias,
             collect_text=collect,
             offers_tools=offers_tools(outgoing.fields),
+            think_opened=prompt_opens_think(outgoing.fields),
         )
         return repairer, self._heartbeat(identity), settings.heartbeat_mode.value
 

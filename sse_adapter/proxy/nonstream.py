@@ -30,6 +30,7 @@ from sse_adapter.repair.dialects import body_error, excerpt
 from sse_adapter.repair.fitting import serialised
 from sse_adapter.repair.pipeline import Pipeline
 from sse_adapter.repair.stream import StreamRepairer
+from sse_adapter.repair.think import prompt_opens_think
 from sse_adapter.repair.toolcalls import offers_tools
 from sse_adapter.settings import Settings
 
@@ -68,8 +69,17 @@ async def complete(exchange: Exchange, kind: Kind, settings: Settings, stats: Re
     parsed = _json(body, response.status_code)
     if not isinstance(parsed, dict) or not isinstance(parsed.get("choices"), list):
         return Answer(response.status_code, body, content_type or "application/json")  # not ours to repair
-    tools = offers_tools(exchange.outgoing.fields)
-    normalised = normalise_completion(parsed, kind, settings, int(time.time()), stats.repairs, alias, tools)
+    fields = exchange.outgoing.fields
+    normalised = normalise_completion(
+        parsed,
+        kind,
+        settings,
+        int(time.time()),
+        stats.repairs,
+        alias,
+        offers_tools(fields),
+        prompt_opens_think(fields),
+    )
     return Answer(response.status_code, serialised(normalised))
 
 
@@ -83,8 +93,14 @@ async def _assembled(
         if not is_event_stream(response):
             raise await refusal(response, watch)
         identity = StreamIdentity(kind, "", int(time.time()))
-        tools = offers_tools(exchange.outgoing.fields)
-        repairer = StreamRepairer(identity, settings, alias=alias, offers_tools=tools)
+        fields = exchange.outgoing.fields
+        repairer = StreamRepairer(
+            identity,
+            settings,
+            alias=alias,
+            offers_tools=offers_tools(fields),
+            think_opened=prompt_opens_think(fields),
+        )
         pipeline = Pipeline(repairer, settings.max_event_bytes)
         assembler = Assembler(kind)
         with map_errors(watch.url):

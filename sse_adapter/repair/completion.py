@@ -39,11 +39,13 @@ def normalise_completion(
     repairs: Counter[str] | None = None,
     alias: str | None = None,
     offers_tools: bool = True,
+    think_opened: bool | None = None,
 ) -> dict[str, Any]:
     """The same repairs a stream gets, counted in ``repairs``, and a usage
     object whatever the server gave. ``alias``: the model name the client
     asked for, which the body carries back; ``offers_tools``: as for a
-    stream, whether ``<tool_call>`` text may be a call."""
+    stream, whether ``<tool_call>`` text may be a call; ``think_opened``: as
+    for a stream, whether the prompt opened ``<think>``."""
     repairs = Counter() if repairs is None else repairs
     if alias is not None and body.get("model") != alias:
         body["model"] = alias
@@ -56,13 +58,17 @@ def normalise_completion(
             body["created"] = created
     for choice in _list(body.get("choices")):
         if isinstance(choice, dict):
-            _normalise_choice(choice, settings, repairs, offers_tools)
+            _normalise_choice(choice, settings, repairs, offers_tools, think_opened)
     body["usage"] = usage_of(body)
     return body
 
 
 def _normalise_choice(
-    choice: dict[str, Any], settings: Settings, repairs: Counter[str], offers_tools: bool
+    choice: dict[str, Any],
+    settings: Settings,
+    repairs: Counter[str],
+    offers_tools: bool,
+    think_opened: bool | None,
 ) -> None:
     if settings.fill_fields:
         choice.setdefault("finish_reason", None)
@@ -71,7 +77,7 @@ def _normalise_choice(
     if not isinstance(message, dict):
         return
     rename_reasoning(message, settings)
-    _split_think(message, settings)
+    _split_think(message, settings, think_opened)
     if settings.tool_call_tags is Tags.SPLIT and offers_tools:
         _split_tool_tags(message, repairs)
     if settings.reasoning_field is ReasoningField.THINK_TAGS:
@@ -84,10 +90,14 @@ def _normalise_choice(
         message["content"] = ""
 
 
-def _split_think(message: dict[str, Any], settings: Settings) -> None:
+def _split_think(message: dict[str, Any], settings: Settings, opened: bool | None) -> None:
     content = message.get("content")
     if settings.think_tags is Tags.SPLIT and isinstance(content, str):
-        splitter = ThinkSplitter()
+        # The whole answer is here: no hold, a </think> before any <think> ends
+        # a thought the prompt opened wherever it comes.
+        splitter = ThinkSplitter(opened, hold=None)
+        if any(isinstance(text := message.get(name), str) and text for name in _REASONING):
+            splitter.settle()  # the server parses reasoning itself: its content is the answer
         thought, said = splitter.feed(content)
         held_thought, held_said = splitter.flush()
         if thought or held_thought:

@@ -50,7 +50,10 @@ class StreamRepairer:
     carries back. ``collect_text``: keep the answer's text, for counting
     its tokens when the upstream sends no usage. ``offers_tools``: the
     request let the model call tools (:func:`offers_tools`); without,
-    ``<tool_call>`` text stays text.
+    ``<tool_call>`` text stays text. ``think_opened``: whether the request
+    had the chat template open ``<think>`` in the prompt
+    (:func:`~sse_adapter.repair.think.prompt_opens_think`), for
+    ``--think-tags split``.
     """
 
     def __init__(
@@ -62,6 +65,7 @@ class StreamRepairer:
         alias: str | None = None,
         collect_text: bool = False,
         offers_tools: bool = True,
+        think_opened: bool | None = None,
     ) -> None:
         self.identity = identity
         self.settings = settings
@@ -85,6 +89,7 @@ class StreamRepairer:
         self._fill_fields = settings.fill_fields
         self._map_reasons = settings.map_finish_reason
         self._split_thinking = settings.think_tags is Tags.SPLIT
+        self._think_opened = think_opened
         self._split_tool_tags = settings.tool_call_tags is Tags.SPLIT and offers_tools
         self._normalise_tools = settings.tool_calls is ToolCallMode.NORMALISE
         self._other_reasoning = _other_reasoning_name(settings)
@@ -380,11 +385,17 @@ class StreamRepairer:
 
     def _split_think(self, choice: dict[str, Any], delta: dict[str, Any]) -> bool:
         placed = _text_at(choice, delta)
-        finish = choice.get("finish_reason")
-        if placed is None or (placed[1] is None and finish is None):
-            return False  # parts, or no text at all: not ours to split
+        if placed is None:
+            return False  # parts: not ours to split
         index, content = placed
-        splitter = self._thinking.setdefault(index, ThinkSplitter())
+        finish = choice.get("finish_reason")
+        splitter = self._thinking.get(index)
+        if splitter is None:
+            splitter = self._thinking[index] = ThinkSplitter(self._think_opened)
+        if ("reasoning_content" in delta or "reasoning" in delta) and _has_reasoning(delta):
+            splitter.settle()  # the server parses reasoning itself: its content is the answer
+        if content is None and finish is None:
+            return False  # no text at all
         reasoning, text = splitter.feed(content or "")
         if finish is not None:
             held_reasoning, held_text = splitter.flush()
@@ -467,6 +478,10 @@ class StreamRepairer:
         if calls:
             self._add_calls(index, delta, calls)
         return fit(chunk, self.settings.max_line_bytes, self.repairs)
+
+
+def _has_reasoning(holder: dict[str, Any]) -> bool:
+    return any(isinstance(text := holder.get(name), str) and text for name in _REASONING)
 
 
 def _text_at(choice: dict[str, Any], delta: dict[str, Any]) -> tuple[int | str, str | None] | None:

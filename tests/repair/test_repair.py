@@ -175,6 +175,39 @@ def test_think_tags_split_across_chunks_move_to_reasoning() -> None:
         assert think_stream(text[:cut], text[cut:]) == ("Let me see.", "The answer."), cut
 
 
+def deltas_of(fix: StreamRepairer, *events: str) -> list[dict[str, Any]]:
+    return [c["choices"][0]["delta"] for c in run(fix, *events) if c["choices"]]
+
+
+def test_a_stream_opened_in_the_prompt_puts_the_text_before_its_close_in_reasoning() -> None:
+    """Item 14: the stream starts inside the thought and has only ``</think>``."""
+    text = "Let me see.</think>The answer."
+    for cut in range(len(text) + 1):
+        assert think_stream(text[:cut], text[cut:]) == ("Let me see.", "The answer."), cut
+    fix = StreamRepairer(
+        StreamIdentity(Kind.CHAT, "m", 1), Settings("http://x", think_tags=Tags.SPLIT), think_opened=True
+    )
+    long_thought = "x" * 5000  # past any hold: the request said thinking was on
+    first, *_ = deltas_of(
+        fix, chunk({"content": long_thought}), chunk({"content": "</think>a"}), chunk({}, "stop")
+    )
+    assert first == {"content": "", "reasoning_content": long_thought}  # at once, not held
+
+
+def test_an_answer_with_no_thought_streams_once_past_the_hold() -> None:
+    pieces = [chunk({"content": "y" * 100}) for _ in range(5)]
+    got = [d.get("content") for d in deltas_of(repairer(think_tags="split"), *pieces)]
+    assert got == ["", "", "y" * 300, "y" * 100, "y" * 100]
+
+
+def test_content_after_the_servers_own_reasoning_is_the_answer_whatever_the_prompt_opened() -> None:
+    settings = Settings("http://x", think_tags=Tags.SPLIT)
+    for opened in (None, True):
+        fix = StreamRepairer(StreamIdentity(Kind.CHAT, "m", 1), settings, think_opened=opened)
+        events = [chunk({"reasoning_content": "hm"}), chunk({"content": "Hi"}), chunk({}, "stop")]
+        assert deltas_of(fix, *events)[:2] == [{"reasoning_content": "hm"}, {"content": "Hi"}], opened
+
+
 def test_think_tags_are_kept_by_default() -> None:
     [got] = run(repairer(), chunk({"content": "<think>x</think>y"}))
     assert got["choices"][0]["delta"]["content"] == "<think>x</think>y"
