@@ -303,7 +303,12 @@ def serve(
     ] = ReasoningField.REASONING_CONTENT,
     think_tags: Annotated[
         Tags,
-        _option("THINK_TAGS", "split: move <think>...</think> out of content into reasoning.", _REPAIRS),
+        _option(
+            "THINK_TAGS",
+            "split: move <think>...</think> out of content into reasoning; a </think> that comes first "
+            "closes a thought the prompt opened (see the README).",
+            _REPAIRS,
+        ),
     ] = Tags.KEEP,
     tool_calls: Annotated[
         ToolCallMode,
