@@ -68,6 +68,11 @@ def best_cpu(case: Case) -> tuple[float, float]:
     return small, large
 
 
+def feed_all(splitter: ThinkSplitter, pieces: list[str]) -> None:
+    for piece in pieces:
+        splitter.feed(piece)
+
+
 def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
     return {
         "id": "c",
@@ -147,6 +152,18 @@ CASES = [
     pytest.param(
         Case(lambda n: "<think>a</think>b" * n, lambda text: ThinkSplitter().feed(text), 10000),
         id="think tags in one content",
+    ),
+    pytest.param(
+        Case(
+            lambda n: ["<thi", "nk>a"] * n + ["</think>b"],
+            lambda pieces: feed_all(ThinkSplitter(True), pieces),
+            10000,
+        ),
+        id="a thought the request opened, in small pieces",
+    ),
+    pytest.param(
+        Case(lambda n: "x" * n + "</think>b", lambda text: ThinkSplitter(None, hold=None).feed(text), 100000),
+        id="a thought opened in the prompt, in a body",
     ),
     pytest.param(
         Case(
