@@ -30,7 +30,6 @@ from sse_adapter.repair.dialects import body_error, excerpt
 from sse_adapter.repair.fitting import serialised
 from sse_adapter.repair.pipeline import Pipeline
 from sse_adapter.repair.stream import StreamRepairer
-from sse_adapter.repair.toolcalls import offers_tools
 from sse_adapter.settings import Settings
 
 __all__ = ["Answer", "complete", "keepalive_body"]
@@ -68,7 +67,7 @@ async def complete(exchange: Exchange, kind: Kind, settings: Settings, stats: Re
     parsed = _json(body, response.status_code)
     if not isinstance(parsed, dict) or not isinstance(parsed.get("choices"), list):
         return Answer(response.status_code, body, content_type or "application/json")  # not ours to repair
-    tools = offers_tools(exchange.outgoing.fields)
+    tools = exchange.outgoing.offers_tools
     normalised = normalise_completion(parsed, kind, settings, int(time.time()), stats.repairs, alias, tools)
     return Answer(response.status_code, serialised(normalised))
 
@@ -83,7 +82,7 @@ async def _assembled(
         if not is_event_stream(response):
             raise await refusal(response, watch)
         identity = StreamIdentity(kind, "", int(time.time()))
-        tools = offers_tools(exchange.outgoing.fields)
+        tools = exchange.outgoing.offers_tools
         repairer = StreamRepairer(identity, settings, alias=alias, offers_tools=tools)
         pipeline = Pipeline(repairer, settings.max_event_bytes)
         assembler = Assembler(kind)
@@ -119,10 +118,9 @@ def _json(body: bytes, status: int) -> object:
 
 def _as_stream(exchange: Exchange) -> Exchange:
     """The same request, asking for a stream with its usage."""
-    fields = {**exchange.outgoing.fields, "stream": True, "stream_options": {"include_usage": True}}
-    body = orjson.dumps(fields)
-    outgoing = replace(exchange.outgoing, fields=fields, body=body, stream=True)
-    return replace(exchange, request=exchange.request.with_body(body), outgoing=outgoing)
+    asked = exchange.outgoing.with_fields(stream=True, stream_options={"include_usage": True})
+    outgoing = replace(asked, stream=True)
+    return replace(exchange, request=exchange.request.with_body(outgoing.body), outgoing=outgoing)
 
 
 async def keepalive_body(
