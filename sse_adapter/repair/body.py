@@ -93,13 +93,13 @@ class Members:
 
 
 def _split(body: bytes) -> dict[str, msgspec.Raw | bytes]:
-    not_object = InvalidJSON(f"the request body is not a JSON object: {excerpt(body)!r}")
+    members: dict[str, msgspec.Raw | bytes] | None
     try:
-        members: dict[str, msgspec.Raw | bytes] = dict(_DECODER.decode(body))
+        members = dict(_DECODER.decode(body))
     except (msgspec.DecodeError, RecursionError):
-        raise not_object from None
-    if not _utf8(body):
-        raise not_object
+        members = None
+    if members is None or not _utf8(body):
+        raise InvalidJSON(f"the request body is not a JSON object: {excerpt(body)!r}")
     return members
 
 
