@@ -508,3 +508,51 @@ def test_the_image_build_copies_every_file_the_package_needs() -> None:
     assert needed <= copied, needed - copied
     allowed = set(re.findall(r"^!(\S+)$", (ROOT / ".dockerignore").read_text(), re.M))
     assert needed <= allowed, needed - allowed
+
+
+# What a request costs at most, in multiples of its body (README, "Reliability and
+# security": read whole, then written anew), and the adapter's own footprint.
+REQUEST_COST = 3
+BASELINE = 128 * 1024 * 1024
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30}
+
+
+def _bytes(quantity: str) -> int:
+    number, unit = re.fullmatch(r"(\d+)([a-zA-Z]*)", quantity).groups()  # type: ignore[union-attr]
+    return int(number) * _UNITS[unit]
+
+
+def _default(value: str) -> str:
+    """A compose value's default: ``${NAME:-default}``."""
+    found = re.fullmatch(r"\$\{\w+:-([^}]*)\}", value)
+    return found.group(1) if found else value
+
+
+def _safe(limit: int, streams: int, request_bytes: int, workers: int = 1) -> None:
+    assert streams > 0, "with no stream limit, no memory limit is safe"
+    assert limit >= workers * (streams * REQUEST_COST * request_bytes + BASELINE)
+
+
+@pytest.mark.parametrize("path", STACKS, ids=lambda path: path.name)
+def test_compose_memory_holds_the_largest_requests_at_the_stream_limit(path: Path) -> None:
+    adapter = compose(path)["services"]["sse-adapter"]
+    env = {name: _default(str(value)) for name, value in adapter["environment"].items()}
+    _safe(
+        _bytes(_default(adapter["mem_limit"])),
+        int(env["SSE_ADAPTER_MAX_CONCURRENT_STREAMS"]),
+        int(env["SSE_ADAPTER_MAX_REQUEST_BYTES"]),
+        int(env["SSE_ADAPTER_WORKERS"]),
+    )
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda path: path.name)
+def test_k8s_memory_holds_the_largest_requests_at_the_stream_limit(overlay: Path) -> None:
+    pod = by_kind(overlay)["StatefulSet"]["spec"]["template"]["spec"]
+    [adapter] = [container for container in pod["containers"] if container["name"] == "sse-adapter"]
+    config = tomllib.loads((DEPLOY / "k8s" / "base" / "sse-adapter.toml").read_text())
+    _safe(
+        _bytes(adapter["resources"]["limits"]["memory"]),
+        config["max-concurrent-streams"],
+        config["max-request-bytes"],
+        config.get("workers", 1),
+    )

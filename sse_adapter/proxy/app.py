@@ -52,7 +52,6 @@ from sse_adapter.repair.request import Outgoing, prepare
 from sse_adapter.repair.responses import ResponseIds, ResponsesRepairer
 from sse_adapter.repair.stream import StreamRepairer
 from sse_adapter.repair.think import prompt_opens_think
-from sse_adapter.repair.toolcalls import offers_tools
 from sse_adapter.settings import HeartbeatMode, MessagesHeartbeat, ResponsesHeartbeat, Settings, StreamUsage
 from sse_adapter.sse.encoder import comment, frame
 
@@ -214,8 +213,8 @@ class _Gateway:
 
     def _previous_upstream_id(self, outgoing: Outgoing) -> Outgoing:
         """A ``previous_response_id`` the adapter made goes upstream as the upstream's own."""
-        upstream = self.response_ids.upstream_of(outgoing.fields.get("previous_response_id"))
-        return outgoing if upstream is None else outgoing.with_field("previous_response_id", upstream)
+        upstream = self.response_ids.upstream_of(outgoing.get("previous_response_id"))
+        return outgoing if upstream is None else outgoing.with_fields(previous_response_id=upstream)
 
     async def _stream(self, exchange: Exchange, form: Format, stats: RequestStats) -> Response:
         limit = self.settings.max_concurrent_streams
@@ -274,8 +273,8 @@ class _Gateway:
             usage_on_last_choice=self._ask_usage and not outgoing.usage_asked,
             alias=alias,
             collect_text=collect,
-            offers_tools=offers_tools(outgoing.fields),
-            think_opened=prompt_opens_think(outgoing.fields),
+            offers_tools=outgoing.offers_tools,
+            think_opened=prompt_opens_think({"chat_template_kwargs": outgoing.get("chat_template_kwargs")}),
         )
         return repairer, self._heartbeat(identity), settings.heartbeat_mode.value
 

@@ -31,7 +31,6 @@ from sse_adapter.repair.fitting import serialised
 from sse_adapter.repair.pipeline import Pipeline
 from sse_adapter.repair.stream import StreamRepairer
 from sse_adapter.repair.think import prompt_opens_think
-from sse_adapter.repair.toolcalls import offers_tools
 from sse_adapter.settings import Settings
 
 __all__ = ["Answer", "complete", "keepalive_body"]
@@ -69,16 +68,10 @@ async def complete(exchange: Exchange, kind: Kind, settings: Settings, stats: Re
     parsed = _json(body, response.status_code)
     if not isinstance(parsed, dict) or not isinstance(parsed.get("choices"), list):
         return Answer(response.status_code, body, content_type or "application/json")  # not ours to repair
-    fields = exchange.outgoing.fields
+    outgoing = exchange.outgoing
+    opened = prompt_opens_think({"chat_template_kwargs": outgoing.get("chat_template_kwargs")})
     normalised = normalise_completion(
-        parsed,
-        kind,
-        settings,
-        int(time.time()),
-        stats.repairs,
-        alias,
-        offers_tools(fields),
-        prompt_opens_think(fields),
+        parsed, kind, settings, int(time.time()), stats.repairs, alias, outgoing.offers_tools, opened
     )
     return Answer(response.status_code, serialised(normalised))
 
@@ -93,13 +86,13 @@ async def _assembled(
         if not is_event_stream(response):
             raise await refusal(response, watch)
         identity = StreamIdentity(kind, "", int(time.time()))
-        fields = exchange.outgoing.fields
+        outgoing = exchange.outgoing
         repairer = StreamRepairer(
             identity,
             settings,
             alias=alias,
-            offers_tools=offers_tools(fields),
-            think_opened=prompt_opens_think(fields),
+            offers_tools=outgoing.offers_tools,
+            think_opened=prompt_opens_think({"chat_template_kwargs": outgoing.get("chat_template_kwargs")}),
         )
         pipeline = Pipeline(repairer, settings.max_event_bytes)
         assembler = Assembler(kind)
@@ -135,10 +128,9 @@ def _json(body: bytes, status: int) -> object:
 
 def _as_stream(exchange: Exchange) -> Exchange:
     """The same request, asking for a stream with its usage."""
-    fields = {**exchange.outgoing.fields, "stream": True, "stream_options": {"include_usage": True}}
-    body = orjson.dumps(fields)
-    outgoing = replace(exchange.outgoing, fields=fields, body=body, stream=True)
-    return replace(exchange, request=exchange.request.with_body(body), outgoing=outgoing)
+    asked = exchange.outgoing.with_fields(stream=True, stream_options={"include_usage": True})
+    outgoing = replace(asked, stream=True)
+    return replace(exchange, request=exchange.request.with_body(outgoing.body), outgoing=outgoing)
 
 
 async def keepalive_body(

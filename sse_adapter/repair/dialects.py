@@ -135,9 +135,12 @@ def _describe(status: int, content_type: str, body: bytes, server: str = "") -> 
 
 
 def excerpt(raw: bytes) -> str:
-    """Some bytes of a body, on one line, short enough for an error message."""
-    text = " ".join(raw.decode("utf-8", "replace").split())
-    return text if len(text) <= _EXCERPT else text[:_EXCERPT] + "..."
+    """Some bytes of a body, on one line, short enough for an error message.
+    Only its start is read: a body may be megabytes (whitespace past the start
+    can hide the rest; the message stays short all the same)."""
+    text = " ".join(raw[: _EXCERPT * 64].decode("utf-8", "replace").split())
+    cut = len(text) > _EXCERPT or len(raw) > _EXCERPT * 64
+    return text[:_EXCERPT] + "..." if cut else text
 
 
 def _text(value: object) -> str | None:

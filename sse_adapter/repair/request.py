@@ -20,8 +20,7 @@ from typing import Any
 
 import orjson
 
-from sse_adapter.errors import InvalidJSON
-from sse_adapter.repair.dialects import excerpt, json_or_none
+from sse_adapter.repair.body import Members, parse_lenient
 
 __all__ = [
     "NEVER_DROPPED",
@@ -58,28 +57,44 @@ class ModelAlias:
 
 @dataclass(frozen=True, slots=True)
 class Outgoing:
-    """A request as it goes upstream, and what the relay needs to know of it."""
+    """A request as it goes upstream, and what the relay needs to know of it.
 
-    fields: dict[str, Any]
+    Only the body is kept, not its parsed tree (5 to 40 times its size, for
+    the request's whole life): the few fields read later are read from it
+    (see repair/body.py)."""
+
     body: bytes
     stream: bool
     model: str  # as the client named it: the name every chunk and body carries back
     aliased: bool  # the model is an alias: the upstream's name is replaced by ``model`` in answers
     usage_asked: bool  # the client asked for stream usage itself: it gets OpenAI's usage-only chunk
     repairs: Counter[str]
+    offers_tools: bool = False  # toolcalls.offers_tools of the request, read without parsing the tools
 
-    def with_field(self, name: str, value: Any) -> Outgoing:
-        """The same request with one field set (the body written anew)."""
-        fields = {**self.fields, name: value}
-        return replace(self, fields=fields, body=orjson.dumps(fields))
+    @property
+    def fields(self) -> dict[str, Any]:
+        """The whole body parsed, anew on each call: for the rare paths that
+        read all of it (a refusal's echo check, counting tokens)."""
+        return parse_lenient(self.body)
+
+    def get(self, name: str) -> Any:
+        """One top-level field's value (None when absent), the others left unparsed."""
+        return Members(self.body).get(name)
+
+    def with_fields(self, **values: Any) -> Outgoing:
+        """The same request with these fields set (the rest of the body as it was)."""
+        members = Members(self.body)
+        for name, value in values.items():
+            members.set(name, value)
+        return replace(self, body=members.encoded(), offers_tools=_offers_tools(members))
 
     def without(self, names: Iterable[str]) -> Outgoing:
         """The same request without these fields (never those the request needs)."""
-        fields = dict(self.fields)
+        members = Members(self.body)
         repairs = Counter(self.repairs)
-        if dropped := _drop(fields, names):
+        if dropped := _drop(members, names):
             repairs["request_field_dropped"] += dropped
-        return replace(self, fields=fields, body=orjson.dumps(fields), repairs=repairs)
+        return replace(self, body=members.encoded(), repairs=repairs, offers_tools=_offers_tools(members))
 
 
 _ABSENT = object()
@@ -97,49 +112,53 @@ def prepare(
     ``ask_usage`` adds ``stream_options.include_usage`` to a stream that
     lacks it; ``drop`` names fields never sent (``--drop-fields`` and those
     the upstream has rejected before). ``stream_options`` leaves a
-    non-stream request, and a null one leaves any request.
+    non-stream request, and a null one leaves any request. Memory: about
+    twice the body's size, whatever its shape (repair/body.py).
     """
-    fields = _object(body)
-    model = fields.get("model")
+    members = Members(body)
+    model = members.get("model")
     model = model if isinstance(model, str) else ""
-    stream = fields.get("stream") is True
+    stream = members.is_true("stream")
     repairs: Counter[str] = Counter()
     alias = (models or {}).get(model)
     if alias is not None:
-        _apply_alias(fields, alias, repairs)
-    options = fields.get("stream_options", _ABSENT)
+        _apply_alias(members, alias, repairs)
+    options = members.get("stream_options", _ABSENT)
     if options is not _ABSENT and (options is None or not stream):
-        del fields["stream_options"]
+        members.pop("stream_options")
         repairs["stream_options_removed"] += 1
     usage_asked = stream and isinstance(options, dict) and options.get("include_usage") is True
     if stream and ask_usage and not usage_asked:
         kept = options if isinstance(options, dict) else {}
-        fields["stream_options"] = {**kept, "include_usage": True}
+        members.set("stream_options", {**kept, "include_usage": True})
         repairs["stream_usage_asked"] += 1
-    if dropped := _drop(fields, drop):
+    if dropped := _drop(members, drop):
         repairs["request_field_dropped"] += dropped
-    rewritten = orjson.dumps(fields) if repairs else body
-    return Outgoing(fields, rewritten, stream, model, alias is not None, usage_asked, repairs)
+    rewritten = members.encoded() if repairs else body
+    tools = _offers_tools(members)
+    return Outgoing(rewritten, stream, model, alias is not None, usage_asked, repairs, tools)
 
 
-def _drop(fields: dict[str, Any], names: Iterable[str]) -> int:
+def _offers_tools(members: Members) -> bool:
+    """toolcalls.offers_tools, with the tools read as far as their first element."""
+    return members.is_nonempty_array("tools") and members.get("tool_choice") != "none"
+
+
+def _drop(members: Members, names: Iterable[str]) -> int:
     """Remove the named fields a request can do without; how many it had."""
-    return sum(name not in NEVER_DROPPED and fields.pop(name, _ABSENT) is not _ABSENT for name in names)
+    return sum(name not in NEVER_DROPPED and members.pop(name) for name in set(names))
 
 
-def _object(body: bytes) -> dict[str, Any]:
-    fields = json_or_none(body)
-    if not isinstance(fields, dict):
-        raise InvalidJSON(f"the request body is not a JSON object: {excerpt(body)!r}")
-    return fields
-
-
-def _apply_alias(fields: dict[str, Any], alias: ModelAlias, repairs: Counter[str]) -> None:
-    deep_merge(fields, alias.set)
-    _fill_missing(fields, alias.defaults)
-    _drop(fields, alias.drop)
+def _apply_alias(members: Members, alias: ModelAlias, repairs: Counter[str]) -> None:
+    # Only the fields the alias names are parsed, merged and written back.
+    named = {name: members.get(name) for name in (*alias.set, *alias.defaults) if name in members}
+    deep_merge(named, alias.set)
+    _fill_missing(named, alias.defaults)
+    for name, value in named.items():
+        members.set(name, value)
+    _drop(members, alias.drop)
     if alias.upstream_model is not None:
-        fields["model"] = alias.upstream_model
+        members.set("model", alias.upstream_model)
     repairs["model_alias"] += 1
 
 
