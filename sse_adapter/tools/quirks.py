@@ -22,6 +22,7 @@ import orjson
 
 from sse_adapter.errors import AdapterError, UpstreamReported
 from sse_adapter.repair.chunks import Kind, StreamIdentity
+from sse_adapter.repair.dialects import is_real_usage
 from sse_adapter.repair.format import Format, StreamFormat
 from sse_adapter.repair.messages import MessagesRepairer
 from sse_adapter.repair.pipeline import Pipeline
@@ -63,7 +64,7 @@ LABELS = {
     "finish_reason_mapped": "`finish_reason` mapped to OpenAI's",
     "reasoning_renamed": "reasoning put under `reasoning_content`",
     "think_split": "<think> moved to reasoning",
-    "usage_moved_last": "usage sent last",
+    "usage_moved_last": "usage moved after the last chunk with choices",
     "empty_usage_dropped": "null or zero usage dropped",
     "non_chunk_dropped": "events that are no chunks dropped",
     "bulky_field_dropped": "bulky fields dropped",
@@ -155,13 +156,36 @@ def read_as_relay(raw: bytes) -> Reading:
     for payload in payloads:
         for choice in orjson.loads(payload).get("choices") or []:
             text.append((choice.get("delta") or {}).get("content") or "")
+    repairs = +repairer.repairs
+    # The relay holds every real usage back and sends it last; only a usage that came
+    # before a chunk with choices was out of place, and only then is that a repair.
+    del repairs["usage_moved_last"]
+    if early := _usage_before_choices(raw):
+        repairs["usage_moved_last"] = early
     try:
         if failure is not None:
             raise failure  # the relay stops there too
         pipeline.finish()  # a stream of nothing but other shapes, or no events at all, is an error
     except AdapterError:
-        return Reading("".join(text), True, +repairer.repairs)
-    return Reading("".join(text), False, +repairer.repairs)
+        return Reading("".join(text), True, repairs)
+    return Reading("".join(text), False, repairs)
+
+
+def _usage_before_choices(raw: bytes) -> int:
+    """How many chunks with a real usage a chunk with choices follows."""
+    decoder = SSEDecoder()
+    early = pending = 0
+    for event in decoder.feed(raw) + decoder.flush():
+        try:
+            chunk = orjson.loads(event.data)
+        except orjson.JSONDecodeError:
+            continue
+        if not isinstance(chunk, dict):
+            continue
+        if chunk.get("choices"):
+            early, pending = early + pending, 0
+        pending += is_real_usage(chunk.get("usage"))
+    return early
 
 
 def describe(found: Counter[str]) -> list[str]:

@@ -253,3 +253,45 @@ async def test_the_model_asked_for_says_why() -> None:
     assert name == "default"
     assert "lists no model" in why
     assert "--model" in why
+
+
+def answers(stream: bytes, whole: bytes = COMPLETION, status: int = 200) -> Handler:
+    """A server that streams ``stream`` and answers a whole request with ``whole``."""
+
+    async def handler(request: Received, out: Writer) -> None:
+        if request.json().get("stream"):  # type: ignore[union-attr]
+            await out.start(200, [("Content-Type", "text/event-stream")])
+            await out.chunk(stream)
+            await out.end()
+            return
+        await out.start(
+            status, [("Content-Type", "application/json"), ("Content-Length", str(len(whole)))], False
+        )
+        await out.raw(whole)
+
+    return handler
+
+
+def usage_frame(chunk_id: str = "c") -> bytes:
+    usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    body = {"id": chunk_id, "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": []}
+    return b"data: " + orjson.dumps({**body, "usage": usage}) + b"\n\n"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("stream", "moved"),
+    [
+        pytest.param(content_frame("hi") + usage_frame() + b"data: [DONE]\n\n", None, id="already-last"),
+        pytest.param(
+            content_frame("h") + usage_frame() + content_frame("i") + b"data: [DONE]\n\n", 1, id="early"
+        ),
+    ],
+)
+async def test_usage_sent_last_is_a_repair_only_when_it_was_not_last(
+    stream: bytes, moved: int | None
+) -> None:
+    async with fake_upstream(answers(stream)) as upstream:
+        report = await probe(upstream.url, "m", None)
+    assert report.repairs.get("usage_moved_last") == moved
+    assert report.one_api_relays, report.reasons
