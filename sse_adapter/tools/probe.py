@@ -28,7 +28,7 @@ from sse_adapter.tools.agentclient import FORMATS
 from sse_adapter.tools.endclient import EndClientView, read_through_one_api
 from sse_adapter.tools.oneapi import accepts_stream, nonstream_error
 from sse_adapter.tools.probe_typed import TypedRouteReport, probe_typed, show_typed
-from sse_adapter.tools.quirks import LABELS, framing_quirks, read_as_relay
+from sse_adapter.tools.quirks import LABELS, framing_quirks, no_text, read_as_relay, shown_text
 
 __all__ = ["ProbeRun", "RouteReport", "first_model", "probe", "probe_routes", "show"]
 
@@ -53,6 +53,7 @@ class RouteReport:
     tokens_per_s: float | None = None
     ping_interval_s: float | None = None
     text: str = ""
+    reasoning: str = ""  # what the client gets as reasoning (reasoning_content, or reasoning)
     errors: list[str] = field(default_factory=list)
     quirks: dict[str, int] = field(default_factory=dict)  # what the bytes show
     repairs: dict[str, int] = field(default_factory=dict)  # what sse-adapter would repair in them
@@ -184,6 +185,7 @@ def _judge(report: RouteReport, view: EndClientView) -> None:
         return
     try:
         report.text, report.errors = view.text(), view.errors()
+        report.reasoning = _reasoning(view)
     except orjson.JSONDecodeError:
         report.reasons.append("One-API passes on a frame its client cannot parse")
     if report.text != meant.text:
@@ -196,7 +198,19 @@ def _judge(report: RouteReport, view: EndClientView) -> None:
         report.reasons.append(f"the stream ends in an error before any text: {report.errors[0]}")
     if view.dones() != 1:
         report.reasons.append(f"the client gets {view.dones()} [DONE]")
+    if not report.text and not report.reasons:
+        report.reasons.append(no_text(report.reasoning, view.finish_reason() == "length"))
     report.one_api_relays = not report.reasons
+
+
+def _reasoning(view: EndClientView) -> str:
+    """The reasoning the client gets, under either name servers give it."""
+    return "".join(
+        str(delta.get("reasoning_content") or delta.get("reasoning") or "")
+        for chunk in view.chunks
+        for choice in chunk.get("choices") or []
+        if isinstance(delta := choice.get("delta"), dict)
+    )
 
 
 _MIN_TOKENS, _MIN_SPAN = 5, 0.25  # below these, a rate says more about the network than the model
@@ -275,7 +289,7 @@ def show(reports: dict[str, RouteReport], console: Console) -> None:
     row("first byte / first token", lambda r: f"{_ms(r.first_byte_ms)} / {_ms(r.first_token_ms)}")
     row("tokens per second", lambda r: f"{r.tokens_per_s:.1f}" if r.tokens_per_s else "-")
     row("comment pings every", lambda r: f"{r.ping_interval_s:.1f} s" if r.ping_interval_s else "-")
-    row("text One-API's client gets", lambda r: repr(r.text[:60]) if r.text else "(nothing)")
+    row("text One-API's client gets", lambda r: shown_text(r.text, r.reasoning))
     row("errors it is shown", lambda r: "; ".join(r.errors) or "none")
     row(
         "what the bytes show",

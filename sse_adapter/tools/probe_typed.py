@@ -24,7 +24,7 @@ from sse_adapter.repair.format import Format
 from sse_adapter.settings import Settings
 from sse_adapter.tools.agentclient import PATHS, AgentView, faults, read_through_new_api
 from sse_adapter.tools.newapi import nonstream_error
-from sse_adapter.tools.quirks import LABELS, read_typed, typed_quirks
+from sse_adapter.tools.quirks import LABELS, no_text, read_typed, shown_text, typed_quirks
 
 __all__ = ["TypedRouteReport", "judge_route", "probe_typed", "show_typed"]
 
@@ -50,6 +50,7 @@ class TypedRouteReport:
     longest_silence_s: float | None = None
     heartbeats: int = 0  # the typed heartbeats the client got: keepalive events, or pings
     text: str = ""
+    reasoning: str = ""  # what the client gets as reasoning: summary or thinking deltas
     errors: list[str] = field(default_factory=list)
     terminal: list[str] = field(default_factory=list)  # the events that ended the stream
     quirks: dict[str, int] = field(default_factory=dict)  # what the bytes show
@@ -120,10 +121,13 @@ def judge_route(report: TypedRouteReport, view: AgentView) -> None:
     report.heartbeats = view.heartbeats()
     report.terminal = view.terminals()
     report.text, report.errors = view.text(), view.errors()
+    report.reasoning = _reasoning(view)
     report.reasons += faults(view, meant.text, meant.error, meant.failed)
     if meant.failed and not meant.text:
         said = meant.error or (report.errors[0] if report.errors else "no word why")
         report.reasons.append(f"the stream fails before any text: {said}")
+    if not report.text and not report.reasons:
+        report.reasons.append(no_text(report.reasoning, _ran_out(view)))
     if report.longest_silence_s > _CUT_AFTER:
         report.reasons.append(
             f"silent for {report.longest_silence_s:.0f} s with no typed heartbeat: nginx and AWS ALB cut a "
@@ -155,13 +159,41 @@ def show_typed(reports: dict[str, TypedRouteReport], console: Console) -> None:
         lambda r: f"{r.longest_silence_s:.1f} s" if r.longest_silence_s is not None else "-",
     )
     row(f"{_HEARTBEAT[form]} it gets", lambda r: r.heartbeats)
-    row("text new-api's client gets", lambda r: repr(r.text[:60]) if r.text else "(nothing)")
+    row("text new-api's client gets", lambda r: shown_text(r.text, r.reasoning))
     row("errors it is shown", lambda r: "; ".join(r.errors) or "none")
     row("terminal event", lambda r: ", ".join(r.terminal) or "none")
     row("what the bytes show", lambda r: _listed(r.quirks) or "nothing unusual")
     row("what sse-adapter repairs in them", lambda r: _listed(r.repairs) or "nothing")
     table.add_row("new-api would relay this stream", *(_verdict(report) for report in reports.values()))
     console.print(table)
+
+
+_REASONING = frozenset({"response.reasoning_summary_text.delta", "response.reasoning_text.delta"})
+
+
+def _reasoning(view: AgentView) -> str:
+    """Responses' reasoning deltas, or Messages' thinking deltas."""
+    parts: list[str] = []
+    for name, body in view.typed:
+        delta = body.get("delta")
+        if name in _REASONING and isinstance(delta, str):
+            parts.append(delta)
+        elif (
+            name == "content_block_delta"
+            and isinstance(delta, dict)
+            and delta.get("type") == "thinking_delta"
+        ):
+            parts.append(str(delta.get("thinking") or ""))
+    return "".join(parts)
+
+
+def _ran_out(view: AgentView) -> bool:
+    """The answer stopped at its token limit: ``response.incomplete``, or ``stop_reason: max_tokens``."""
+    return any(
+        name == "response.incomplete"
+        or (isinstance(delta := body.get("delta"), dict) and delta.get("stop_reason") == "max_tokens")
+        for name, body in view.typed
+    )
 
 
 def _listed(found: dict[str, int]) -> str:

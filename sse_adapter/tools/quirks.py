@@ -39,8 +39,10 @@ __all__ = [
     "TypedReading",
     "describe",
     "framing_quirks",
+    "no_text",
     "read_as_relay",
     "read_typed",
+    "shown_text",
     "typed_quirks",
 ]
 
@@ -186,6 +188,23 @@ def _usage_before_choices(raw: bytes) -> int:
             early, pending = early + pending, 0
         pending += is_real_usage(chunk.get("usage"))
     return early
+
+
+def no_text(reasoning: str, cut_short: bool) -> str:
+    """Why an answer with no text proves nothing: a stream relays cleanly only if text came through."""
+    if not reasoning:
+        return "the client gets no text: nothing shows the stream relays text"
+    why = ": the answer ran out of tokens while thinking" if cut_short else ""
+    return f"the client gets reasoning but no text{why}; nothing shows the stream relays text"
+
+
+def shown_text(text: str, reasoning: str) -> str:
+    """The text, or what came instead: reasoning reads as reasoning, not as nothing."""
+    if text:
+        return repr(text[:60])
+    if reasoning:
+        return f"no text, only reasoning: {reasoning[:45]!r}"
+    return "(nothing)"
 
 
 def describe(found: Counter[str]) -> list[str]:

@@ -8,15 +8,20 @@ import json
 import os
 import subprocess
 import sys
+from typing import Any
 
 import orjson
 import pytest
+from rich.console import Console
 
+from sse_adapter.repair.format import Format
 from sse_adapter.settings import Settings
 from sse_adapter.tools.oneapi import OneAPIRelay
-from sse_adapter.tools.probe import _rate, first_model, probe
+from sse_adapter.tools.probe import _rate, first_model, probe, show
+from sse_adapter.tools.probe_typed import probe_typed, show_typed
 from tests.adapter_server import STARTUP, run_adapter
 from tests.end_client import Seen, fixture
+from tests.formats_fake import message_start, typed
 from tests.proxy.test_dialects_wire import HANDLERS, ROWS, Row
 from tests.upstream_fake import Handler, Received, Writer, content_frame, fake_upstream, json_answer
 
@@ -141,6 +146,7 @@ asyncio.run(main())
         "one_api_relays",
         "ping_interval_s",
         "quirks",
+        "reasoning",
         "reasons",
         "repairs",
         "stream_status",
@@ -295,3 +301,66 @@ async def test_usage_sent_last_is_a_repair_only_when_it_was_not_last(
         report = await probe(upstream.url, "m", None)
     assert report.repairs.get("usage_moved_last") == moved
     assert report.one_api_relays, report.reasons
+
+
+def chat_chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+    choice = {"index": 0, "delta": delta, "finish_reason": finish}
+    body = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [choice]}
+    return b"data: " + orjson.dumps(body) + b"\n\n"
+
+
+THINKING = chat_chunk({"role": "assistant", "reasoning_content": "The user wants a greeting"})
+NO_TEXT = [
+    pytest.param(
+        THINKING + chat_chunk({}, "length") + b"data: [DONE]\n\n",
+        "no text, only reasoning: 'The user wants a greeting'",
+        "the client gets reasoning but no text: the answer ran out of tokens while thinking",
+        id="reasoning-only",
+    ),
+    pytest.param(
+        chat_chunk({"role": "assistant", "content": ""}, "stop") + b"data: [DONE]\n\n",
+        "(nothing)",
+        "the client gets no text",
+        id="empty",
+    ),
+]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("stream", "shown", "reason"), NO_TEXT)
+async def test_an_answer_with_no_text_is_no_yes_and_reasoning_reads_as_reasoning(
+    stream: bytes, shown: str, reason: str
+) -> None:
+    async with fake_upstream(answers(stream)) as upstream:
+        report = await probe(upstream.url, "m", None)
+    assert not report.one_api_relays
+    assert report.reasons[0].startswith(reason), report.reasons
+    console = Console(record=True, width=400)
+    show({"direct": report}, console)
+    assert shown in console.export_text()
+
+
+MESSAGES_THINKING = [
+    message_start(),
+    typed({"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": ""}}),
+    typed(
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": "Hmm"}}
+    ),
+    typed({"type": "content_block_stop", "index": 0}),
+    typed({"type": "message_delta", "delta": {"stop_reason": "max_tokens"}, "usage": {"output_tokens": 32}}),
+    typed({"type": "message_stop"}),
+]
+
+
+@pytest.mark.anyio
+async def test_a_thinking_only_messages_answer_is_no_yes_and_reads_as_reasoning() -> None:
+    async with fake_upstream(answers(b"".join(MESSAGES_THINKING), b'{"content":[]}')) as upstream:
+        report = await probe_typed(upstream.url, "m", None, Format.MESSAGES)
+    assert not report.new_api_relays
+    assert report.reasons == [
+        "the client gets reasoning but no text: the answer ran out of tokens while thinking; "
+        "nothing shows the stream relays text"
+    ]
+    console = Console(record=True, width=400)
+    show_typed({"direct": report}, console)
+    assert "no text, only reasoning: 'Hmm'" in console.export_text()
