@@ -28,7 +28,7 @@ from sse_adapter.tools.agentclient import FORMATS
 from sse_adapter.tools.endclient import EndClientView, read_through_one_api
 from sse_adapter.tools.oneapi import accepts_stream, nonstream_error
 from sse_adapter.tools.probe_typed import TypedRouteReport, probe_typed, show_typed
-from sse_adapter.tools.quirks import LABELS, framing_quirks, no_text, read_as_relay, shown_text
+from sse_adapter.tools.quirks import LABELS, framing_quirks, no_text, read_as_relay, server_said, shown_text
 
 __all__ = ["ProbeRun", "RouteReport", "first_model", "probe", "probe_routes", "show"]
 
@@ -55,6 +55,7 @@ class RouteReport:
     text: str = ""
     reasoning: str = ""  # what the client gets as reasoning (reasoning_content, or reasoning)
     errors: list[str] = field(default_factory=list)
+    server_error: str | None = None  # the server's own message, when its stream failed
     quirks: dict[str, int] = field(default_factory=dict)  # what the bytes show
     repairs: dict[str, int] = field(default_factory=dict)  # what sse-adapter would repair in them
     one_api_relays: bool = False
@@ -161,6 +162,9 @@ async def _nonstream(client: httpx.AsyncClient, report: RouteReport, body: dict[
         return
     report.nonstream_status = reply.status_code
     report.nonstream_error = nonstream_error(reply.status_code, reply.content)
+    if reply.status_code != 200:  # One-API says only the status: the server's words go with it
+        said = server_said(reply.status_code, reply.headers.get("content-type", ""), reply.content)
+        report.nonstream_error = f"{report.nonstream_error}: {said}"
 
 
 def _judge(report: RouteReport, view: EndClientView) -> None:
@@ -178,11 +182,13 @@ def _judge(report: RouteReport, view: EndClientView) -> None:
         report.first_token_ms = content_times[0] * 1000
         report.tokens_per_s = _rate(content_times)
     if not accepts_stream(view.status, content_type):
+        report.server_error = server_said(view.status, content_type, view.raw)
         report.errors = view.errors()
         report.reasons.append(
             f"One-API treats status {view.status} with {content_type or 'no type'} as an error"
         )
         return
+    report.server_error = meant.error
     try:
         report.text, report.errors = view.text(), view.errors()
         report.reasoning = _reasoning(view)
@@ -191,8 +197,10 @@ def _judge(report: RouteReport, view: EndClientView) -> None:
     if report.text != meant.text:
         report.reasons.append(_lost_text(report.quirks))
     if meant.failed and not report.errors:
+        said = f" ({meant.error})" if meant.error else ""
         report.reasons.append(
-            "the server's error is dropped (a chunk with no choices): the user sees a truncated success"
+            f"the server's error{said} is dropped (a chunk with no choices): "
+            "the user sees a truncated success"
         )
     if report.errors and not report.text:
         report.reasons.append(f"the stream ends in an error before any text: {report.errors[0]}")
@@ -290,6 +298,7 @@ def show(reports: dict[str, RouteReport], console: Console) -> None:
     row("tokens per second", lambda r: f"{r.tokens_per_s:.1f}" if r.tokens_per_s else "-")
     row("comment pings every", lambda r: f"{r.ping_interval_s:.1f} s" if r.ping_interval_s else "-")
     row("text One-API's client gets", lambda r: shown_text(r.text, r.reasoning))
+    row("error the server sent", lambda r: r.server_error or "none")
     row("errors it is shown", lambda r: "; ".join(r.errors) or "none")
     row(
         "what the bytes show",

@@ -24,7 +24,7 @@ from sse_adapter.repair.format import Format
 from sse_adapter.settings import Settings
 from sse_adapter.tools.agentclient import PATHS, AgentView, faults, read_through_new_api
 from sse_adapter.tools.newapi import nonstream_error
-from sse_adapter.tools.quirks import LABELS, no_text, read_typed, shown_text, typed_quirks
+from sse_adapter.tools.quirks import LABELS, no_text, read_typed, server_said, shown_text, typed_quirks
 
 __all__ = ["TypedRouteReport", "judge_route", "probe_typed", "show_typed"]
 
@@ -52,6 +52,7 @@ class TypedRouteReport:
     text: str = ""
     reasoning: str = ""  # what the client gets as reasoning: summary or thinking deltas
     errors: list[str] = field(default_factory=list)
+    server_error: str | None = None  # the server's own message, when its stream failed
     terminal: list[str] = field(default_factory=list)  # the events that ended the stream
     quirks: dict[str, int] = field(default_factory=dict)  # what the bytes show
     repairs: dict[str, int] = field(default_factory=dict)  # what sse-adapter would repair in them
@@ -86,6 +87,9 @@ async def probe_typed(url: str, model: str, api_key: str | None, form: Format) -
             whole = await client.post(report.url + report.route, json=body)
             report.nonstream_status = whole.status_code
             report.nonstream_error = nonstream_error(whole.status_code, whole.content, _OUTPUT[form])
+            if whole.status_code != 200:  # new-api says only the status: the server's words go with it
+                said = server_said(whole.status_code, whole.headers.get("content-type", ""), whole.content)
+                report.nonstream_error = f"{report.nonstream_error}: {said}"
         except httpx.HTTPError as error:
             report.nonstream_error = why(error)
         try:
@@ -106,6 +110,7 @@ def judge_route(report: TypedRouteReport, view: AgentView) -> None:
     report.first_event_ms = view.events[0][0] * 1000 if view.events else None
     content_type = view.headers.get("content-type", "")
     if view.status != 200 or not content_type.startswith("text/event-stream"):
+        report.server_error = server_said(view.status, content_type, view.raw)
         report.errors = view.errors()
         report.reasons.append(
             f"new-api treats status {view.status} with {content_type or 'no type'} as an error"
@@ -114,6 +119,7 @@ def judge_route(report: TypedRouteReport, view: AgentView) -> None:
     meant = read_typed(view.raw, view.form)
     report.quirks = dict(typed_quirks(view.raw, view.form))
     report.repairs = dict(meant.repairs)
+    report.server_error = meant.error
     interval = Settings(upstream="http://probe").heartbeat_interval
     if silences := sum(gap > interval for gap in view.gaps()):
         report.repairs["silences_filled"] = silences
@@ -160,6 +166,7 @@ def show_typed(reports: dict[str, TypedRouteReport], console: Console) -> None:
     )
     row(f"{_HEARTBEAT[form]} it gets", lambda r: r.heartbeats)
     row("text new-api's client gets", lambda r: shown_text(r.text, r.reasoning))
+    row("error the server sent", lambda r: r.server_error or "none")
     row("errors it is shown", lambda r: "; ".join(r.errors) or "none")
     row("terminal event", lambda r: ", ".join(r.terminal) or "none")
     row("what the bytes show", lambda r: _listed(r.quirks) or "nothing unusual")

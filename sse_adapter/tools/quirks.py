@@ -22,7 +22,7 @@ import orjson
 
 from sse_adapter.errors import AdapterError, UpstreamReported
 from sse_adapter.repair.chunks import Kind, StreamIdentity
-from sse_adapter.repair.dialects import is_real_usage
+from sse_adapter.repair.dialects import body_error, is_real_usage
 from sse_adapter.repair.format import Format, StreamFormat
 from sse_adapter.repair.messages import MessagesRepairer
 from sse_adapter.repair.pipeline import Pipeline
@@ -42,6 +42,7 @@ __all__ = [
     "no_text",
     "read_as_relay",
     "read_typed",
+    "server_said",
     "shown_text",
     "typed_quirks",
 ]
@@ -143,6 +144,13 @@ class Reading:
     text: str  # the content the client gets
     failed: bool  # the stream ends in an error
     repairs: Counter[str]
+    error: str | None = None  # the server's own message, when it said why
+
+
+def server_said(status: int, content_type: str, body: bytes) -> str | None:
+    """The server's own words in a whole answer that is an error, in any dialect's shape; else None."""
+    error = body_error(status, content_type, body)
+    return error.message if error is not None else None
 
 
 def read_as_relay(raw: bytes) -> Reading:
@@ -168,8 +176,9 @@ def read_as_relay(raw: bytes) -> Reading:
         if failure is not None:
             raise failure  # the relay stops there too
         pipeline.finish()  # a stream of nothing but other shapes, or no events at all, is an error
-    except AdapterError:
-        return Reading("".join(text), True, repairs)
+    except AdapterError as error:
+        said = error.message if isinstance(error, UpstreamReported) else None
+        return Reading("".join(text), True, repairs, said)
     return Reading("".join(text), False, repairs)
 
 

@@ -149,6 +149,7 @@ asyncio.run(main())
         "reasoning",
         "reasons",
         "repairs",
+        "server_error",
         "stream_status",
         "text",
         "tokens_per_s",
@@ -364,3 +365,64 @@ async def test_a_thinking_only_messages_answer_is_no_yes_and_reads_as_reasoning(
     console = Console(record=True, width=400)
     show_typed({"direct": report}, console)
     assert "no text, only reasoning: 'Hmm'" in console.export_text()
+
+
+TGI_OVERLOADED = b'{"error":"Model is overloaded","error_type":"overloaded"}'
+CUDA_ERROR = b'data: {"error":"CUDA error: out of memory","error_type":"generation"}\n\n'
+
+
+def refuses(body: bytes) -> Handler:
+    """A server that answers every request with a 503 and its own error body."""
+    return json_answer(503, body)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("handler", "nonstream", "said", "reason"),
+    [
+        pytest.param(
+            refuses(TGI_OVERLOADED),
+            "error: status 503: Model is overloaded",
+            "Model is overloaded",
+            "One-API treats status 503 with application/json as an error",
+            id="an-error-status",
+        ),
+        pytest.param(
+            answers(content_frame("Partial") + CUDA_ERROR),
+            "ok",
+            "CUDA error: out of memory",
+            "the server's error (CUDA error: out of memory) is dropped",
+            id="an-error-in-the-stream-one-api-drops",
+        ),
+    ],
+)
+async def test_the_direct_column_shows_the_servers_own_message(
+    handler: Handler, nonstream: str, said: str, reason: str
+) -> None:
+    async with fake_upstream(handler) as upstream:
+        report = await probe(upstream.url, "m", None)
+    assert report.server_error == said
+    assert not report.one_api_relays
+    console = Console(record=True, width=400)
+    show({"direct": report}, console)
+    shown = rows(console)
+    assert shown["non-stream, One-API reads"] == nonstream
+    assert shown["error the server sent"] == said
+    assert report.reasons[0].startswith(reason), report.reasons
+
+
+@pytest.mark.anyio
+async def test_the_typed_direct_column_shows_the_servers_own_message() -> None:
+    async with fake_upstream(refuses(b'{"detail":"Not Found"}')) as upstream:
+        report = await probe_typed(upstream.url, "m", None, Format.RESPONSES)
+    assert report.nonstream_error == "status 503: Not Found"
+    assert report.server_error == "Not Found"
+    console = Console(record=True, width=400)
+    show_typed({"direct": report}, console)
+    assert rows(console)["error the server sent"] == "Not Found"
+
+
+def rows(console: Console) -> dict[str, str]:
+    """A one-column probe table's rows, by label (the lines a row's label is on)."""
+    cells = [line.split("│") for line in console.export_text().splitlines() if line.count("│") == 3]
+    return {cell[1].strip(): cell[2].strip() for cell in cells if cell[1].strip()}
