@@ -47,6 +47,7 @@ class RouteReport:
     url: str
     nonstream_status: int | None = None
     nonstream_error: str | None = None
+    nonstream_server_error: str | None = None  # the server's own words, when it answered an error status
     stream_status: int | None = None
     first_byte_ms: float | None = None
     first_token_ms: float | None = None
@@ -162,9 +163,9 @@ async def _nonstream(client: httpx.AsyncClient, report: RouteReport, body: dict[
         return
     report.nonstream_status = reply.status_code
     report.nonstream_error = nonstream_error(reply.status_code, reply.content)
-    if reply.status_code != 200:  # One-API says only the status: the server's words go with it
-        said = server_said(reply.status_code, reply.headers.get("content-type", ""), reply.content)
-        report.nonstream_error = f"{report.nonstream_error}: {said}"
+    if reply.status_code != 200:  # One-API says only the status: the server's words are shown too
+        content_type = reply.headers.get("content-type", "")
+        report.nonstream_server_error = server_said(reply.status_code, content_type, reply.content)
 
 
 def _judge(report: RouteReport, view: EndClientView) -> None:
@@ -289,10 +290,7 @@ def show(reports: dict[str, RouteReport], console: Console) -> None:
         table.add_row(label, *(escape(str(cell(report))) for report in reports.values()))
 
     row("non-stream status", lambda r: r.nonstream_status if r.nonstream_status is not None else "-")
-    row(
-        "non-stream, One-API reads",
-        lambda r: "ok" if r.nonstream_status and not r.nonstream_error else f"error: {r.nonstream_error}",
-    )
+    row("non-stream, One-API reads", _nonstream_read)
     row("stream status", lambda r: r.stream_status if r.stream_status is not None else "-")
     row("first byte / first token", lambda r: f"{_ms(r.first_byte_ms)} / {_ms(r.first_token_ms)}")
     row("tokens per second", lambda r: f"{r.tokens_per_s:.1f}" if r.tokens_per_s else "-")
@@ -319,6 +317,13 @@ def _verdict(report: RouteReport) -> str:
     if report.one_api_relays:
         return "[green]yes[/]"
     return "[red]no[/], because " + escape("; ".join(report.reasons))
+
+
+def _nonstream_read(report: RouteReport) -> str:
+    if report.nonstream_status and not report.nonstream_error:
+        return "ok"
+    said = report.nonstream_server_error
+    return f"error: {report.nonstream_error}" + (f" (the server: {said})" if said else "")
 
 
 def _ms(value: float | None) -> str:

@@ -44,6 +44,7 @@ class TypedRouteReport:
     route: str
     nonstream_status: int | None = None
     nonstream_error: str | None = None
+    nonstream_server_error: str | None = None  # the server's own words, when it answered an error status
     stream_status: int | None = None
     first_byte_ms: float | None = None
     first_event_ms: float | None = None
@@ -87,9 +88,9 @@ async def probe_typed(url: str, model: str, api_key: str | None, form: Format) -
             whole = await client.post(report.url + report.route, json=body)
             report.nonstream_status = whole.status_code
             report.nonstream_error = nonstream_error(whole.status_code, whole.content, _OUTPUT[form])
-            if whole.status_code != 200:  # new-api says only the status: the server's words go with it
-                said = server_said(whole.status_code, whole.headers.get("content-type", ""), whole.content)
-                report.nonstream_error = f"{report.nonstream_error}: {said}"
+            if whole.status_code != 200:  # new-api says only the status: the server's words are shown too
+                content_type = whole.headers.get("content-type", "")
+                report.nonstream_server_error = server_said(whole.status_code, content_type, whole.content)
         except httpx.HTTPError as error:
             report.nonstream_error = why(error)
         try:
@@ -154,10 +155,7 @@ def show_typed(reports: dict[str, TypedRouteReport], console: Console) -> None:
         table.add_row(label, *(escape(str(cell(report))) for report in reports.values()))
 
     row("non-stream status", lambda r: r.nonstream_status if r.nonstream_status is not None else "-")
-    row(
-        "non-stream, new-api reads",
-        lambda r: "ok" if r.nonstream_status and not r.nonstream_error else f"error: {r.nonstream_error}",
-    )
+    row("non-stream, new-api reads", _nonstream_read)
     row("stream status", lambda r: r.stream_status if r.stream_status is not None else "-")
     row("first byte / first event", lambda r: f"{_ms(r.first_byte_ms)} / {_ms(r.first_event_ms)}")
     row(
@@ -211,6 +209,13 @@ def _verdict(report: TypedRouteReport) -> str:
     if report.new_api_relays:
         return "[green]yes[/]"
     return "[red]no[/], because " + escape("; ".join(report.reasons))
+
+
+def _nonstream_read(report: TypedRouteReport) -> str:
+    if report.nonstream_status and not report.nonstream_error:
+        return "ok"
+    said = report.nonstream_server_error
+    return f"error: {report.nonstream_error}" + (f" (the server: {said})" if said else "")
 
 
 def _ms(value: float | None) -> str:

@@ -142,6 +142,7 @@ asyncio.run(main())
         "first_byte_ms",
         "first_token_ms",
         "nonstream_error",
+        "nonstream_server_error",
         "nonstream_status",
         "one_api_relays",
         "ping_interval_s",
@@ -382,7 +383,7 @@ def refuses(body: bytes) -> Handler:
     [
         pytest.param(
             refuses(TGI_OVERLOADED),
-            "error: status 503: Model is overloaded",
+            "error: status 503 (the server: Model is overloaded)",
             "Model is overloaded",
             "One-API treats status 503 with application/json as an error",
             id="an-error-status",
@@ -415,7 +416,7 @@ async def test_the_direct_column_shows_the_servers_own_message(
 async def test_the_typed_direct_column_shows_the_servers_own_message() -> None:
     async with fake_upstream(refuses(b'{"detail":"Not Found"}')) as upstream:
         report = await probe_typed(upstream.url, "m", None, Format.RESPONSES)
-    assert report.nonstream_error == "status 503: Not Found"
+    assert (report.nonstream_error, report.nonstream_server_error) == ("status 503", "Not Found")
     assert report.server_error == "Not Found"
     console = Console(record=True, width=400)
     show_typed({"direct": report}, console)
