@@ -222,6 +222,11 @@ def _reasoning(view: EndClientView) -> str:
     )
 
 
+_SIMULATED = (
+    "(simulated): One-API by the rules of the tests' One-API double, sse-adapter's repairs by its own "
+    "pipeline over the same bytes; every other row is measured"
+)
+
 _MIN_TOKENS, _MIN_SPAN = 5, 0.25  # below these, a rate says more about the network than the model
 
 
@@ -281,7 +286,7 @@ def _lost_text(quirks: dict[str, int]) -> str:
 
 
 def show(reports: dict[str, RouteReport], console: Console) -> None:
-    table = Table(title="sse-adapter probe", title_justify="left")
+    table = Table(title="sse-adapter probe", title_justify="left", caption=_SIMULATED, caption_justify="left")
     table.add_column("", style="bold")
     for name, report in reports.items():
         table.add_column(f"{name}\n{escape(report.url)}")
@@ -295,19 +300,19 @@ def show(reports: dict[str, RouteReport], console: Console) -> None:
     row("first byte / first token", lambda r: f"{_ms(r.first_byte_ms)} / {_ms(r.first_token_ms)}")
     row("tokens per second", lambda r: f"{r.tokens_per_s:.1f}" if r.tokens_per_s else "-")
     row("comment pings every", lambda r: f"{r.ping_interval_s:.1f} s" if r.ping_interval_s else "-")
-    row("text One-API's client gets", lambda r: shown_text(r.text, r.reasoning))
+    row("text One-API's client gets (simulated)", lambda r: shown_text(r.text, r.reasoning))
     row("error the server sent", lambda r: r.server_error or "none")
-    row("errors it is shown", lambda r: "; ".join(r.errors) or "none")
+    row("errors it is shown (simulated)", lambda r: "; ".join(r.errors) or "none")
     row(
         "what the bytes show",
         lambda r: ", ".join(f"{LABELS.get(k, k)} ({v})" for k, v in r.quirks.items()) or "nothing unusual",
     )
     row(
-        "what sse-adapter repairs in them",
+        "what sse-adapter repairs in them (simulated)",
         lambda r: ", ".join(f"{LABELS.get(k, k)} ({v})" for k, v in r.repairs.items()) or "nothing",
     )
     table.add_row(
-        "One-API would relay this stream",
+        "One-API would relay this stream (simulated)",
         *(_verdict(report) for report in reports.values()),
     )
     console.print(table)

@@ -146,7 +146,9 @@ def judge_route(report: TypedRouteReport, view: AgentView) -> None:
 def show_typed(reports: dict[str, TypedRouteReport], console: Console) -> None:
     route = next(iter(reports.values())).route
     form = next(form for form, path in PATHS.items() if path == route)
-    table = Table(title=f"sse-adapter probe: {route}", title_justify="left")
+    table = Table(
+        title=f"sse-adapter probe: {route}", title_justify="left", caption=_SIMULATED, caption_justify="left"
+    )
     table.add_column("", style="bold")
     for name, report in reports.items():
         table.add_column(f"{name}\n{escape(report.url)}")
@@ -162,14 +164,16 @@ def show_typed(reports: dict[str, TypedRouteReport], console: Console) -> None:
         "longest silence",
         lambda r: f"{r.longest_silence_s:.1f} s" if r.longest_silence_s is not None else "-",
     )
-    row(f"{_HEARTBEAT[form]} it gets", lambda r: r.heartbeats)
-    row("text new-api's client gets", lambda r: shown_text(r.text, r.reasoning))
+    row(f"{_HEARTBEAT[form]} it gets (simulated)", lambda r: r.heartbeats)
+    row("text new-api's client gets (simulated)", lambda r: shown_text(r.text, r.reasoning))
     row("error the server sent", lambda r: r.server_error or "none")
-    row("errors it is shown", lambda r: "; ".join(r.errors) or "none")
-    row("terminal event", lambda r: ", ".join(r.terminal) or "none")
+    row("errors it is shown (simulated)", lambda r: "; ".join(r.errors) or "none")
+    row("terminal event (simulated)", lambda r: ", ".join(r.terminal) or "none")
     row("what the bytes show", lambda r: _listed(r.quirks) or "nothing unusual")
-    row("what sse-adapter repairs in them", lambda r: _listed(r.repairs) or "nothing")
-    table.add_row("new-api would relay this stream", *(_verdict(report) for report in reports.values()))
+    row("what sse-adapter repairs in them (simulated)", lambda r: _listed(r.repairs) or "nothing")
+    table.add_row(
+        "new-api would relay this stream (simulated)", *(_verdict(report) for report in reports.values())
+    )
     console.print(table)
 
 
@@ -199,6 +203,12 @@ def _ran_out(view: AgentView) -> bool:
         or (isinstance(delta := body.get("delta"), dict) and delta.get("stop_reason") == "max_tokens")
         for name, body in view.typed
     )
+
+
+_SIMULATED = (
+    "(simulated): new-api and its client by the rules of the tests' new-api double, sse-adapter's repairs "
+    "by its own pipeline over the same bytes; every other row is measured"
+)
 
 
 def _listed(found: dict[str, int]) -> str:

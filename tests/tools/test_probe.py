@@ -21,7 +21,7 @@ from sse_adapter.tools.probe import _rate, first_model, probe, show
 from sse_adapter.tools.probe_typed import probe_typed, show_typed
 from tests.adapter_server import STARTUP, run_adapter
 from tests.end_client import Seen, fixture
-from tests.formats_fake import message_start, typed
+from tests.formats_fake import message_start, messages_stream, typed
 from tests.proxy.test_dialects_wire import HANDLERS, ROWS, Row
 from tests.upstream_fake import Handler, Received, Writer, content_frame, fake_upstream, json_answer
 
@@ -423,7 +423,28 @@ async def test_the_typed_direct_column_shows_the_servers_own_message() -> None:
     assert rows(console)["error the server sent"] == "Not Found"
 
 
+@pytest.mark.anyio
+async def test_what_the_probe_simulates_is_labelled_simulated() -> None:
+    stream = content_frame("hi") + b"data: [DONE]\n\n"
+    async with fake_upstream(answers(stream)) as upstream:
+        chat = await probe(upstream.url, "m", None)
+    async with fake_upstream(answers(b"".join(messages_stream(["hi"])), b'{"content":[]}')) as upstream:
+        messages = await probe_typed(upstream.url, "m", None, Format.MESSAGES)
+    for report, table in ((chat, show), (messages, show_typed)):
+        console = Console(record=True, width=400)
+        table({"direct": report}, console)  # type: ignore[operator]
+        labels = list(rows(console))
+        simulated = [label for label in labels if label.endswith("(simulated)")]
+        gateway = "One-API" if report is chat else "new-api"
+        assert f"{gateway} would relay this stream (simulated)" in simulated
+        assert f"text {gateway}'s client gets (simulated)" in simulated
+        assert "what sse-adapter repairs in them (simulated)" in simulated
+        assert f"(simulated): {gateway}" in console.export_text()  # the caption says by what rules
+
+
 def rows(console: Console) -> dict[str, str]:
     """A one-column probe table's rows, by label (the lines a row's label is on)."""
-    cells = [line.split("│") for line in console.export_text().splitlines() if line.count("│") == 3]
+    cells = [
+        line.split("│") for line in console.export_text(clear=False).splitlines() if line.count("│") == 3
+    ]
     return {cell[1].strip(): cell[2].strip() for cell in cells if cell[1].strip()}
