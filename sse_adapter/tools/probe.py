@@ -28,7 +28,7 @@ from sse_adapter.tools.agentclient import FORMATS
 from sse_adapter.tools.endclient import EndClientView, read_through_one_api
 from sse_adapter.tools.oneapi import accepts_stream, nonstream_error
 from sse_adapter.tools.probe_typed import TypedRouteReport, probe_typed, show_typed
-from sse_adapter.tools.quirks import LABELS, framing_quirks, read_as_relay
+from sse_adapter.tools.quirks import LABELS, framing_quirks, no_text, read_as_relay, server_said, shown_text
 
 __all__ = ["ProbeRun", "RouteReport", "first_model", "probe", "probe_routes", "show"]
 
@@ -47,13 +47,16 @@ class RouteReport:
     url: str
     nonstream_status: int | None = None
     nonstream_error: str | None = None
+    nonstream_server_error: str | None = None  # the server's own words, when it answered an error status
     stream_status: int | None = None
     first_byte_ms: float | None = None
     first_token_ms: float | None = None
     tokens_per_s: float | None = None
     ping_interval_s: float | None = None
     text: str = ""
+    reasoning: str = ""  # what the client gets as reasoning (reasoning_content, or reasoning)
     errors: list[str] = field(default_factory=list)
+    server_error: str | None = None  # the server's own message, when its stream failed
     quirks: dict[str, int] = field(default_factory=dict)  # what the bytes show
     repairs: dict[str, int] = field(default_factory=dict)  # what sse-adapter would repair in them
     one_api_relays: bool = False
@@ -160,6 +163,9 @@ async def _nonstream(client: httpx.AsyncClient, report: RouteReport, body: dict[
         return
     report.nonstream_status = reply.status_code
     report.nonstream_error = nonstream_error(reply.status_code, reply.content)
+    if reply.status_code != 200:  # One-API says only the status: the server's words are shown too
+        content_type = reply.headers.get("content-type", "")
+        report.nonstream_server_error = server_said(reply.status_code, content_type, reply.content)
 
 
 def _judge(report: RouteReport, view: EndClientView) -> None:
@@ -177,27 +183,49 @@ def _judge(report: RouteReport, view: EndClientView) -> None:
         report.first_token_ms = content_times[0] * 1000
         report.tokens_per_s = _rate(content_times)
     if not accepts_stream(view.status, content_type):
+        report.server_error = server_said(view.status, content_type, view.raw)
         report.errors = view.errors()
         report.reasons.append(
             f"One-API treats status {view.status} with {content_type or 'no type'} as an error"
         )
         return
+    report.server_error = meant.error
     try:
         report.text, report.errors = view.text(), view.errors()
+        report.reasoning = _reasoning(view)
     except orjson.JSONDecodeError:
         report.reasons.append("One-API passes on a frame its client cannot parse")
     if report.text != meant.text:
         report.reasons.append(_lost_text(report.quirks))
     if meant.failed and not report.errors:
+        said = f" ({meant.error})" if meant.error else ""
         report.reasons.append(
-            "the server's error is dropped (a chunk with no choices): the user sees a truncated success"
+            f"the server's error{said} is dropped (a chunk with no choices): "
+            "the user sees a truncated success"
         )
     if report.errors and not report.text:
         report.reasons.append(f"the stream ends in an error before any text: {report.errors[0]}")
     if view.dones() != 1:
         report.reasons.append(f"the client gets {view.dones()} [DONE]")
+    if not report.text and not report.reasons:
+        report.reasons.append(no_text(report.reasoning, view.finish_reason() == "length"))
     report.one_api_relays = not report.reasons
 
+
+def _reasoning(view: EndClientView) -> str:
+    """The reasoning the client gets, under either name servers give it."""
+    return "".join(
+        str(delta.get("reasoning_content") or delta.get("reasoning") or "")
+        for chunk in view.chunks
+        for choice in chunk.get("choices") or []
+        if isinstance(delta := choice.get("delta"), dict)
+    )
+
+
+_SIMULATED = (
+    "(simulated): One-API by the rules of the tests' One-API double, sse-adapter's repairs by its own "
+    "pipeline over the same bytes; every other row is measured"
+)
 
 _MIN_TOKENS, _MIN_SPAN = 5, 0.25  # below these, a rate says more about the network than the model
 
@@ -258,7 +286,7 @@ def _lost_text(quirks: dict[str, int]) -> str:
 
 
 def show(reports: dict[str, RouteReport], console: Console) -> None:
-    table = Table(title="sse-adapter probe", title_justify="left")
+    table = Table(title="sse-adapter probe", title_justify="left", caption=_SIMULATED, caption_justify="left")
     table.add_column("", style="bold")
     for name, report in reports.items():
         table.add_column(f"{name}\n{escape(report.url)}")
@@ -267,26 +295,24 @@ def show(reports: dict[str, RouteReport], console: Console) -> None:
         table.add_row(label, *(escape(str(cell(report))) for report in reports.values()))
 
     row("non-stream status", lambda r: r.nonstream_status if r.nonstream_status is not None else "-")
-    row(
-        "non-stream, One-API reads",
-        lambda r: "ok" if r.nonstream_status and not r.nonstream_error else f"error: {r.nonstream_error}",
-    )
+    row("non-stream, One-API reads", _nonstream_read)
     row("stream status", lambda r: r.stream_status if r.stream_status is not None else "-")
     row("first byte / first token", lambda r: f"{_ms(r.first_byte_ms)} / {_ms(r.first_token_ms)}")
     row("tokens per second", lambda r: f"{r.tokens_per_s:.1f}" if r.tokens_per_s else "-")
     row("comment pings every", lambda r: f"{r.ping_interval_s:.1f} s" if r.ping_interval_s else "-")
-    row("text One-API's client gets", lambda r: repr(r.text[:60]) if r.text else "(nothing)")
-    row("errors it is shown", lambda r: "; ".join(r.errors) or "none")
+    row("text One-API's client gets (simulated)", lambda r: shown_text(r.text, r.reasoning))
+    row("error the server sent", lambda r: r.server_error or "none")
+    row("errors it is shown (simulated)", lambda r: "; ".join(r.errors) or "none")
     row(
         "what the bytes show",
         lambda r: ", ".join(f"{LABELS.get(k, k)} ({v})" for k, v in r.quirks.items()) or "nothing unusual",
     )
     row(
-        "what sse-adapter repairs in them",
+        "what sse-adapter repairs in them (simulated)",
         lambda r: ", ".join(f"{LABELS.get(k, k)} ({v})" for k, v in r.repairs.items()) or "nothing",
     )
     table.add_row(
-        "One-API would relay this stream",
+        "One-API would relay this stream (simulated)",
         *(_verdict(report) for report in reports.values()),
     )
     console.print(table)
@@ -296,6 +322,13 @@ def _verdict(report: RouteReport) -> str:
     if report.one_api_relays:
         return "[green]yes[/]"
     return "[red]no[/], because " + escape("; ".join(report.reasons))
+
+
+def _nonstream_read(report: RouteReport) -> str:
+    if report.nonstream_status and not report.nonstream_error:
+        return "ok"
+    said = report.nonstream_server_error
+    return f"error: {report.nonstream_error}" + (f" (the server: {said})" if said else "")
 
 
 def _ms(value: float | None) -> str:

@@ -24,7 +24,7 @@ from sse_adapter.repair.format import Format
 from sse_adapter.settings import Settings
 from sse_adapter.tools.agentclient import PATHS, AgentView, faults, read_through_new_api
 from sse_adapter.tools.newapi import nonstream_error
-from sse_adapter.tools.quirks import LABELS, read_typed, typed_quirks
+from sse_adapter.tools.quirks import LABELS, no_text, read_typed, server_said, shown_text, typed_quirks
 
 __all__ = ["TypedRouteReport", "judge_route", "probe_typed", "show_typed"]
 
@@ -44,13 +44,16 @@ class TypedRouteReport:
     route: str
     nonstream_status: int | None = None
     nonstream_error: str | None = None
+    nonstream_server_error: str | None = None  # the server's own words, when it answered an error status
     stream_status: int | None = None
     first_byte_ms: float | None = None
     first_event_ms: float | None = None
     longest_silence_s: float | None = None
     heartbeats: int = 0  # the typed heartbeats the client got: keepalive events, or pings
     text: str = ""
+    reasoning: str = ""  # what the client gets as reasoning: summary or thinking deltas
     errors: list[str] = field(default_factory=list)
+    server_error: str | None = None  # the server's own message, when its stream failed
     terminal: list[str] = field(default_factory=list)  # the events that ended the stream
     quirks: dict[str, int] = field(default_factory=dict)  # what the bytes show
     repairs: dict[str, int] = field(default_factory=dict)  # what sse-adapter would repair in them
@@ -85,6 +88,9 @@ async def probe_typed(url: str, model: str, api_key: str | None, form: Format) -
             whole = await client.post(report.url + report.route, json=body)
             report.nonstream_status = whole.status_code
             report.nonstream_error = nonstream_error(whole.status_code, whole.content, _OUTPUT[form])
+            if whole.status_code != 200:  # new-api says only the status: the server's words are shown too
+                content_type = whole.headers.get("content-type", "")
+                report.nonstream_server_error = server_said(whole.status_code, content_type, whole.content)
         except httpx.HTTPError as error:
             report.nonstream_error = why(error)
         try:
@@ -105,6 +111,7 @@ def judge_route(report: TypedRouteReport, view: AgentView) -> None:
     report.first_event_ms = view.events[0][0] * 1000 if view.events else None
     content_type = view.headers.get("content-type", "")
     if view.status != 200 or not content_type.startswith("text/event-stream"):
+        report.server_error = server_said(view.status, content_type, view.raw)
         report.errors = view.errors()
         report.reasons.append(
             f"new-api treats status {view.status} with {content_type or 'no type'} as an error"
@@ -113,6 +120,7 @@ def judge_route(report: TypedRouteReport, view: AgentView) -> None:
     meant = read_typed(view.raw, view.form)
     report.quirks = dict(typed_quirks(view.raw, view.form))
     report.repairs = dict(meant.repairs)
+    report.server_error = meant.error
     interval = Settings(upstream="http://probe").heartbeat_interval
     if silences := sum(gap > interval for gap in view.gaps()):
         report.repairs["silences_filled"] = silences
@@ -120,10 +128,13 @@ def judge_route(report: TypedRouteReport, view: AgentView) -> None:
     report.heartbeats = view.heartbeats()
     report.terminal = view.terminals()
     report.text, report.errors = view.text(), view.errors()
+    report.reasoning = _reasoning(view)
     report.reasons += faults(view, meant.text, meant.error, meant.failed)
     if meant.failed and not meant.text:
         said = meant.error or (report.errors[0] if report.errors else "no word why")
         report.reasons.append(f"the stream fails before any text: {said}")
+    if not report.text and not report.reasons:
+        report.reasons.append(no_text(report.reasoning, _ran_out(view)))
     if report.longest_silence_s > _CUT_AFTER:
         report.reasons.append(
             f"silent for {report.longest_silence_s:.0f} s with no typed heartbeat: nginx and AWS ALB cut a "
@@ -135,7 +146,9 @@ def judge_route(report: TypedRouteReport, view: AgentView) -> None:
 def show_typed(reports: dict[str, TypedRouteReport], console: Console) -> None:
     route = next(iter(reports.values())).route
     form = next(form for form, path in PATHS.items() if path == route)
-    table = Table(title=f"sse-adapter probe: {route}", title_justify="left")
+    table = Table(
+        title=f"sse-adapter probe: {route}", title_justify="left", caption=_SIMULATED, caption_justify="left"
+    )
     table.add_column("", style="bold")
     for name, report in reports.items():
         table.add_column(f"{name}\n{escape(report.url)}")
@@ -144,24 +157,58 @@ def show_typed(reports: dict[str, TypedRouteReport], console: Console) -> None:
         table.add_row(label, *(escape(str(cell(report))) for report in reports.values()))
 
     row("non-stream status", lambda r: r.nonstream_status if r.nonstream_status is not None else "-")
-    row(
-        "non-stream, new-api reads",
-        lambda r: "ok" if r.nonstream_status and not r.nonstream_error else f"error: {r.nonstream_error}",
-    )
+    row("non-stream, new-api reads", _nonstream_read)
     row("stream status", lambda r: r.stream_status if r.stream_status is not None else "-")
     row("first byte / first event", lambda r: f"{_ms(r.first_byte_ms)} / {_ms(r.first_event_ms)}")
     row(
         "longest silence",
         lambda r: f"{r.longest_silence_s:.1f} s" if r.longest_silence_s is not None else "-",
     )
-    row(f"{_HEARTBEAT[form]} it gets", lambda r: r.heartbeats)
-    row("text new-api's client gets", lambda r: repr(r.text[:60]) if r.text else "(nothing)")
-    row("errors it is shown", lambda r: "; ".join(r.errors) or "none")
-    row("terminal event", lambda r: ", ".join(r.terminal) or "none")
+    row(f"{_HEARTBEAT[form]} it gets (simulated)", lambda r: r.heartbeats)
+    row("text new-api's client gets (simulated)", lambda r: shown_text(r.text, r.reasoning))
+    row("error the server sent", lambda r: r.server_error or "none")
+    row("errors it is shown (simulated)", lambda r: "; ".join(r.errors) or "none")
+    row("terminal event (simulated)", lambda r: ", ".join(r.terminal) or "none")
     row("what the bytes show", lambda r: _listed(r.quirks) or "nothing unusual")
-    row("what sse-adapter repairs in them", lambda r: _listed(r.repairs) or "nothing")
-    table.add_row("new-api would relay this stream", *(_verdict(report) for report in reports.values()))
+    row("what sse-adapter repairs in them (simulated)", lambda r: _listed(r.repairs) or "nothing")
+    table.add_row(
+        "new-api would relay this stream (simulated)", *(_verdict(report) for report in reports.values())
+    )
     console.print(table)
+
+
+_REASONING = frozenset({"response.reasoning_summary_text.delta", "response.reasoning_text.delta"})
+
+
+def _reasoning(view: AgentView) -> str:
+    """Responses' reasoning deltas, or Messages' thinking deltas."""
+    parts: list[str] = []
+    for name, body in view.typed:
+        delta = body.get("delta")
+        if name in _REASONING and isinstance(delta, str):
+            parts.append(delta)
+        elif (
+            name == "content_block_delta"
+            and isinstance(delta, dict)
+            and delta.get("type") == "thinking_delta"
+        ):
+            parts.append(str(delta.get("thinking") or ""))
+    return "".join(parts)
+
+
+def _ran_out(view: AgentView) -> bool:
+    """The answer stopped at its token limit: ``response.incomplete``, or ``stop_reason: max_tokens``."""
+    return any(
+        name == "response.incomplete"
+        or (isinstance(delta := body.get("delta"), dict) and delta.get("stop_reason") == "max_tokens")
+        for name, body in view.typed
+    )
+
+
+_SIMULATED = (
+    "(simulated): new-api and its client by the rules of the tests' new-api double, sse-adapter's repairs "
+    "by its own pipeline over the same bytes; every other row is measured"
+)
 
 
 def _listed(found: dict[str, int]) -> str:
@@ -172,6 +219,13 @@ def _verdict(report: TypedRouteReport) -> str:
     if report.new_api_relays:
         return "[green]yes[/]"
     return "[red]no[/], because " + escape("; ".join(report.reasons))
+
+
+def _nonstream_read(report: TypedRouteReport) -> str:
+    if report.nonstream_status and not report.nonstream_error:
+        return "ok"
+    said = report.nonstream_server_error
+    return f"error: {report.nonstream_error}" + (f" (the server: {said})" if said else "")
 
 
 def _ms(value: float | None) -> str:

@@ -22,6 +22,7 @@ import orjson
 
 from sse_adapter.errors import AdapterError, UpstreamReported
 from sse_adapter.repair.chunks import Kind, StreamIdentity
+from sse_adapter.repair.dialects import body_error, is_real_usage
 from sse_adapter.repair.format import Format, StreamFormat
 from sse_adapter.repair.messages import MessagesRepairer
 from sse_adapter.repair.pipeline import Pipeline
@@ -38,8 +39,11 @@ __all__ = [
     "TypedReading",
     "describe",
     "framing_quirks",
+    "no_text",
     "read_as_relay",
     "read_typed",
+    "server_said",
+    "shown_text",
     "typed_quirks",
 ]
 
@@ -63,7 +67,7 @@ LABELS = {
     "finish_reason_mapped": "`finish_reason` mapped to OpenAI's",
     "reasoning_renamed": "reasoning put under `reasoning_content`",
     "think_split": "<think> moved to reasoning",
-    "usage_moved_last": "usage sent last",
+    "usage_moved_last": "usage moved after the last chunk with choices",
     "empty_usage_dropped": "null or zero usage dropped",
     "non_chunk_dropped": "events that are no chunks dropped",
     "bulky_field_dropped": "bulky fields dropped",
@@ -140,6 +144,13 @@ class Reading:
     text: str  # the content the client gets
     failed: bool  # the stream ends in an error
     repairs: Counter[str]
+    error: str | None = None  # the server's own message, when it said why
+
+
+def server_said(status: int, content_type: str, body: bytes) -> str | None:
+    """The server's own words in a whole answer that is an error, in any dialect's shape; else None."""
+    error = body_error(status, content_type, body)
+    return error.message if error is not None else None
 
 
 def read_as_relay(raw: bytes) -> Reading:
@@ -155,13 +166,54 @@ def read_as_relay(raw: bytes) -> Reading:
     for payload in payloads:
         for choice in orjson.loads(payload).get("choices") or []:
             text.append((choice.get("delta") or {}).get("content") or "")
+    repairs = +repairer.repairs
+    # The relay holds every real usage back and sends it last; only a usage that came
+    # before a chunk with choices was out of place, and only then is that a repair.
+    del repairs["usage_moved_last"]
+    if early := _usage_before_choices(raw):
+        repairs["usage_moved_last"] = early
     try:
         if failure is not None:
             raise failure  # the relay stops there too
         pipeline.finish()  # a stream of nothing but other shapes, or no events at all, is an error
-    except AdapterError:
-        return Reading("".join(text), True, +repairer.repairs)
-    return Reading("".join(text), False, +repairer.repairs)
+    except AdapterError as error:
+        said = error.message if isinstance(error, UpstreamReported) else None
+        return Reading("".join(text), True, repairs, said)
+    return Reading("".join(text), False, repairs)
+
+
+def _usage_before_choices(raw: bytes) -> int:
+    """How many chunks with a real usage a chunk with choices follows."""
+    decoder = SSEDecoder()
+    early = pending = 0
+    for event in decoder.feed(raw) + decoder.flush():
+        try:
+            chunk = orjson.loads(event.data)
+        except orjson.JSONDecodeError:
+            continue
+        if not isinstance(chunk, dict):
+            continue
+        if chunk.get("choices"):
+            early, pending = early + pending, 0
+        pending += is_real_usage(chunk.get("usage"))
+    return early
+
+
+def no_text(reasoning: str, cut_short: bool) -> str:
+    """Why an answer with no text proves nothing: a stream relays cleanly only if text came through."""
+    if not reasoning:
+        return "the client gets no text: nothing shows the stream relays text"
+    why = ": the answer ran out of tokens while thinking" if cut_short else ""
+    return f"the client gets reasoning but no text{why}; nothing shows the stream relays text"
+
+
+def shown_text(text: str, reasoning: str) -> str:
+    """The text, or what came instead: reasoning reads as reasoning, not as nothing."""
+    if text:
+        return repr(text[:60])
+    if reasoning:
+        return f"no text, only reasoning: {reasoning[:45]!r}"
+    return "(nothing)"
 
 
 def describe(found: Counter[str]) -> list[str]:

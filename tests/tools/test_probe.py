@@ -8,15 +8,20 @@ import json
 import os
 import subprocess
 import sys
+from typing import Any
 
 import orjson
 import pytest
+from rich.console import Console
 
+from sse_adapter.repair.format import Format
 from sse_adapter.settings import Settings
 from sse_adapter.tools.oneapi import OneAPIRelay
-from sse_adapter.tools.probe import _rate, first_model, probe
+from sse_adapter.tools.probe import _rate, first_model, probe, show
+from sse_adapter.tools.probe_typed import probe_typed, show_typed
 from tests.adapter_server import STARTUP, run_adapter
 from tests.end_client import Seen, fixture
+from tests.formats_fake import message_start, messages_stream, typed
 from tests.proxy.test_dialects_wire import HANDLERS, ROWS, Row
 from tests.upstream_fake import Handler, Received, Writer, content_frame, fake_upstream, json_answer
 
@@ -137,12 +142,15 @@ asyncio.run(main())
         "first_byte_ms",
         "first_token_ms",
         "nonstream_error",
+        "nonstream_server_error",
         "nonstream_status",
         "one_api_relays",
         "ping_interval_s",
         "quirks",
+        "reasoning",
         "reasons",
         "repairs",
+        "server_error",
         "stream_status",
         "text",
         "tokens_per_s",
@@ -253,3 +261,190 @@ async def test_the_model_asked_for_says_why() -> None:
     assert name == "default"
     assert "lists no model" in why
     assert "--model" in why
+
+
+def answers(stream: bytes, whole: bytes = COMPLETION, status: int = 200) -> Handler:
+    """A server that streams ``stream`` and answers a whole request with ``whole``."""
+
+    async def handler(request: Received, out: Writer) -> None:
+        if request.json().get("stream"):  # type: ignore[union-attr]
+            await out.start(200, [("Content-Type", "text/event-stream")])
+            await out.chunk(stream)
+            await out.end()
+            return
+        await out.start(
+            status, [("Content-Type", "application/json"), ("Content-Length", str(len(whole)))], False
+        )
+        await out.raw(whole)
+
+    return handler
+
+
+def usage_frame(chunk_id: str = "c") -> bytes:
+    usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    body = {"id": chunk_id, "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": []}
+    return b"data: " + orjson.dumps({**body, "usage": usage}) + b"\n\n"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("stream", "moved"),
+    [
+        pytest.param(content_frame("hi") + usage_frame() + b"data: [DONE]\n\n", None, id="already-last"),
+        pytest.param(
+            content_frame("h") + usage_frame() + content_frame("i") + b"data: [DONE]\n\n", 1, id="early"
+        ),
+    ],
+)
+async def test_usage_sent_last_is_a_repair_only_when_it_was_not_last(
+    stream: bytes, moved: int | None
+) -> None:
+    async with fake_upstream(answers(stream)) as upstream:
+        report = await probe(upstream.url, "m", None)
+    assert report.repairs.get("usage_moved_last") == moved
+    assert report.one_api_relays, report.reasons
+
+
+def chat_chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+    choice = {"index": 0, "delta": delta, "finish_reason": finish}
+    body = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [choice]}
+    return b"data: " + orjson.dumps(body) + b"\n\n"
+
+
+THINKING = chat_chunk({"role": "assistant", "reasoning_content": "The user wants a greeting"})
+NO_TEXT = [
+    pytest.param(
+        THINKING + chat_chunk({}, "length") + b"data: [DONE]\n\n",
+        "no text, only reasoning: 'The user wants a greeting'",
+        "the client gets reasoning but no text: the answer ran out of tokens while thinking",
+        id="reasoning-only",
+    ),
+    pytest.param(
+        chat_chunk({"role": "assistant", "content": ""}, "stop") + b"data: [DONE]\n\n",
+        "(nothing)",
+        "the client gets no text",
+        id="empty",
+    ),
+]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("stream", "shown", "reason"), NO_TEXT)
+async def test_an_answer_with_no_text_is_no_yes_and_reasoning_reads_as_reasoning(
+    stream: bytes, shown: str, reason: str
+) -> None:
+    async with fake_upstream(answers(stream)) as upstream:
+        report = await probe(upstream.url, "m", None)
+    assert not report.one_api_relays
+    assert report.reasons[0].startswith(reason), report.reasons
+    console = Console(record=True, width=400)
+    show({"direct": report}, console)
+    assert shown in console.export_text()
+
+
+MESSAGES_THINKING = [
+    message_start(),
+    typed({"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": ""}}),
+    typed(
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": "Hmm"}}
+    ),
+    typed({"type": "content_block_stop", "index": 0}),
+    typed({"type": "message_delta", "delta": {"stop_reason": "max_tokens"}, "usage": {"output_tokens": 32}}),
+    typed({"type": "message_stop"}),
+]
+
+
+@pytest.mark.anyio
+async def test_a_thinking_only_messages_answer_is_no_yes_and_reads_as_reasoning() -> None:
+    async with fake_upstream(answers(b"".join(MESSAGES_THINKING), b'{"content":[]}')) as upstream:
+        report = await probe_typed(upstream.url, "m", None, Format.MESSAGES)
+    assert not report.new_api_relays
+    assert report.reasons == [
+        "the client gets reasoning but no text: the answer ran out of tokens while thinking; "
+        "nothing shows the stream relays text"
+    ]
+    console = Console(record=True, width=400)
+    show_typed({"direct": report}, console)
+    assert "no text, only reasoning: 'Hmm'" in console.export_text()
+
+
+TGI_OVERLOADED = b'{"error":"Model is overloaded","error_type":"overloaded"}'
+CUDA_ERROR = b'data: {"error":"CUDA error: out of memory","error_type":"generation"}\n\n'
+
+
+def refuses(body: bytes) -> Handler:
+    """A server that answers every request with a 503 and its own error body."""
+    return json_answer(503, body)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("handler", "nonstream", "said", "reason"),
+    [
+        pytest.param(
+            refuses(TGI_OVERLOADED),
+            "error: status 503 (the server: Model is overloaded)",
+            "Model is overloaded",
+            "One-API treats status 503 with application/json as an error",
+            id="an-error-status",
+        ),
+        pytest.param(
+            answers(content_frame("Partial") + CUDA_ERROR),
+            "ok",
+            "CUDA error: out of memory",
+            "the server's error (CUDA error: out of memory) is dropped",
+            id="an-error-in-the-stream-one-api-drops",
+        ),
+    ],
+)
+async def test_the_direct_column_shows_the_servers_own_message(
+    handler: Handler, nonstream: str, said: str, reason: str
+) -> None:
+    async with fake_upstream(handler) as upstream:
+        report = await probe(upstream.url, "m", None)
+    assert report.server_error == said
+    assert not report.one_api_relays
+    console = Console(record=True, width=400)
+    show({"direct": report}, console)
+    shown = rows(console)
+    assert shown["non-stream, One-API reads"] == nonstream
+    assert shown["error the server sent"] == said
+    assert report.reasons[0].startswith(reason), report.reasons
+
+
+@pytest.mark.anyio
+async def test_the_typed_direct_column_shows_the_servers_own_message() -> None:
+    async with fake_upstream(refuses(b'{"detail":"Not Found"}')) as upstream:
+        report = await probe_typed(upstream.url, "m", None, Format.RESPONSES)
+    assert (report.nonstream_error, report.nonstream_server_error) == ("status 503", "Not Found")
+    assert report.server_error == "Not Found"
+    console = Console(record=True, width=400)
+    show_typed({"direct": report}, console)
+    assert rows(console)["error the server sent"] == "Not Found"
+
+
+@pytest.mark.anyio
+async def test_what_the_probe_simulates_is_labelled_simulated() -> None:
+    stream = content_frame("hi") + b"data: [DONE]\n\n"
+    async with fake_upstream(answers(stream)) as upstream:
+        chat = await probe(upstream.url, "m", None)
+    async with fake_upstream(answers(b"".join(messages_stream(["hi"])), b'{"content":[]}')) as upstream:
+        messages = await probe_typed(upstream.url, "m", None, Format.MESSAGES)
+    for report, table in ((chat, show), (messages, show_typed)):
+        console = Console(record=True, width=400)
+        table({"direct": report}, console)  # type: ignore[operator]
+        labels = list(rows(console))
+        simulated = [label for label in labels if label.endswith("(simulated)")]
+        gateway = "One-API" if report is chat else "new-api"
+        assert f"{gateway} would relay this stream (simulated)" in simulated
+        assert f"text {gateway}'s client gets (simulated)" in simulated
+        assert "what sse-adapter repairs in them (simulated)" in simulated
+        assert f"(simulated): {gateway}" in console.export_text()  # the caption says by what rules
+
+
+def rows(console: Console) -> dict[str, str]:
+    """A one-column probe table's rows, by label (the lines a row's label is on)."""
+    cells = [
+        line.split("│") for line in console.export_text(clear=False).splitlines() if line.count("│") == 3
+    ]
+    return {cell[1].strip(): cell[2].strip() for cell in cells if cell[1].strip()}
