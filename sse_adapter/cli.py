@@ -16,7 +16,9 @@ from sse_adapter import __version__
 from sse_adapter.settings import (
     HeartbeatMode,
     LogFormat,
+    MessagesHeartbeat,
     ReasoningField,
+    ResponsesHeartbeat,
     Settings,
     SettingsError,
     StreamUsage,
@@ -202,6 +204,22 @@ def serve(
             "comment: ': keep-alive', which keeps only the hop to the gateway alive; off: none.",
         ),
     ] = HeartbeatMode.CHUNK,
+    responses_heartbeat: Annotated[
+        ResponsesHeartbeat,
+        _option(
+            "RESPONSES_HEARTBEAT",
+            "On /v1/responses: keepalive: a typed keepalive event (Codex's idle timer counts only "
+            "typed events); comment: ': keep-alive' only; off: none.",
+        ),
+    ] = ResponsesHeartbeat.KEEPALIVE,
+    messages_heartbeat: Annotated[
+        MessagesHeartbeat,
+        _option(
+            "MESSAGES_HEARTBEAT",
+            "On /v1/messages: ping: Anthropic's event: ping (new-api relays it, not comments); "
+            "comment: ': keep-alive' only; off: none.",
+        ),
+    ] = MessagesHeartbeat.PING,
     status_hold: Annotated[
         float | None,
         _option(
@@ -307,13 +325,19 @@ def serve(
         ReasoningField,
         _option(
             "REASONING_FIELD",
-            "The one delta field reasoning text goes under; keep: as the server sent it.",
+            "The one delta field reasoning text goes under; both: under reasoning_content and "
+            "reasoning alike; keep: as the server sent it; think-tags: into content, inside <think>.",
             _REPAIRS,
         ),
     ] = ReasoningField.REASONING_CONTENT,
     think_tags: Annotated[
         Tags,
-        _option("THINK_TAGS", "split: move <think>...</think> out of content into reasoning.", _REPAIRS),
+        _option(
+            "THINK_TAGS",
+            "split: move <think>...</think> out of content into reasoning; a </think> that comes first "
+            "closes a thought the prompt opened (see the README).",
+            _REPAIRS,
+        ),
     ] = Tags.KEEP,
     tool_calls: Annotated[
         ToolCallMode,
@@ -357,7 +381,8 @@ def serve(
             envvar="SSE_ADAPTER_CONFIG",
             is_eager=True,
             callback=_config,
-            help='A TOML file with a value for any flag and [models."alias"] sections; '
+            # rich reads [...] as markup: the backslash keeps the table's name on screen
+            help='A TOML file with a value for any flag and \\[models."alias"] sections; '
             "flags and env override it.",
             rich_help_panel=_REQUESTS,
             show_default=False,
@@ -406,6 +431,8 @@ def serve(
             access_log_probes=access_log_probes is Switch.ON,
             heartbeat_interval=heartbeat_interval,
             heartbeat_mode=heartbeat_mode,
+            responses_heartbeat=responses_heartbeat,
+            messages_heartbeat=messages_heartbeat,
             status_hold=status_hold,
             connect_timeout=connect_timeout,
             first_byte_timeout=first_byte_timeout,
@@ -446,11 +473,20 @@ def demo(
     dialect: Annotated[
         str,
         typer.Option(
-            help="A dialect to show (tgi-2.0, xinference, llamacpp-legacy, vllm, tools, reasoning), or all."
+            help="A dialect to show (chat: tgi-2.0, xinference, llamacpp-legacy, vllm, tools, reasoning; "
+            "responses-* and messages-*: clean, thinking or silent, cut, error), or all."
+        ),
+    ] = "all",
+    form: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="The route to show: chat (/v1/chat/completions), responses (/v1/responses), "
+            "messages (/v1/messages), or all.",
         ),
     ] = "all",
     think_seconds: Annotated[
-        float, typer.Option(help="How long the 'reasoning' model stays silent before its first token.")
+        float, typer.Option(help="How long the thinking models stay silent before they go on.")
     ] = 20.0,
     serve: Annotated[
         bool, typer.Option("--serve", help="Keep both servers running afterwards, and print curl commands.")
@@ -470,11 +506,16 @@ def demo(
 
     from rich.console import Console
 
-    from sse_adapter.tools.demo import dialects_named, run_demo
+    from sse_adapter.tools.agentclient import FORMATS
+    from sse_adapter.tools.demo import dialects_for, run_demo
     from sse_adapter.tools.demo_upstream import DIALECTS
 
     if dialect != "all" and dialect not in DIALECTS:
         raise typer.BadParameter(f"--dialect must be one of {', '.join(DIALECTS)} or all, got {dialect!r}")
+    if form != "all" and form not in FORMATS:
+        raise typer.BadParameter(f"--format must be one of {', '.join(FORMATS)} or all, got {form!r}")
+    if dialect != "all" and form != "all" and DIALECTS[dialect].form is not FORMATS[form]:
+        raise typer.BadParameter(f"--dialect {dialect} is not of --format {form}")
     if think_seconds < 0:
         raise typer.BadParameter(f"--think-seconds must be 0 or more, got {think_seconds}")
     if port is not None and not 1 <= port <= 65534:
@@ -482,7 +523,7 @@ def demo(
     logging.getLogger("sse_adapter").setLevel(logging.ERROR)  # the tables report the upstreams' errors
     with contextlib.suppress(KeyboardInterrupt):  # --serve ends with Ctrl-C
         try:
-            asyncio.run(run_demo(dialects_named(dialect), think_seconds, serve, port, Console()))
+            asyncio.run(run_demo(dialects_for(dialect, form), think_seconds, serve, port, Console()))
         except SettingsError as exc:
             raise typer.BadParameter(str(exc)) from None
 
@@ -501,20 +542,31 @@ def probe(
             help="Also probe through this base URL: the adapter, or One-API / new-api.", show_default=False
         ),
     ] = None,
+    form: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="The route to probe: chat (/v1/chat/completions, as One-API relays it), responses "
+            "(/v1/responses) or messages (/v1/messages), as new-api relays them; or all.",
+        ),
+    ] = "chat",
     api_key: Annotated[
         str | None,
-        typer.Option(help="Sent as 'Authorization: Bearer <key>' (to --via too).", show_default=False),
+        typer.Option(
+            help="Sent as 'Authorization: Bearer <key>', on /v1/messages as 'x-api-key' too (to --via too).",
+            show_default=False,
+        ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Test a model server's streams as One-API would relay them; exit 0 if they relay cleanly."""
+    """Test a model server's streams as One-API or new-api would relay them; exit 0 if they relay cleanly."""
     import asyncio
     import json
 
     from rich.console import Console
-    from rich.markup import escape
 
-    from sse_adapter.tools.probe import RouteReport, first_model, probe, show
+    from sse_adapter.tools.agentclient import FORMATS
+    from sse_adapter.tools.probe import probe_routes
 
     for flag, url in (("--upstream", upstream), ("--via", via)):
         if url is not None:
@@ -522,26 +574,20 @@ def probe(
                 Settings(upstream=url)
             except SettingsError as exc:
                 raise typer.BadParameter(str(exc).replace("--upstream", flag)) from None
-
-    async def run() -> tuple[str, str, dict[str, RouteReport]]:
-        chosen, because = (model, "--model") if model else await first_model(upstream, api_key)
-        routes = {"direct": await probe(upstream, chosen, api_key)}
-        if via is not None:
-            routes["via"] = await probe(via, chosen, api_key)
-        return chosen, because, routes
-
+    if form != "all" and form not in FORMATS:
+        raise typer.BadParameter(f"--format must be one of {', '.join(FORMATS)} or all, got {form!r}")
+    forms = list(FORMATS.values()) if form == "all" else [FORMATS[form]]
     console = Console(stderr=as_json)
-    with console.status("Probing: a non-stream and a stream request, then the same through --via..."):
-        chosen, because, reports = asyncio.run(run())
-    final = reports["via" if via is not None else "direct"]
+    routes = ", ".join(name for name, known in FORMATS.items() if known in forms)
+    with console.status(
+        f"Probing {routes}: a non-stream and a stream request, then the same through --via..."
+    ):
+        run = asyncio.run(probe_routes(upstream, via, model, api_key, forms))
     if as_json:
-        out: dict[str, object] = {name: report.as_json() for name, report in reports.items()}
-        asked = {"name": chosen, "why": because}
-        print(json.dumps({**out, "model": asked, "relays": final.one_api_relays}, indent=2, sort_keys=True))
+        print(json.dumps(run.as_json(), indent=2, sort_keys=True))
     else:
-        console.print(f"model asked for: {escape(chosen)} ({escape(because)})", highlight=False)
-        show(reports, console)
-    raise typer.Exit(0 if final.one_api_relays else 1)
+        run.show(console)
+    raise typer.Exit(0 if run.relays else 1)
 
 
 def _comma_list(value: str | list[str]) -> tuple[str, ...]:

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sse_adapter.repair.request import NEVER_DROPPED, ModelAlias
+from sse_adapter.repair.request import NEVER_DROPPED, NEVER_SET, ModelAlias
 from sse_adapter.settings import SettingsError
 
 __all__ = ["Kind", "read_config"]
@@ -142,8 +142,15 @@ def _alias(path: str, name: str, entry: object) -> ModelAlias:
     if upstream_model is not None and not (isinstance(upstream_model, str) and upstream_model):
         raise SettingsError(f"{where}: upstream_model must be a model name")
     for key in ("set", "defaults"):
-        if not isinstance(entry.get(key, {}), dict):
+        values = entry.get(key, {})
+        if not isinstance(values, dict):
             raise SettingsError(f"{where}: {key} must be a table, such as {{ max_tokens = 4096 }}")
+        given = sorted(NEVER_SET.intersection(values))
+        if given:
+            raise SettingsError(
+                f"{where}: {key}.{given[0]} cannot be given: whether an answer streams is each client's "
+                f'choice (its own "{given[0]}"), and the adapter answers by it'
+            )
     drop = entry.get("drop", [])
     if not isinstance(drop, list) or not all(isinstance(field, str) for field in drop):
         raise SettingsError(f'{where}: drop must be a list of field names, such as ["logit_bias"]')

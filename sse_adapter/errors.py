@@ -43,9 +43,12 @@ class AdapterError(Exception):
     type: ClassVar[str] = "upstream_error"
     code: ClassVar[str] = "adapter_error"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, detail: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        # What only sse-adapter's log shows: the upstream's address, a library's
+        # own words. A client is told what failed and what to do, never our insides.
+        self.detail = detail
 
     @property
     def http_status(self) -> int:
@@ -54,6 +57,36 @@ class AdapterError(Exception):
     def to_openai(self) -> dict[str, Any]:
         """The body OpenAI clients and One-API both read: ``{"error": {...}}``."""
         return {"error": {"message": self.message, "type": self.type, "code": self.code}}
+
+    @property
+    def anthropic_type(self) -> str:
+        """Anthropic's error type for this error's status (shared/formats.md)."""
+        status = self.http_status
+        return _ANTHROPIC_TYPES.get(status) or ("api_error" if status >= 500 else "invalid_request_error")
+
+    def to_anthropic(self) -> dict[str, Any]:
+        """The body Anthropic clients read: ``{"type": "error", "error": {...}}``."""
+        return {"type": "error", "error": {"type": self.anthropic_type, "message": self.message}}
+
+
+# Anthropic's error types by status; what a Messages client acts on.
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    431: "request_too_large",
+    500: "api_error",
+    502: "api_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+ANTHROPIC_TYPES = frozenset(_ANTHROPIC_TYPES.values())
 
 
 class ClientError(AdapterError):
@@ -123,8 +156,8 @@ class EventTooLarge(AdapterError):
 
     code = "event_too_large"
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, detail: str | None = None) -> None:
+        super().__init__(message, detail)
         self.completed: list[Any] = []
 
 
@@ -199,6 +232,13 @@ class UpstreamReported(UpstreamError):
             if isinstance(candidate, int) and 400 <= candidate <= 599:
                 return candidate
         return self.status
+
+    @property
+    def anthropic_type(self) -> str:
+        """The server's own Anthropic type when it gave one, else the status's."""
+        if self.upstream_type is not None and self.upstream_type in ANTHROPIC_TYPES:
+            return self.upstream_type
+        return super().anthropic_type
 
     def to_openai(self) -> dict[str, Any]:
         code = self.upstream_code if self.upstream_code not in (None, "") else self.upstream_status

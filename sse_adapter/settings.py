@@ -13,7 +13,9 @@ from sse_adapter.repair.request import NEVER_DROPPED, ModelAlias
 __all__ = [
     "HeartbeatMode",
     "LogFormat",
+    "MessagesHeartbeat",
     "ReasoningField",
+    "ResponsesHeartbeat",
     "Settings",
     "SettingsError",
     "StreamUsage",
@@ -33,6 +35,23 @@ class HeartbeatMode(enum.StrEnum):
     OFF = "off"
 
 
+class ResponsesHeartbeat(enum.StrEnum):
+    """``keepalive``: a typed event, the only heartbeat Codex's idle timer
+    counts; ``comment`` never sends a typed event the upstream did not."""
+
+    KEEPALIVE = "keepalive"
+    COMMENT = "comment"
+    OFF = "off"
+
+
+class MessagesHeartbeat(enum.StrEnum):
+    """``ping``: Anthropic's own ``event: ping``, which new-api relays (it drops comments)."""
+
+    PING = "ping"
+    COMMENT = "comment"
+    OFF = "off"
+
+
 class ReasoningField(enum.StrEnum):
     """The one delta field reasoning text is given under, whatever the server used."""
 
@@ -40,6 +59,8 @@ class ReasoningField(enum.StrEnum):
     REASONING = "reasoning"
     KEEP = "keep"
     THINK_TAGS = "think-tags"  # in content, inside <think>...</think>, for clients that show only content
+    # under both names: vLLM now sends only `reasoning`, and some clients read only `reasoning_content`
+    BOTH = "both"
 
 
 class Tags(enum.StrEnum):
@@ -80,6 +101,8 @@ class Settings:
     port: int = 8000
     heartbeat_interval: float = 10.0
     heartbeat_mode: HeartbeatMode = HeartbeatMode.CHUNK
+    responses_heartbeat: ResponsesHeartbeat = ResponsesHeartbeat.KEEPALIVE
+    messages_heartbeat: MessagesHeartbeat = MessagesHeartbeat.PING
     status_hold: float | None = None  # None: one heartbeat interval
     connect_timeout: float = 10.0
     first_byte_timeout: float = 600.0
@@ -126,6 +149,8 @@ class Settings:
         object.__setattr__(self, "models", tuple(_alias(model) for model in self.models))
         self._coerce("stream_usage", StreamUsage)
         self._coerce("heartbeat_mode", HeartbeatMode)
+        self._coerce("responses_heartbeat", ResponsesHeartbeat)
+        self._coerce("messages_heartbeat", MessagesHeartbeat)
         self._coerce("reasoning_field", ReasoningField)
         self._coerce("think_tags", Tags)
         self._coerce("tool_calls", ToolCallMode)

@@ -11,6 +11,7 @@ import sys
 import time
 import tomllib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -64,30 +65,41 @@ def test_a_bad_value_is_one_line_and_exit_code_2(
     assert "Traceback" not in result.stderr
 
 
+@dataclass
+class Served:
+    reply: httpx.Response  # the first /healthz answer
+    output: str = ""  # what the process printed, once it has stopped
+
+
 @contextlib.contextmanager
-def serving(port: int, *args: str, env: dict[str, str]) -> Iterator[httpx.Response]:
-    """``sse-adapter serve`` as a process, once its /healthz answers on ``port``; that answer."""
+def serving(port: int, *args: str, env: dict[str, str]) -> Iterator[Served]:
+    """``sse-adapter serve`` as a process, once its /healthz answers on ``port``; its output
+    is there once the ``with`` block has ended the process."""
     process = subprocess.Popen(
         [sys.executable, "-m", "sse_adapter", "serve", *args],
         env={**ENV, **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        text=True,
     )
+    served = None
     try:
         deadline = time.monotonic() + STARTUP
         with httpx.Client() as client:
             while True:
                 try:
-                    reply = client.get(f"http://127.0.0.1:{port}/healthz")
+                    served = Served(client.get(f"http://127.0.0.1:{port}/healthz"))
                     break
                 except httpx.TransportError:
                     assert process.poll() is None, process.stdout.read() if process.stdout else ""
                     assert time.monotonic() < deadline
                     time.sleep(0.1)
-        yield reply
+        yield served
     finally:
         process.terminate()
-        process.wait(10)
+        output, _ = process.communicate(timeout=10)
+        if served is not None:
+            served.output = output
 
 
 def test_serve_reads_env_and_the_flag_wins() -> None:
@@ -97,11 +109,14 @@ def test_serve_reads_env_and_the_flag_wins() -> None:
         "SSE_ADAPTER_PORT": "1",
         "SSE_ADAPTER_HOST": "127.0.0.1",
     }
-    with serving(port, "--port", str(port), env=env) as reply:
-        assert reply.json() == {"status": "ok"}
+    with serving(port, "--port", str(port), env=env) as served:
+        assert served.reply.json() == {"status": "ok"}
         unreachable = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json={"model": "m"})
         assert unreachable.status_code == 502
-        assert "http://127.0.0.1:9" in unreachable.json()["error"]["message"]
+        assert "cannot connect to the model server" in unreachable.json()["error"]["message"]
+    assert (
+        "sse-adapter relays to http://127.0.0.1:9," in served.output
+    )  # the env's upstream, named in the log
 
 
 def test_settings_defaults_match_the_documented_interface() -> None:
@@ -197,6 +212,16 @@ def test_version_and_no_bool_after_flags_in_help() -> None:
         assert "<bool>" not in shown.stdout, command
 
 
+@pytest.mark.parametrize(("command", "default"), [("probe", "chat"), ("demo", "all")])
+def test_probe_and_demo_take_a_format_chat_by_default_for_probe(command: str, default: str) -> None:
+    shown = run(command, "--help", env={"COLUMNS": "200"})
+    assert shown.returncode == 0
+    option = re.search(r"--format((?:(?!\s--[a-z]).)*)", shown.stdout, re.S)
+    assert option is not None
+    assert all(name in option[1] for name in ("chat", "responses", "messages", "all"))
+    assert f"[default: {default}]" in option[1]
+
+
 def test_the_package_says_what_it_is_and_pins_majors() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["license"] == "MIT"
@@ -229,10 +254,10 @@ def test_a_config_file_sets_any_flag_and_env_and_flags_win(tmp_path: Path) -> No
     port = free_port()
     with serving(
         port, "--config", str(config), "--heartbeat-interval", "5", env={"SSE_ADAPTER_PORT": str(port)}
-    ):
+    ) as served:
         unreachable = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json={"model": "m"})
         assert unreachable.status_code == 502
-        assert "http://127.0.0.1:9" in unreachable.json()["error"]["message"]  # the file's upstream
+    assert "sse-adapter relays to http://127.0.0.1:9," in served.output  # the file's upstream
 
 
 def test_the_config_file_reaches_the_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -271,9 +296,20 @@ def test_the_config_file_reaches_the_settings(tmp_path: Path, monkeypatch: pytes
         ('[models."a"]\nupstream = "x"\n', "unknown key 'upstream'"),
         ('[models."a"]\ndrop = ["messages"]\n', "drop cannot name"),
         ('upstream = "http://x"\ndrop-fields = "model"\n', "--drop-fields cannot drop model"),
+        ('[models."a"]\nset = { stream = true }\n', '[models."a"]: set.stream cannot be given'),
+        ('[models."a"]\ndefaults = { stream = false }\n', '[models."a"]: defaults.stream cannot be given'),
         (None, "cannot be read"),
     ],
-    ids=["unknown-key", "bad-toml", "bad-alias-key", "alias-drops-messages", "drops-model", "missing"],
+    ids=[
+        "unknown-key",
+        "bad-toml",
+        "bad-alias-key",
+        "alias-drops-messages",
+        "drops-model",
+        "alias-sets-stream",
+        "alias-defaults-stream",
+        "missing",
+    ],
 )
 def test_a_bad_config_file_is_one_line_and_exit_code_2(tmp_path: Path, text: str | None, needle: str) -> None:
     config = tmp_path / "adapter.toml"
@@ -283,3 +319,11 @@ def test_a_bad_config_file_is_one_line_and_exit_code_2(tmp_path: Path, text: str
     assert result.returncode == 2
     assert needle in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+    if text is not None and "[models." in text:
+        assert str(config) in result.stderr  # the file, named
+
+
+def test_the_config_help_shows_the_alias_table_name() -> None:
+    result = run("serve", "--help", env={"COLUMNS": "200"})
+    assert result.returncode == 0
+    assert '[models."alias"] sections' in result.stdout  # rich's markup must not swallow it

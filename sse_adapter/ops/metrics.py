@@ -44,10 +44,16 @@ class Metrics:
             "sse_adapter_active_streams", "Streams open now.", multiprocess_mode="livesum", registry=registry
         )
         self.heartbeats = Counter(
-            "sse_adapter_heartbeats", "Heartbeats sent, by mode.", ["mode"], registry=registry
+            "sse_adapter_heartbeats",
+            "Heartbeats sent, by route and mode.",
+            ["route", "mode"],
+            registry=registry,
         )
         self.repairs = Counter(
-            "sse_adapter_repairs", "Upstream quirks repaired, by kind.", ["kind"], registry=registry
+            "sse_adapter_repairs",
+            "Upstream quirks repaired, by route and kind.",
+            ["route", "kind"],
+            registry=registry,
         )
         self.upstream_errors = Counter(
             "sse_adapter_upstream_errors", "Errors reported to clients, by kind.", ["kind"], registry=registry

@@ -26,7 +26,7 @@ from sse_adapter.ops.logs import logfmt
 from sse_adapter.ops.metrics import Metrics
 from sse_adapter.ops.trace import Trace
 
-__all__ = ["WIRE", "Observe", "RequestStats"]
+__all__ = ["WIRE", "Observe", "RequestStats", "request_id"]
 
 WIRE = "sse_adapter.wire"
 
@@ -63,10 +63,19 @@ class RequestStats:
 _ROUTES = {
     "/v1/chat/completions": "chat_completions",
     "/v1/completions": "completions",
+    "/v1/responses": "responses",
+    "/v1/messages": "messages",
+    "/v1/messages/count_tokens": "count_tokens",
     "/healthz": "healthz",
     "/readyz": "readyz",
     "/metrics": "metrics",
 }
+
+
+def request_id(scope: Scope) -> str:
+    """The request's id, as the guard set it: what ties a log line to an access line."""
+    found = next((value for name, value in scope.get("headers", ()) if name == b"x-request-id"), b"-")
+    return found.decode("latin-1")
 
 
 def _route(path: str) -> str:
@@ -129,9 +138,9 @@ class Observe:
         metrics.requests.labels(stats.route, stats.mode, str(status)).inc()
         metrics.events.inc(stats.events)
         if stats.heartbeats:
-            metrics.heartbeats.labels(stats.heartbeat_mode).inc(stats.heartbeats)
+            metrics.heartbeats.labels(stats.route, stats.heartbeat_mode).inc(stats.heartbeats)
         for kind, count in stats.repairs.items():
-            metrics.repairs.labels(kind).inc(count)
+            metrics.repairs.labels(stats.route, kind).inc(count)
         if stats.without_usage:
             metrics.streams_without_usage.inc()
         if stats.outcome != "ok":

@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -27,7 +28,7 @@ from sse_adapter.errors import (
     TooManyStreams,
 )
 from sse_adapter.ops.metrics import Metrics
-from sse_adapter.ops.observe import Observe, RequestStats
+from sse_adapter.ops.observe import Observe, RequestStats, request_id
 from sse_adapter.proxy.guard import Guard
 from sse_adapter.proxy.health import Readiness
 from sse_adapter.proxy.models import with_aliases
@@ -35,12 +36,24 @@ from sse_adapter.proxy.nonstream import complete, keepalive_body
 from sse_adapter.proxy.relay import EventStream
 from sse_adapter.proxy.resend import Exchange, Refused
 from sse_adapter.proxy.tokens import TokenCounter
-from sse_adapter.proxy.upstream import Upstream, UpstreamRequest, forwardable, upstream_path
+from sse_adapter.proxy.upstream import (
+    Upstream,
+    UpstreamRequest,
+    forwardable,
+    is_messages_path,
+    upstream_path,
+)
+from sse_adapter.repair import messages, responses
 from sse_adapter.repair.chunks import Kind, StreamIdentity, heartbeat_chunk
+from sse_adapter.repair.format import Format, StreamFormat
+from sse_adapter.repair.messages import PING, MessagesRepairer
 from sse_adapter.repair.pipeline import Pipeline
 from sse_adapter.repair.request import Outgoing, prepare
+from sse_adapter.repair.responses import ResponseIds, ResponsesRepairer
 from sse_adapter.repair.stream import StreamRepairer
-from sse_adapter.settings import HeartbeatMode, Settings, StreamUsage
+from sse_adapter.repair.think import prompt_opens_think
+from sse_adapter.repair.toolcalls import offers_tools
+from sse_adapter.settings import HeartbeatMode, MessagesHeartbeat, ResponsesHeartbeat, Settings, StreamUsage
 from sse_adapter.sse.encoder import comment, frame
 
 __all__ = ["create_app"]
@@ -67,6 +80,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_api_route("/metrics", gateway.metrics_page, methods=["GET"])
     app.add_api_route("/v1/chat/completions", gateway.chat_completions, methods=["POST"])
     app.add_api_route("/v1/completions", gateway.completions, methods=["POST"])
+    app.add_api_route("/v1/responses", gateway.responses, methods=["POST"])
+    app.add_api_route("/v1/messages", gateway.messages, methods=["POST"])
     app.add_api_route("/v1/{path:path}", gateway.passthrough, methods=_METHODS)
     app.add_exception_handler(AdapterError, _adapter_error)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
@@ -102,8 +117,10 @@ class _Gateway:
         self.streams = 0  # active streaming requests, for --max-concurrent-streams
         self.aliases = {alias.name: alias for alias in settings.models}
         self.refused = Refused()
+        self.response_ids = ResponseIds()
+        self._plain_settings = replace(settings, nonstream_via_stream=False)
         self._ask_usage = settings.stream_usage is StreamUsage.ASK
-        self._sends_usage: set[str] = set()  # paths whose streams carried usage: no text kept to count
+        self._sends_usage: set[str] = set()  # routes whose streams carried usage: no text kept to count
         self._upstream: Upstream | None = None
         self._readiness: Readiness | None = None
         self._counter: TokenCounter | None = None
@@ -127,7 +144,8 @@ class _Gateway:
         if reason is None:
             log.info("sse-adapter relays to %s, which answers", url)
         else:
-            log.warning("sse-adapter relays to %s, which does not answer yet: %s", url, reason)
+            detail = f" ({self._readiness.detail})" if self._readiness.detail else ""
+            log.warning("sse-adapter relays to %s, which does not answer yet: %s%s", url, reason, detail)
 
     @property
     def upstream(self) -> Upstream:
@@ -150,10 +168,16 @@ class _Gateway:
         return Response(self.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     async def chat_completions(self, request: Request) -> Response:
-        return await self._relay(request, Kind.CHAT)
+        return await self._relay(request, Format.CHAT)
 
     async def completions(self, request: Request) -> Response:
-        return await self._relay(request, Kind.COMPLETION)
+        return await self._relay(request, Format.COMPLETION)
+
+    async def responses(self, request: Request) -> Response:
+        return await self._relay(request, Format.RESPONSES)
+
+    async def messages(self, request: Request) -> Response:
+        return await self._relay(request, Format.MESSAGES)
 
     async def passthrough(self, request: Request) -> Response:
         upstream_request = await _upstream_request(
@@ -161,11 +185,11 @@ class _Gateway:
         )
         response = await self.upstream.open(upstream_request)
         request.state.stats.answered(response.status_code, response.headers.multi_items())
-        if self.aliases and upstream_request.method == "GET" and upstream_request.path == "/v1/models":
+        if self.aliases and upstream_request.method == "GET" and upstream_request.route == "/v1/models":
             return await with_aliases(response, self.aliases)
         return _passthrough(response)
 
-    async def _relay(self, request: Request, kind: Kind) -> Response:
+    async def _relay(self, request: Request, form: Format) -> Response:
         upstream_request = await _upstream_request(
             request, self.settings.max_request_bytes, self.settings.request_read_timeout
         )
@@ -174,19 +198,26 @@ class _Gateway:
             stats.trace.request_body = upstream_request.body
         outgoing = prepare(
             upstream_request.body,
-            ask_usage=self._ask_usage,
-            drop=(*self.settings.drop_fields, *self.refused.of(upstream_request.path)),
+            ask_usage=self._ask_usage and form.is_chat,  # stream_options is chat's alone
+            drop=(*self.settings.drop_fields, *self.refused.of(upstream_request.route)),
             models=self.aliases,
         )
+        if form is Format.RESPONSES:
+            outgoing = self._previous_upstream_id(outgoing)
         stats.model = outgoing.model
         stats.mode = "stream" if outgoing.stream else "nonstream"
         stats.repairs.update(outgoing.repairs)
         exchange = Exchange(self.upstream, upstream_request.with_body(outgoing.body), outgoing, self.refused)
         if outgoing.stream:
-            return await self._stream(exchange, kind, stats)
-        return await self._complete(exchange, kind, stats)
+            return await self._stream(exchange, form, stats)
+        return await self._complete(exchange, form, stats)
 
-    async def _stream(self, exchange: Exchange, kind: Kind, stats: RequestStats) -> Response:
+    def _previous_upstream_id(self, outgoing: Outgoing) -> Outgoing:
+        """A ``previous_response_id`` the adapter made goes upstream as the upstream's own."""
+        upstream = self.response_ids.upstream_of(outgoing.fields.get("previous_response_id"))
+        return outgoing if upstream is None else outgoing.with_field("previous_response_id", upstream)
+
+    async def _stream(self, exchange: Exchange, form: Format, stats: RequestStats) -> Response:
         limit = self.settings.max_concurrent_streams
         if limit and self.streams >= limit:
             raise TooManyStreams(
@@ -195,45 +226,76 @@ class _Gateway:
             )
         self.streams += 1
         self.metrics.active_streams.inc()
-        return self._open_stream(exchange, kind, stats)
+        return self._open_stream(exchange, form, stats)
 
-    def _stream_closed(self, path: str, repairer: StreamRepairer) -> None:
+    def _stream_closed(self, route: str, repairer: StreamFormat) -> None:
         self.streams -= 1
         self.metrics.active_streams.dec()
         if repairer.saw_usage:
-            self._sends_usage.add(path)
+            self._sends_usage.add(route)
+        if isinstance(repairer, ResponsesRepairer) and (made := repairer.made_id) is not None:
+            self.response_ids.add(*made)
 
-    def _open_stream(self, exchange: Exchange, kind: Kind, stats: RequestStats) -> Response:
-        outgoing = exchange.outgoing
-        identity = StreamIdentity(kind, outgoing.model, int(time.time()))
-        path = exchange.request.path
-        repairer = StreamRepairer(
-            identity,
-            self.settings,
-            usage_on_last_choice=self._ask_usage and not outgoing.usage_asked,
-            alias=outgoing.model if outgoing.aliased else None,
-            collect_text=self._ask_usage and path not in self._sends_usage,
-        )
+    def _open_stream(self, exchange: Exchange, form: Format, stats: RequestStats) -> Response:
+        outgoing, route = exchange.outgoing, exchange.request.route
+        collect = self._ask_usage and route not in self._sends_usage
+        repairer, heartbeat, mode = self._stream_format(form, outgoing, collect)
         return EventStream(
             exchange,
             Pipeline(repairer, self.settings.max_event_bytes),
             self.settings,
             stats,
-            heartbeat=self._heartbeat(identity),
-            count_usage=partial(self._count_usage, kind, outgoing) if self._ask_usage else None,
-            on_close=partial(self._stream_closed, path, repairer),
+            heartbeat=heartbeat,
+            heartbeat_mode=mode,
+            count_usage=partial(self._count_usage, form, outgoing) if self._ask_usage else None,
+            on_close=partial(self._stream_closed, route, repairer),
         )
 
-    async def _count_usage(self, kind: Kind, outgoing: Outgoing, answer: str) -> dict[str, Any] | None:
-        assert self._counter is not None, "the app was started without its lifespan"
-        return await self._counter.usage(kind, outgoing.fields, answer)
+    def _stream_format(
+        self, form: Format, outgoing: Outgoing, collect: bool
+    ) -> tuple[StreamFormat, Callable[[], bytes] | None, str]:
+        """The stream's repairer, its heartbeat and the heartbeat's name, in the route's format."""
+        settings, alias = self.settings, outgoing.model if outgoing.aliased else None
+        keep_alive: Callable[[], bytes] = partial(comment, "keep-alive")
+        if form is Format.RESPONSES:
+            typed = ResponsesRepairer(
+                outgoing.model, settings.max_line_bytes, alias=alias, collect_text=collect
+            )
+            beats = {ResponsesHeartbeat.KEEPALIVE: typed.keepalive, ResponsesHeartbeat.COMMENT: keep_alive}
+            return typed, beats.get(settings.responses_heartbeat), settings.responses_heartbeat.value
+        if form is Format.MESSAGES:
+            anthropic = MessagesRepairer(settings.max_line_bytes, alias=alias, collect_text=collect)
+            pings = {MessagesHeartbeat.PING: _ping, MessagesHeartbeat.COMMENT: keep_alive}
+            return anthropic, pings.get(settings.messages_heartbeat), settings.messages_heartbeat.value
+        identity = StreamIdentity(_KINDS[form], outgoing.model, int(time.time()))
+        repairer = StreamRepairer(
+            identity,
+            settings,
+            usage_on_last_choice=self._ask_usage and not outgoing.usage_asked,
+            alias=alias,
+            collect_text=collect,
+            offers_tools=offers_tools(outgoing.fields),
+            think_opened=prompt_opens_think(outgoing.fields),
+        )
+        return repairer, self._heartbeat(identity), settings.heartbeat_mode.value
 
-    async def _complete(self, exchange: Exchange, kind: Kind, stats: RequestStats) -> Response:
-        answering = asyncio.ensure_future(complete(exchange, kind, self.settings, stats))
+    async def _count_usage(self, form: Format, outgoing: Outgoing, answer: str) -> dict[str, Any] | None:
+        assert self._counter is not None, "the app was started without its lifespan"
+        if form.is_chat:
+            return await self._counter.usage(_KINDS[form], outgoing.fields, answer)
+        as_chat = responses.chat_request if form is Format.RESPONSES else messages.chat_request
+        return await self._counter.usage(Kind.CHAT, as_chat(outgoing.fields), answer)
+
+    async def _complete(self, exchange: Exchange, form: Format, stats: RequestStats) -> Response:
+        # Only chat answers are assembled from a stream (--nonstream-via-stream).
+        settings = self.settings if form.is_chat else self._plain_settings
+        kind = _KINDS.get(form, Kind.CHAT)  # a body of another format has no choices to normalise
+        answering = asyncio.ensure_future(complete(exchange, kind, settings, stats))
         if await _settled(answering, self._grace(self.settings.nonstream_keepalive)):
             answer = answering.result()
             return Response(answer.body, status_code=answer.status, media_type=answer.media_type)
-        body = keepalive_body(answering, self.settings.heartbeat_interval)
+        render = _anthropic_body if form is Format.MESSAGES else _openai_body
+        body = keepalive_body(answering, self.settings.heartbeat_interval, render)
         return StreamingResponse(body, media_type="application/json")
 
     def _grace(self, keeping_alive: bool) -> float | None:
@@ -306,14 +368,36 @@ def _passthrough(response: httpx.Response) -> Response:
     )
 
 
+_KINDS = {Format.CHAT: Kind.CHAT, Format.COMPLETION: Kind.COMPLETION}
+
+
+def _ping() -> bytes:
+    return PING
+
+
+def _openai_body(error: AdapterError) -> dict[str, Any]:
+    return error.to_openai()
+
+
+def _anthropic_body(error: AdapterError) -> dict[str, Any]:
+    return error.to_anthropic()
+
+
+def _error_body(request: Request, error: AdapterError) -> dict[str, Any]:
+    """The error in the shape of the route's clients: Anthropic's on /v1/messages."""
+    return error.to_anthropic() if is_messages_path(request.url.path) else error.to_openai()
+
+
 async def _adapter_error(request: Request, error: AdapterError) -> JSONResponse:
     request.state.stats.outcome = error.code
+    if error.detail:
+        log.warning("request %s failed: %s (%s)", request_id(request.scope), error.message, error.detail)
     headers = None
     if isinstance(error, TooManyStreams):
         headers = {"Retry-After": _RETRY_AFTER}
     elif isinstance(error, RequestTimeout):
         headers = {"Connection": "close"}  # the rest of its body may still come: the connection is spent
-    return JSONResponse(error.to_openai(), status_code=error.http_status, headers=headers)
+    return JSONResponse(_error_body(request, error), status_code=error.http_status, headers=headers)
 
 
 async def _http_error(request: Request, error: HTTPException) -> JSONResponse:
@@ -331,4 +415,4 @@ async def _internal_error(request: Request, error: Exception) -> JSONResponse:
     """A bug of ours still answers in OpenAI's shape; the traceback goes to the log."""
     failure = InternalError("sse-adapter failed on this request; see its log")
     request.state.stats.outcome = failure.code
-    return JSONResponse(failure.to_openai(), status_code=failure.http_status)
+    return JSONResponse(_error_body(request, failure), status_code=failure.http_status)

@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sse_adapter.errors import AdapterError, HeadersTooLarge, InvalidPath, Unauthorized
-from sse_adapter.proxy.upstream import upstream_path
+from sse_adapter.proxy.upstream import is_messages_path, upstream_path
 
 __all__ = ["Guard"]
 
@@ -49,7 +49,8 @@ class Guard:
         refusal = self._refusal(scope, headers)
         if refusal is not None:
             error, extra = refusal
-            reply = JSONResponse(error.to_openai(), status_code=error.http_status, headers=extra)
+            body = error.to_anthropic() if is_messages_path(scope["path"]) else error.to_openai()
+            reply = JSONResponse(body, status_code=error.http_status, headers=extra)
             await reply(scope, receive, send_with_id)
             return
         await self.app(scope, receive, send_with_id)
@@ -74,16 +75,19 @@ class Guard:
                 return error, None
         if self.api_keys and path.startswith("/v1/") and not self._authorised(headers):
             return Unauthorized(
-                "missing or wrong API key: send 'Authorization: Bearer <key>' with one of the adapter's "
-                "--api-key values (in One-API, the channel's key)"
+                "missing or wrong API key: send 'Authorization: Bearer <key>' (or 'x-api-key: <key>') "
+                "with one of the adapter's --api-key values (in One-API or new-api, the channel's key)"
             ), {"WWW-Authenticate": "Bearer"}
         return None
 
     def _authorised(self, headers: list[tuple[bytes, bytes]]) -> bool:
+        """``Authorization: Bearer <key>`` (OpenAI's clients) or ``x-api-key`` (Anthropic's)."""
         value = next((value for name, value in headers if name == b"authorization"), b"")
         scheme, _, token = value.partition(b" ")
         if scheme.lower() != b"bearer":
-            return False
+            token = next((value for name, value in headers if name == b"x-api-key"), b"")
+            if not token:
+                return False
         # every key is compared, each in constant time: the time taken tells nothing
         matches = [hmac.compare_digest(token.strip(), key) for key in self.api_keys]
         return any(matches)

@@ -22,28 +22,31 @@ class Readiness:
     upstream: Upstream
     _checked_at: float = float("-inf")
     _reason: str | None = None  # None: ready
+    detail: str | None = None  # the addresses and the library's words behind the reason, for the log
 
     async def reason_not_ready(self) -> str | None:
-        """None when the upstream answers; else why it does not."""
+        """None when the upstream answers; else why it does not (``detail``: for the log only)."""
         now = asyncio.get_running_loop().time()
         if now - self._checked_at >= _TTL:
-            self._reason = await self._check()
+            self._reason, self.detail = await self._check()
             self._checked_at = asyncio.get_running_loop().time()
         return self._reason
 
-    async def _check(self) -> str | None:
-        failures = []
+    async def _check(self) -> tuple[str | None, str | None]:
+        failures: dict[str, list[str]] = {}  # each reason once, with the paths that gave it
+        details = []
         for path in _PATHS:
-            url = self.upstream.base_url + path
             try:
                 status = await self.upstream.get(path, _TIMEOUT)
             except TimeoutError:
-                failures.append(f"{url}: no answer within {_TIMEOUT:g} s")
+                failures.setdefault(f"no answer within {_TIMEOUT:g} s", []).append(path)
                 continue
             except AdapterError as error:
-                failures.append(error.message)  # it names the URL
+                failures.setdefault(error.message, []).append(path)
+                details += [error.detail] if error.detail else []
                 continue
             if 200 <= status < 300:
-                return None
-            failures.append(f"{url} answered {status}")
-        return "the upstream does not answer: " + "; ".join(failures)
+                return None, None
+            failures.setdefault(f"answered {status}", []).append(path)
+        said = "; ".join(f"{' and '.join(paths)}: {reason}" for reason, paths in failures.items())
+        return "the upstream does not answer: " + said, "; ".join(details) or None

@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 import orjson
 
@@ -29,6 +30,8 @@ from sse_adapter.repair.dialects import body_error, excerpt
 from sse_adapter.repair.fitting import serialised
 from sse_adapter.repair.pipeline import Pipeline
 from sse_adapter.repair.stream import StreamRepairer
+from sse_adapter.repair.think import prompt_opens_think
+from sse_adapter.repair.toolcalls import offers_tools
 from sse_adapter.settings import Settings
 
 __all__ = ["Answer", "complete", "keepalive_body"]
@@ -60,13 +63,23 @@ async def complete(exchange: Exchange, kind: Kind, settings: Settings, stats: Re
         finally:
             await response.aclose()
     content_type = response.headers.get("content-type", "")
-    error = body_error(response.status_code, content_type, body)
+    error = body_error(response.status_code, content_type, body, response.headers.get("server", ""))
     if error is not None:
         raise error
     parsed = _json(body, response.status_code)
     if not isinstance(parsed, dict) or not isinstance(parsed.get("choices"), list):
         return Answer(response.status_code, body, content_type or "application/json")  # not ours to repair
-    normalised = normalise_completion(parsed, kind, settings, int(time.time()), stats.repairs, alias)
+    fields = exchange.outgoing.fields
+    normalised = normalise_completion(
+        parsed,
+        kind,
+        settings,
+        int(time.time()),
+        stats.repairs,
+        alias,
+        offers_tools(fields),
+        prompt_opens_think(fields),
+    )
     return Answer(response.status_code, serialised(normalised))
 
 
@@ -80,7 +93,15 @@ async def _assembled(
         if not is_event_stream(response):
             raise await refusal(response, watch)
         identity = StreamIdentity(kind, "", int(time.time()))
-        pipeline = Pipeline(StreamRepairer(identity, settings, alias=alias), settings.max_event_bytes)
+        fields = exchange.outgoing.fields
+        repairer = StreamRepairer(
+            identity,
+            settings,
+            alias=alias,
+            offers_tools=offers_tools(fields),
+            think_opened=prompt_opens_think(fields),
+        )
+        pipeline = Pipeline(repairer, settings.max_event_bytes)
         assembler = Assembler(kind)
         with map_errors(watch.url):
             async for raw in response.aiter_bytes():
@@ -120,24 +141,27 @@ def _as_stream(exchange: Exchange) -> Exchange:
     return replace(exchange, request=exchange.request.with_body(body), outgoing=outgoing)
 
 
-async def keepalive_body(answer: asyncio.Task[Answer], interval: float) -> AsyncIterator[bytes]:
-    """A space each interval until the answer is ready, then the answer; the 200 is already out."""
+async def keepalive_body(
+    answer: asyncio.Task[Answer], interval: float, render: Callable[[AdapterError], dict[str, Any]]
+) -> AsyncIterator[bytes]:
+    """A space each interval until the answer is ready, then the answer; the
+    200 is already out, so an error is a body ``render`` shapes for the route."""
     try:
         while not answer.done():
             yield b" "
             await asyncio.wait({answer}, timeout=interval)
-        yield _late_body(answer)
+        yield _late_body(answer, render)
     finally:
         answer.cancel()  # the client left: stop the upstream's work too
 
 
-def _late_body(answer: asyncio.Task[Answer]) -> bytes:
+def _late_body(answer: asyncio.Task[Answer], render: Callable[[AdapterError], dict[str, Any]]) -> bytes:
     try:
         result = answer.result()
     except AdapterError as error:
-        log.warning("non-stream answer failed after the 200: %s", error.message)
-        return orjson.dumps(error.to_openai())
+        log.warning("non-stream answer failed after the 200: %s (%s)", error.message, error.detail or "-")
+        return orjson.dumps(render(error))
     except Exception:
         log.exception("non-stream answer failed inside sse-adapter")
-        return orjson.dumps(InternalError("sse-adapter failed on this request; see its log").to_openai())
+        return orjson.dumps(render(InternalError("sse-adapter failed on this request; see its log")))
     return result.body

@@ -30,8 +30,9 @@ async def read_body(response: httpx.Response, watch: Watch, limit: int, *, trunc
                 if truncate:
                     return bytes(body[:limit])
                 raise ResponseTooLarge(
-                    f"the upstream at {watch.url} answered with more than {limit} bytes; "
-                    "raise --max-event-bytes if its answers really are that large"
+                    f"the model server answered with more than {limit} bytes; "
+                    "raise --max-event-bytes if its answers really are that large",
+                    watch.url,
                 )
     return bytes(body)
 
@@ -40,7 +41,7 @@ async def refusal(response: httpx.Response, watch: Watch) -> AdapterError:
     """The error an upstream answer that is no event stream stands for."""
     content_type = response.headers.get("content-type", "no content type")
     body = await read_body(response, watch, ERROR_BODY_LIMIT, truncate=True)
-    error = body_error(response.status_code, content_type, body)
+    error = body_error(response.status_code, content_type, body, response.headers.get("server", ""))
     if error is None:
         return NotAnEventStream(
             f"the upstream answered {response.status_code} with {content_type} instead of an event stream; "

@@ -7,7 +7,7 @@ read completes. Nothing else runs per event; three things wait beside it:
 - the heartbeat timer, re-armed lazily from the time of the last write. When
   the client has been sent nothing for an interval, a heartbeat goes out from
   a short task of its own. The two writers take turns (``_writing``), so
-  frames never interleave and nothing follows ``[DONE]``;
+  frames never interleave and nothing follows the last frame;
 - the watch's deadline timer (:mod:`sse_adapter.proxy.timeouts`), which cancels the
   stream's task with an upstream timeout;
 - one waiter on ``receive()``, which cancels the stream's task when the client
@@ -17,7 +17,7 @@ Until something is written the status is open: an upstream that fails fast
 keeps its real status. The first heartbeat commits a 200; after that an
 error goes in-band. On shutdown uvicorn cancels the request once its graceful
 timeout (``--shutdown-grace``) has passed, and the stream ends with an
-in-band ``shutting_down`` error and ``[DONE]``, between two frames.
+in-band ``shutting_down`` error in its format's shape, between two frames.
 
 A slow client slows the upstream: the stream's send waits on uvicorn's flow
 control, so the stream stops reading, and aiohttp stops reading the socket
@@ -32,24 +32,25 @@ from collections.abc import AsyncIterable, Awaitable, Callable
 from typing import Any, cast
 
 import httpx
-import orjson
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from sse_adapter.errors import AdapterError, InternalError, ShuttingDown, UpstreamReported
-from sse_adapter.ops.observe import WIRE, RequestStats
+from sse_adapter.ops.observe import WIRE, RequestStats, request_id
 from sse_adapter.proxy.reading import is_event_stream, refusal
 from sse_adapter.proxy.resend import Exchange
 from sse_adapter.proxy.timeouts import Watch
 from sse_adapter.proxy.upstream import map_errors
-from sse_adapter.repair.chunks import error_chunk
 from sse_adapter.repair.pipeline import Pipeline
 from sse_adapter.settings import Settings
-from sse_adapter.sse.encoder import DONE, frame, frames
 
 __all__ = ["EventStream"]
 
 log = logging.getLogger(__name__)
+
+# Counting a stream's usage, all its tokenizer calls together (a stuck tokenizer
+# must not hold a complete answer back for long).
+_COUNT_WITHIN = 15.0
 
 _HEADERS = [
     (b"content-type", b"text/event-stream"),
@@ -78,6 +79,7 @@ class EventStream(Response):
         stats: RequestStats,
         *,
         heartbeat: Callable[[], bytes] | None,
+        heartbeat_mode: str,
         count_usage: Callable[[str], Awaitable[dict[str, Any] | None]] | None = None,
         on_close: Callable[[], None] = lambda: None,
     ) -> None:
@@ -89,6 +91,8 @@ class EventStream(Response):
         self._settings = settings
         self._stats = stats
         self._heartbeat = heartbeat
+        self._heartbeat_mode = heartbeat_mode
+        self._format = pipeline.repairer
         self._interval = settings.heartbeat_interval
         self._hold = settings.hold
         self._on_close = on_close
@@ -103,6 +107,7 @@ class EventStream(Response):
         self._response: httpx.Response | None = None
         self._refusal: AdapterError | None = None
         self._tail: list[bytes] = []  # the payloads that end a clean stream
+        self._answered = False  # the upstream's whole answer came: what remains is counting it
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Run the stream in a task of its own, and wait for it.
@@ -113,6 +118,7 @@ class EventStream(Response):
         """
         self._send = send
         self._wire: Send = scope.get(WIRE, send)  # past the middlewares, for the frames
+        self._request_id = request_id(scope)
         self._loop = loop = asyncio.get_running_loop()
         self._watch = Watch(self._settings, self._exchange.url, self._stats.started, self._stats.tap)
         if self._heartbeat is not None:
@@ -155,7 +161,10 @@ class EventStream(Response):
                     return self._refusal
                 await self._write(None)  # commit the 200: the upstream streams
                 await self._relay(response)
-                self._tail = self._pipeline.finish(usage=await self._counted_usage())
+            self._pipeline.check_end()  # an answer cut short is not worth counting
+            self._answered = True
+            # Counting waits on the tokenizer, not the upstream: its own bound, not the upstream's clocks.
+            self._tail = self._pipeline.finish(usage=await self._counted_usage())
         except AdapterError as error:
             return error
         except asyncio.CancelledError:
@@ -164,14 +173,14 @@ class EventStream(Response):
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
             if self._client_gone:
                 return None
+            if self._answered:  # the whole answer came: it ends well, only without its count
+                return self._finish_uncounted()
             return ShuttingDown(
                 "sse-adapter is shutting down and the stream outlasted --shutdown-grace; "
                 "the answer is incomplete: send the request again"
             )
         except Exception:
-            log.exception(
-                "stream %s failed inside sse-adapter", self._pipeline.repairer.identity.id or "(no id yet)"
-            )
+            log.exception("stream %s failed inside sse-adapter", self._format.stream_id or "(no id yet)")
             return InternalError("sse-adapter failed on this stream; see its log")
         return None
 
@@ -193,7 +202,7 @@ class EventStream(Response):
                     if stats.first_event is None:
                         stats.first_event = self._loop.time() - stats.started
                     stats.events += len(payloads)
-                    await self._write(frames(payloads))
+                    await self._write(self._format.encode(payloads))
                 if failure is not None:
                     raise failure
                 if repairer.finished:
@@ -205,17 +214,34 @@ class EventStream(Response):
             raise failure
 
     async def _counted_usage(self) -> dict[str, Any] | None:
-        """The usage the upstream did not send, counted with its tokenizer where it can be."""
+        """The usage the upstream did not send, counted with its tokenizer where it can be,
+        within ``_COUNT_WITHIN`` seconds in all: past that the stream ends without it."""
         repairer = self._pipeline.repairer
         if repairer.saw_usage or self._count_usage is None:
             return None
-        # No text kept: the upstream sent usage before, and this once it did not.
-        usage = None if repairer.texts is None else await self._count_usage("".join(repairer.texts))
+        self._stats.without_usage = True
+        if repairer.texts is None:  # no text kept: the upstream sent usage before, and this once it did not
+            return None
+        try:
+            async with asyncio.timeout(_COUNT_WITHIN):
+                usage = await self._count_usage("".join(repairer.texts))
+        except TimeoutError:
+            log.info("the upstream's tokenizer did not count this stream within %g s", _COUNT_WITHIN)
+            return None
         self._stats.without_usage = usage is None
         return usage
 
+    def _finish_uncounted(self) -> AdapterError | None:
+        """The last frames of a whole answer whose count was cut short (by the drain)."""
+        self._stats.without_usage = True
+        try:
+            self._tail = self._pipeline.finish()
+        except AdapterError as error:
+            return error
+        return None
+
     async def _finish(self, error: AdapterError | None) -> None:
-        """The last frames and ``[DONE]``; or, when nothing was sent yet, the error's own answer."""
+        """The last frames (chat: and ``[DONE]``); or, when nothing was sent yet, the error's own answer."""
         self._ended = True
         self._stop_heartbeats()
         if self._writing and self._beat_task is not None:
@@ -223,22 +249,25 @@ class EventStream(Response):
         if self._client_gone:
             return
         if error is None:
-            await self._write(self._counted(self._tail) + DONE, last=True)
+            await self._write(self._counted(self._tail) + self._format.closing(), last=True)
             return
         self._stats.outcome = error.code
         if not self._committed:
+            if error.detail:
+                log.warning("request %s failed: %s (%s)", self._request_id, error.message, error.detail)
             await self._answer_error(error)
             return
         if error is self._refusal and isinstance(error, UpstreamReported):  # the 200 is gone: say the status
             error.message = f"the upstream answered {self._stats.upstream_status}: {error.message}"
         log.warning(
-            "stream %s ended in error: %s",
-            self._pipeline.repairer.identity.id or "(no id yet)",
+            "request %s: stream %s ended in error: %s%s",
+            self._request_id,
+            self._format.stream_id or "(no id yet)",
             error.message,
+            f" ({error.detail})" if error.detail else "",
         )
         held = [] if isinstance(error, InternalError) else self._pipeline.finish(failed=True)
-        end = self._counted(held) + frame(error_chunk(self._pipeline.repairer.identity, error))
-        await self._write(end + DONE, last=True)
+        await self._write(self._counted(held) + self._format.failure(error), last=True)
 
     async def _write(self, body: bytes | None, last: bool = False) -> None:
         """The stream task's one way to the client: ``None`` commits the 200 only."""
@@ -262,11 +291,11 @@ class EventStream(Response):
 
     async def _start(self) -> None:
         self._committed = True
-        self._stats.heartbeat_mode = self._settings.heartbeat_mode.value
+        self._stats.heartbeat_mode = self._heartbeat_mode
         await self._send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
 
     async def _answer_error(self, error: AdapterError) -> None:
-        body = orjson.dumps(error.to_openai())
+        body = self._format.error_body(error)
         headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
         start: Message = {"type": "http.response.start", "status": error.http_status, "headers": headers}
         await self._send(start)
@@ -274,7 +303,7 @@ class EventStream(Response):
 
     def _counted(self, payloads: list[bytes]) -> bytes:
         self._stats.events += len(payloads)
-        return frames(payloads)
+        return self._format.encode(payloads)
 
     def _beat_due(self) -> None:
         self._beat_timer = None
@@ -288,14 +317,16 @@ class EventStream(Response):
             self._beat_timer = self._loop.call_at(due, self._beat_due)
             return
         self._writing = True
-        self._beat_task = self._loop.create_task(self._beat())
-
-    async def _beat(self) -> None:
         assert self._heartbeat is not None
+        # Made now, not in the task: a format that numbers its events (Responses)
+        # numbers the heartbeat before any event the stream task repairs next.
+        self._beat_task = self._loop.create_task(self._beat(self._heartbeat()))
+
+    async def _beat(self, heartbeat: bytes) -> None:
         try:
             if not self._committed:
                 await self._start()
-            await self._wire(self._body(self._heartbeat()))
+            await self._wire(self._body(heartbeat))
             self._stats.heartbeats += 1
         finally:
             self._writing = False

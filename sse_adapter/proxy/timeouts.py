@@ -125,8 +125,6 @@ class Watch:
             self._timer = self._loop.call_at(at, self._check)
             return
         self._timer = None
-        self.expired = UpstreamTimeout(
-            f"the upstream at {self.url} {why}; check that the model server is not stuck"
-        )
+        self.expired = UpstreamTimeout(f"the model server {why}; check that it is not stuck", self.url)
         if self._task is not None:
             self._task.cancel()

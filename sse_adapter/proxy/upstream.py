@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
+import ssl
+import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -43,9 +46,11 @@ __all__ = [
     "Upstream",
     "UpstreamRequest",
     "forwardable",
+    "is_messages_path",
     "map_errors",
     "read_at_most",
     "upstream_path",
+    "upstream_request_id",
     "why",
 ]
 
@@ -87,6 +92,26 @@ def forwardable(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
 
 # What may stand in a path as sent: the client's own %-escapes are kept; anything else is escaped.
 _PATH_SAFE = "/%:@!$&'()*+,;=-._~"
+_SLASHES = re.compile("/{2,}")
+
+
+_KEY_HEADERS = frozenset({"authorization", "x-api-key"})
+
+
+def upstream_request_id(given: str) -> str:
+    """The request id as the model server gets it: a UUID. llama-cpp-python answers any other
+    with an empty 400; the client's own id stays in our log and answer headers, and this one is
+    derived from it, the same each time, so the server's log can still be matched to ours."""
+    try:
+        uuid.UUID(given)
+        return given  # a UUID already, in any of its spellings: as it came
+    except ValueError:
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, "sse-adapter:" + given))
+
+
+def is_messages_path(path: str) -> bool:
+    """Anthropic's routes: their clients read Anthropic's error shape and send ``x-api-key``."""
+    return path == "/v1/messages" or path.startswith("/v1/messages/")
 
 
 def upstream_path(raw: bytes) -> str:
@@ -126,6 +151,14 @@ class UpstreamRequest:
     def with_body(self, body: bytes) -> UpstreamRequest:
         return replace(self, body=body)
 
+    @property
+    def route(self) -> str:
+        """The path as routed: decoded, each run of slashes one. What the
+        adapter learns of a path is kept under it, whichever of its many
+        spellings (``/v1/chat/%63ompletions``) a client sent; the path
+        forwarded is left as it is."""
+        return _SLASHES.sub("/", unquote(self.path))
+
 
 def why(exc: BaseException) -> str:
     """An error's words, or its name: some transport errors carry no message."""
@@ -145,10 +178,16 @@ def _ours(exc: httpx.HTTPError | aiohttp.ClientError, url: str) -> AdapterError:
     # httpx-aiohttp re-raises aiohttp's errors as httpx's, but coarsely (a
     # refused connection becomes ConnectTimeout): judge by the original.
     cause = exc.__cause__ if isinstance(exc.__cause__, aiohttp.ClientError) else exc
+    detail = f"{url}: {why(cause)} ({type(cause).__name__})"
     if isinstance(cause, (httpx.TimeoutException, aiohttp.ServerTimeoutError)):
         return UpstreamTimeout(
-            f"the upstream at {url} did not answer in time ({type(cause).__name__}); "
-            "check that the model server is up and not overloaded"
+            "the model server did not answer in time; check that it is up and not overloaded", detail
+        )
+    if _is_tls(cause):
+        return UpstreamUnreachable(
+            "the TLS handshake with the model server failed: if it speaks plain HTTP, give --upstream "
+            "as http://, not https://",
+            detail,
         )
     if isinstance(
         cause,
@@ -161,8 +200,8 @@ def _ours(exc: httpx.HTTPError | aiohttp.ClientError, url: str) -> AdapterError:
         ),
     ):
         return UpstreamUnreachable(
-            f"cannot connect to the upstream at {url} ({why(cause)}); "
-            "check that the model server is running and that --upstream points at it"
+            "cannot connect to the model server; check that it is running and that --upstream points at it",
+            detail,
         )
     if isinstance(
         cause,
@@ -174,10 +213,18 @@ def _ours(exc: httpx.HTTPError | aiohttp.ClientError, url: str) -> AdapterError:
         ),
     ):
         return UpstreamDisconnected(
-            f"the upstream at {url} broke off the response ({why(cause)}); "
-            "the answer is incomplete: check the model server's logs"
+            "the model server broke off the response; the answer is incomplete: check the model server's log",
+            detail,
         )
-    return UpstreamError(f"the request to the upstream at {url} failed: {why(cause)}")
+    return UpstreamError("the request to the model server failed; sse-adapter's log says why", detail)
+
+
+def _is_tls(cause: BaseException) -> bool:
+    """A TLS handshake that failed: most often https:// to a server that speaks plain HTTP."""
+    if isinstance(cause, aiohttp.ClientSSLError):
+        return True
+    chain = [cause, cause.__cause__, getattr(cause, "os_error", None)]
+    return any(isinstance(link, ssl.SSLError) for link in chain) or "SSL" in why(cause)
 
 
 async def read_at_most(response: httpx.Response, url: str, limit: int) -> bytes:
@@ -221,6 +268,7 @@ class Upstream:
             "write": _WRITE_TIMEOUT,
             "pool": None,
         }
+        self._api_key = settings.upstream_api_key
         # With --api-key the client's key is the adapter's, never the model server's.
         self._keep_client_key = not settings.api_keys and self._auth is None
         self._session: aiohttp.ClientSession | None = None
@@ -258,7 +306,7 @@ class Upstream:
         built = httpx.Request(
             request.method,
             url,
-            headers=self._headers(request.headers),
+            headers=self._headers(request.headers, is_messages_path(request.route)),
             content=request.body,
             extensions={"timeout": self._timeouts},
         )
@@ -298,12 +346,17 @@ class Upstream:
             response = await self.send(request, url)
             return response.status_code, await read_at_most(response, url, limit)
 
-    def _headers(self, given: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-        forwarded = forwardable(given)
-        if not self._keep_client_key:
-            forwarded = [(name, value) for name, value in forwarded if name.lower() != "authorization"]
+    def _headers(self, given: Iterable[tuple[str, str]], anthropic: bool = False) -> list[tuple[str, str]]:
+        forwarded = [
+            (name, upstream_request_id(value) if name.lower() == "x-request-id" else value)
+            for name, value in forwardable(given)
+        ]
+        if not self._keep_client_key:  # the client's key, in either header, is the adapter's
+            forwarded = [(name, value) for name, value in forwarded if name.lower() not in _KEY_HEADERS]
         if self._auth is not None:
             forwarded.append(("authorization", self._auth))
+        if anthropic and self._api_key is not None:  # what Anthropic-speaking servers read
+            forwarded.append(("x-api-key", self._api_key))
         if not any(name.lower() == "accept-encoding" for name, _ in forwarded):
             # else aiohttp would ask for gzip on behalf of a client that never did
             forwarded.append(("accept-encoding", "identity"))

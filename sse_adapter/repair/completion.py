@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from sse_adapter.repair.chunks import Kind
 from sse_adapter.repair.dialects import is_real_usage
-from sse_adapter.repair.stream import map_finish_reason, reasoning_name, rename_reasoning
+from sse_adapter.repair.stream import map_finish_reason, reasoning_names, rename_reasoning
 from sse_adapter.repair.think import ThinkSplitter, wrapped
 from sse_adapter.repair.toolcalls import new_call_id, normalise_message_calls, split_tool_tags
 from sse_adapter.settings import ReasoningField, Settings, Tags, ToolCallMode
@@ -37,10 +38,14 @@ def normalise_completion(
     created: int,
     repairs: Counter[str] | None = None,
     alias: str | None = None,
+    offers_tools: bool = True,
+    think_opened: bool | None = None,
 ) -> dict[str, Any]:
     """The same repairs a stream gets, counted in ``repairs``, and a usage
     object whatever the server gave. ``alias``: the model name the client
-    asked for, which the body carries back."""
+    asked for, which the body carries back; ``offers_tools``: as for a
+    stream, whether ``<tool_call>`` text may be a call; ``think_opened``: as
+    for a stream, whether the prompt opened ``<think>``."""
     repairs = Counter() if repairs is None else repairs
     if alias is not None and body.get("model") != alias:
         body["model"] = alias
@@ -53,12 +58,18 @@ def normalise_completion(
             body["created"] = created
     for choice in _list(body.get("choices")):
         if isinstance(choice, dict):
-            _normalise_choice(choice, settings, repairs)
+            _normalise_choice(choice, settings, repairs, offers_tools, think_opened)
     body["usage"] = usage_of(body)
     return body
 
 
-def _normalise_choice(choice: dict[str, Any], settings: Settings, repairs: Counter[str]) -> None:
+def _normalise_choice(
+    choice: dict[str, Any],
+    settings: Settings,
+    repairs: Counter[str],
+    offers_tools: bool,
+    think_opened: bool | None,
+) -> None:
     if settings.fill_fields:
         choice.setdefault("finish_reason", None)
     map_finish_reason(choice, settings)
@@ -66,8 +77,8 @@ def _normalise_choice(choice: dict[str, Any], settings: Settings, repairs: Count
     if not isinstance(message, dict):
         return
     rename_reasoning(message, settings)
-    _split_think(message, settings)
-    if settings.tool_call_tags is Tags.SPLIT:
+    _split_think(message, settings, think_opened)
+    if settings.tool_call_tags is Tags.SPLIT and offers_tools:
         _split_tool_tags(message, repairs)
     if settings.reasoning_field is ReasoningField.THINK_TAGS:
         _wrap_think(message, repairs)
@@ -79,16 +90,20 @@ def _normalise_choice(choice: dict[str, Any], settings: Settings, repairs: Count
         message["content"] = ""
 
 
-def _split_think(message: dict[str, Any], settings: Settings) -> None:
+def _split_think(message: dict[str, Any], settings: Settings, opened: bool | None) -> None:
     content = message.get("content")
     if settings.think_tags is Tags.SPLIT and isinstance(content, str):
-        splitter = ThinkSplitter()
+        # The whole answer is here: no hold, a </think> before any <think> ends
+        # a thought the prompt opened wherever it comes.
+        splitter = ThinkSplitter(opened, hold=None)
+        if any(isinstance(text := message.get(name), str) and text for name in _REASONING):
+            splitter.settle()  # the server parses reasoning itself: its content is the answer
         thought, said = splitter.feed(content)
         held_thought, held_said = splitter.flush()
         if thought or held_thought:
             message["content"] = said + held_said
-            name = reasoning_name(settings)
-            message[name] = (message.get(name) or "") + thought + held_thought
+            for name in reasoning_names(settings):
+                message[name] = (message.get(name) or "") + thought + held_thought
 
 
 def _wrap_think(message: dict[str, Any], repairs: Counter[str]) -> None:
@@ -140,13 +155,19 @@ def _count(*candidates: object) -> int:
 class Assembler:
     """Builds the non-stream response from the repaired chunks of a stream,
     as the server would have answered it: text joined, tool calls merged by
-    index with their arguments in order, the last finish reason, the usage."""
+    index with their arguments in order, the last finish reason, the usage.
+
+    Text comes in thousands of small pieces: each is kept in a list and
+    joined once at the end, since a string grown piece by piece is copied
+    whole each time (n squared).
+    """
 
     def __init__(self, kind: Kind) -> None:
         self.kind = kind
         self._head: dict[str, Any] = {}
         self._choices: dict[int, dict[str, Any]] = {}
-        self._tools: dict[int, dict[int, dict[str, Any]]] = {}
+        self._texts: dict[int, dict[str, list[str]]] = {}  # by choice: each text field's pieces
+        self._tools: dict[int, dict[int, _CallPieces]] = {}
         self._usage: dict[str, Any] | None = None
 
     def add(self, chunk: dict[str, Any]) -> None:
@@ -175,21 +196,21 @@ class Assembler:
         # OpenAI gives it is left out of the answer, never a crash.
         index = _position(choice.get("index"), 0)
         into = self._choices.setdefault(index, self._empty_choice(index))
+        texts = self._texts.setdefault(index, {})
         if choice.get("finish_reason") is not None:
             into["finish_reason"] = choice["finish_reason"]
         _merge_logprobs(into, choice.get("logprobs"))
         if self.kind is Kind.COMPLETION:
-            into["text"] += _text(choice.get("text"))
+            texts.setdefault("text", []).append(_text(choice.get("text")))
             return
         delta = choice.get("delta")
         if not isinstance(delta, dict):
             return
-        message = into["message"]
         if isinstance(delta.get("role"), str) and delta["role"]:
-            message["role"] = delta["role"]
+            into["message"]["role"] = delta["role"]
         for key in ("content", *_REASONING):
             if text := _text(delta.get(key)):
-                message[key] = (message.get(key) or "") + text
+                texts.setdefault(key, []).append(text)
         for call in _list(delta.get("tool_calls")):
             if isinstance(call, dict):
                 self._add_tool_call(index, call)
@@ -206,28 +227,44 @@ class Assembler:
 
     def _add_tool_call(self, choice_index: int, call: dict[str, Any]) -> None:
         calls = self._tools.setdefault(choice_index, {})
-        into = calls.setdefault(
-            _position(call.get("index"), len(calls)),
-            {"id": None, "type": "function", "function": {"name": "", "arguments": ""}},
-        )
+        into = calls.setdefault(_position(call.get("index"), len(calls)), _CallPieces())
         if isinstance(call.get("id"), str) and call["id"]:
-            into["id"] = call["id"]
+            into.id = call["id"]
         if isinstance(call.get("type"), str) and call["type"]:
-            into["type"] = call["type"]
+            into.type = call["type"]
         function = call.get("function")
         if isinstance(function, dict):
-            into["function"]["name"] += _text(function.get("name"))
-            into["function"]["arguments"] += _text(function.get("arguments"))
+            into.name.append(_text(function.get("name")))
+            into.arguments.append(_text(function.get("arguments")))
 
     def _finished(self, index: int) -> dict[str, Any]:
         choice = self._choices[index]
-        if self.kind is Kind.CHAT:
-            message = choice["message"]
-            if index in self._tools:
-                message["tool_calls"] = [self._tools[index][n] for n in sorted(self._tools[index])]
-            elif message["content"] is None:
-                message["content"] = ""
+        texts = {key: "".join(pieces) for key, pieces in self._texts[index].items()}
+        if self.kind is Kind.COMPLETION:
+            choice["text"] = texts.get("text", "")
+            return choice
+        message = choice["message"]
+        message.update((key, text) for key, text in texts.items() if text)
+        if index in self._tools:
+            calls = self._tools[index]
+            message["tool_calls"] = [calls[n].whole() for n in sorted(calls)]
+        elif message["content"] is None:
+            message["content"] = ""
         return choice
+
+
+@dataclass(slots=True)
+class _CallPieces:
+    """One tool call of an assembled answer: its name and arguments as the pieces that came."""
+
+    id: str | None = None
+    type: str = "function"
+    name: list[str] = field(default_factory=list)
+    arguments: list[str] = field(default_factory=list)
+
+    def whole(self) -> dict[str, Any]:
+        function = {"name": "".join(self.name), "arguments": "".join(self.arguments)}
+        return {"id": self.id, "type": self.type, "function": function}
 
 
 def _list(value: object) -> list[Any]:
@@ -253,4 +290,4 @@ def _merge_logprobs(into: dict[str, Any], logprobs: object) -> None:
     merged = into["logprobs"] = into["logprobs"] or {}
     for key, values in logprobs.items():
         if isinstance(values, list):
-            merged[key] = (merged.get(key) or []) + values
+            merged.setdefault(key, []).extend(values)  # in place: a list rebuilt per chunk is n squared

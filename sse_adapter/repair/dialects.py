@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from sse_adapter.errors import UpstreamReported
+from sse_adapter.errors import AdapterError, UpstreamReported
 
 __all__ = [
     "BULKY_FIELDS",
@@ -22,6 +22,8 @@ __all__ = [
     "chunk_error",
     "event_error",
     "excerpt",
+    "is_context_overflow",
+    "is_overloaded",
     "is_real_usage",
     "json_or_none",
 ]
@@ -35,7 +37,8 @@ BULKY_FIELDS = ("timings", "prompt_token_ids", "token_ids", "context", "prompt_p
 
 _EXCERPT = 300
 _OURS = frozenset({"message", "msg", "type", "code"})  # the fields an error's own answer sets
-_TAGS = re.compile(rb"<[^>]*>")
+# [^<>]: a match stops at the next "<", so a page of "<" costs n, not n squared
+_TAGS = re.compile(rb"<[^<>]*>")
 
 
 def chunk_error(chunk: dict[str, Any], status: int | None = None) -> UpstreamReported | None:
@@ -68,7 +71,7 @@ def event_error(data: str) -> UpstreamReported:
     return UpstreamReported(excerpt(data.encode()))
 
 
-def body_error(status: int, content_type: str, body: bytes) -> UpstreamReported | None:
+def body_error(status: int, content_type: str, body: bytes, server: str = "") -> UpstreamReported | None:
     """The error a whole response body stands for; None for a 2xx body that is no error."""
     parsed = json_or_none(body)
     found = chunk_error(parsed, status) if isinstance(parsed, dict) else None
@@ -78,7 +81,36 @@ def body_error(status: int, content_type: str, body: bytes) -> UpstreamReported 
         for key in ("message", "detail", "msg"):
             if message := _text(parsed.get(key)):
                 return UpstreamReported(message, status=status, upstream_type=_text(parsed.get("type")))
-    return UpstreamReported(_describe(status, content_type, body), status=status)
+    return UpstreamReported(_describe(status, content_type, body, server), status=status)
+
+
+# What servers say when the prompt does not fit (vLLM, SGLang, llama-server, Ollama, TGI, LM Studio).
+_CONTEXT = re.compile(
+    r"context length|context size|context window|context_length_exceeded|exceed_context_size"
+    r"|prompt is too long|prompt too long|input length exceeds|maximum context|too many tokens"
+    r"|tokens \+ `max_new_tokens` must be",
+    re.IGNORECASE,
+)
+# ... and when it is full: a queue, its slots, its capacity.
+_OVERLOADED = re.compile(
+    r"overloaded|queue is full|queue full|server is busy|no slot|at capacity|too many requests",
+    re.IGNORECASE,
+)
+_FULL_STATUSES = frozenset({429, 503, 529})
+
+
+def is_context_overflow(error: AdapterError) -> bool:
+    """The request's prompt is longer than the model's context: sending it again cannot help."""
+    code = error.upstream_code if isinstance(error, UpstreamReported) else None
+    return code == "context_length_exceeded" or bool(_CONTEXT.search(error.message))
+
+
+def is_overloaded(error: AdapterError) -> bool:
+    """The server (or the adapter) is full for now: the client should wait, then retry."""
+    if error.http_status in _FULL_STATUSES:
+        return True
+    kind = error.upstream_type if isinstance(error, UpstreamReported) else None
+    return kind in ("overloaded_error", "rate_limit_error") or bool(_OVERLOADED.search(error.message))
 
 
 def is_real_usage(usage: object) -> bool:
@@ -89,11 +121,17 @@ def is_real_usage(usage: object) -> bool:
     )
 
 
-def _describe(status: int, content_type: str, body: bytes) -> str:
+def _describe(status: int, content_type: str, body: bytes, server: str = "") -> str:
     if "html" in content_type.lower() or body.lstrip().startswith(b"<"):
         text = excerpt(_TAGS.sub(b" ", body))
         return f"{text} (an HTML page: a proxy in front of the model server answered, not the server)"
-    return excerpt(body) if body.strip() else f"HTTP {status} with an empty body"
+    if body.strip():
+        return excerpt(body)
+    who = f" ({' '.join(server.split())[:80]})" if server.strip() else ""
+    return (
+        f"the model server{who} answered HTTP {status} with an empty body, so it did not say why; "
+        "its own log does (llama-cpp-python, for one, answers 400 this way to a request it cannot parse)"
+    )
 
 
 def excerpt(raw: bytes) -> str:

@@ -16,18 +16,22 @@ from typing import Any
 
 import orjson
 
-from sse_adapter.errors import LineTooLong, UpstreamError
+from sse_adapter.errors import AdapterError, InternalError, LineTooLong, UpstreamError
 from sse_adapter.repair.dialects import BULKY_FIELDS
 
-__all__ = ["fit", "serialised"]
+__all__ = ["fit", "pieces", "serialised"]
 
 _PREFIX = len(b"data: ")
 _CHAT_TEXT = ("reasoning_content", "reasoning", "content")
 _LEAST_ROOM = 64  # bytes of text a split chunk must carry to be worth it
 
 
-def fit(chunk: dict[str, Any], limit: int, repairs: Counter[str]) -> list[bytes]:
-    """The chunk as one or more payloads whose ``data: `` lines fit ``limit`` bytes."""
+def fit(chunk: dict[str, Any], limit: int, repairs: Counter[str], sent: str | None = None) -> list[bytes]:
+    """The chunk as one or more payloads whose ``data: `` lines fit ``limit`` bytes.
+
+    ``sent``: the upstream's payload the chunk was repaired from; None for a
+    chunk the adapter made. What cannot be split is blamed on whoever made it long.
+    """
     payload = serialised(chunk)
     if _PREFIX + len(payload) <= limit:
         return [payload]
@@ -38,13 +42,25 @@ def fit(chunk: dict[str, Any], limit: int, repairs: Counter[str]) -> list[bytes]
             return [payload]
     payloads = _split_text(chunk, limit)
     if payloads is None:
-        raise LineTooLong(
-            f"the upstream sent a chunk of {len(payload)} bytes that cannot be split to fit One-API's "
-            f"line limit of {limit} bytes (--max-line-bytes); only content, reasoning and tool-call "
-            "arguments can be split"
-        )
+        raise _too_long(len(payload), limit, sent)
     repairs["long_line_split"] += 1
     return payloads
+
+
+def _too_long(size: int, limit: int, sent: str | None) -> AdapterError:
+    what = f"to fit One-API's line limit of {limit} bytes (--max-line-bytes); only content, reasoning and "
+    what += "tool calls can be split"
+    upstream = None if sent is None else len(sent.encode())
+    if upstream is not None and _PREFIX + upstream > limit:
+        return LineTooLong(f"the upstream sent a chunk of {upstream} bytes that cannot be split {what}")
+    # The upstream's line fit (or there was none): the adapter's own repairs
+    # made it too long, which is no fault of the upstream's.
+    if upstream is None:
+        return InternalError(f"sse-adapter made a chunk of {size} bytes that it cannot split {what}")
+    return InternalError(
+        f"sse-adapter's repairs grew the upstream's chunk of {upstream} bytes to {size} bytes, "
+        f"which it cannot split {what}"
+    )
 
 
 def serialised(body: dict[str, Any]) -> bytes:
@@ -77,32 +93,62 @@ def _split_text(chunk: dict[str, Any], limit: int) -> list[bytes] | None:
     room = limit - _PREFIX - _longest(chunk, choice)
     if room < _LEAST_ROOM:
         return None
-    return _payloads(chunk, choice, [{"text": piece} for piece in _pieces(text, room)], choice.update)
+    return _payloads(chunk, choice, [{"text": piece} for piece in pieces(text, room)], choice.update)
 
 
 def _split_chat(
     chunk: dict[str, Any], choice: dict[str, Any], delta: dict[str, Any], limit: int
 ) -> list[bytes] | None:
-    texts = [(name, delta[name]) for name in _CHAT_TEXT if _text(delta.get(name))]
-    calls = delta.get("tool_calls")
-    calls = calls if isinstance(calls, list) else []
-    arguments = {place: call["function"]["arguments"] for place, call in _with_arguments(calls)}
-    if not texts and not arguments:
+    texts = [(name, delta.pop(name)) for name in _CHAT_TEXT if _text(delta.get(name))]
+    calls = delta.pop("tool_calls") if isinstance(delta.get("tool_calls"), list) else []
+    if not texts and len(calls) < 2 and not _with_arguments(calls):
         return None
-    for name, _ in texts:
-        delta[name] = ""
-    for place in arguments:
-        calls[place]["function"]["arguments"] = ""
-    room = limit - _PREFIX - _longest(chunk, choice)
-    if room < _LEAST_ROOM:
+    # What the delta says besides its text and calls (its role, say) is said
+    # once, first; every part is measured with it, to be sure.
+    room = limit - _PREFIX
+    parts: list[dict[str, Any]] = []
+    for name, text in texts:
+        space = room - _measured(chunk, choice, {**delta, name: ""})
+        if space < _LEAST_ROOM:
+            return None
+        parts += [{name: piece} for piece in pieces(text, space)]
+    groups = _call_groups(chunk, choice, delta, calls, room)
+    if groups is None:
         return None
-    parts = [{name: piece} for name, text in texts for piece in _pieces(text, room)]
-    parts += [
-        part for place, call in enumerate(calls) for part in _call_parts(call, arguments.get(place), room)
-    ]
-    # What the delta says besides its text and calls (its role, say) is said once, first.
-    parts[0] = {key: value for key, value in delta.items() if key != "tool_calls"} | parts[0]
+    parts += groups
+    parts[0] = delta | parts[0]
     return _payloads(chunk, choice, parts, lambda part: choice.__setitem__("delta", part))
+
+
+def _call_groups(
+    chunk: dict[str, Any], choice: dict[str, Any], others: dict[str, Any], calls: list[Any], room: int
+) -> list[dict[str, Any]] | None:
+    """The calls as few deltas as fit: calls side by side, long arguments in pieces."""
+    empty = _measured(chunk, choice, {**others, "tool_calls": []})
+    groups: list[list[Any]] = []
+    size = room  # of the group being filled: none yet
+    for call in calls:
+        arguments = _arguments(call)
+        head = {**call, "function": {**call["function"], "arguments": ""}} if arguments else call
+        space = room - _measured(chunk, choice, {**others, "tool_calls": [head]})
+        if arguments and space < _LEAST_ROOM:
+            return None
+        for number, part in enumerate(_call_parts(call, arguments, space)):
+            added = len(orjson.dumps(part)) + 1  # and a comma
+            if empty + added - 1 > room:
+                return None  # a call that fits in no line: a name too long, say
+            if number or size + added > room:  # never two pieces of one call in one delta
+                groups.append([])
+                size = empty - 1
+            groups[-1].append(part)
+            size += added
+    return [{"tool_calls": group} for group in groups]
+
+
+def _measured(chunk: dict[str, Any], choice: dict[str, Any], delta: dict[str, Any]) -> int:
+    """The chunk's size with ``delta``."""
+    choice["delta"] = delta
+    return _longest(chunk, choice)
 
 
 def _payloads(
@@ -125,15 +171,15 @@ def _text(value: object) -> bool:
     return isinstance(value, str) and bool(value)
 
 
-def _with_arguments(calls: list[Any]) -> list[tuple[int, dict[str, Any]]]:
-    """The tool calls with argument text, and their places in the list."""
-    return [
-        (place, call)
-        for place, call in enumerate(calls)
-        if isinstance(call, dict)
-        and isinstance(call.get("function"), dict)
-        and _text(call["function"].get("arguments"))
-    ]
+def _with_arguments(calls: list[Any]) -> bool:
+    return any(_arguments(call) for call in calls)
+
+
+def _arguments(call: Any) -> str | None:
+    """A tool call's argument text, if it has any."""
+    function = call.get("function") if isinstance(call, dict) else None
+    arguments = function.get("arguments") if isinstance(function, dict) else None
+    return arguments if _text(arguments) else None
 
 
 def _longest(chunk: dict[str, Any], choice: dict[str, Any]) -> int:
@@ -146,20 +192,20 @@ def _longest(chunk: dict[str, Any], choice: dict[str, Any]) -> int:
     return max(without, len(serialised(chunk)))
 
 
-def _call_parts(call: Any, arguments: str | None, room: int) -> list[dict[str, Any]]:
-    """A tool call as deltas, one per piece of its arguments: the first says
-    who the call is, the others carry only what names it and their piece."""
+def _call_parts(call: Any, arguments: str | None, room: int) -> list[Any]:
+    """A tool call as deltas' calls, one per piece of its arguments: the first
+    says who the call is, the others carry only what names it and their piece."""
     if arguments is None:
-        return [{"tool_calls": [call]}]
+        return [call]
     which = {key: call[key] for key in ("index",) if key in call} or {"id": call.get("id")}
     parts: list[dict[str, Any]] = []
-    for piece in _pieces(arguments, room):
+    for piece in pieces(arguments, room):
         head = which if parts else call
-        parts.append({"tool_calls": [{**head, "function": {**head.get("function", {}), "arguments": piece}}]})
+        parts.append({**head, "function": {**head.get("function", {}), "arguments": piece}})
     return parts
 
 
-def _pieces(text: str, room: int) -> Iterator[str]:
+def pieces(text: str, room: int) -> Iterator[str]:
     """Consecutive slices of ``text`` whose JSON string bodies take at most ``room`` bytes."""
     start = 0
     while start < len(text):

@@ -13,7 +13,7 @@ from collections import Counter
 from typing import Any
 
 from sse_adapter.errors import AdapterError, EmptyStream, EventTooLarge, InternalError
-from sse_adapter.repair.stream import StreamRepairer
+from sse_adapter.repair.format import StreamFormat
 from sse_adapter.sse.decoder import Event, SSEDecoder
 
 __all__ = ["Pipeline"]
@@ -24,10 +24,9 @@ _FIELD_EVENTS = frozenset({"error"})  # llama.cpp before Sep 2025: a bare `error
 
 
 class Pipeline:
-    def __init__(self, repairer: StreamRepairer, max_event_bytes: int) -> None:
+    def __init__(self, repairer: StreamFormat, max_event_bytes: int) -> None:
         self.repairer = repairer
         self.decoder = SSEDecoder(max_event_bytes, field_events=_FIELD_EVENTS)
-        self._ending: Counter[str] = Counter()
 
     @property
     def finished(self) -> bool:
@@ -60,20 +59,24 @@ class Pipeline:
     @property
     def repairs(self) -> Counter[str]:
         """Every repair made: the framing quirks decoded away, and the chunks' own."""
-        return self.decoder.quirks + self.repairer.repairs + self._ending
+        return self.decoder.quirks + self.repairer.repairs
 
     def finish(self, failed: bool = False, usage: dict[str, Any] | None = None) -> list[bytes]:
         """The last payloads (held text, then usage); raises if the stream was no answer."""
-        if not failed and not self.decoder.received_any:
+        if not failed:
+            self.check_end()
+        return self.repairer.finish(failed, usage)
+
+    def check_end(self) -> None:
+        """Raises when the stream, now over, was no answer: before counting what it said."""
+        if not self.decoder.received_any:
             raise EmptyStream(
                 "the upstream ended the stream without sending anything. Most often the prompt is "
                 "longer than the model's context (llama-cpp-python ends such a stream silently and says "
                 "why only in its log); else the model server failed before its first token: look at "
                 "its log"
             )
-        if not failed and not self.repairer.finished:
-            self._ending["missing_done"] += 1
-        return self.repairer.finish(failed, usage)
+        self.repairer.check_end()
 
     def _repair_all(self, events: list[Event]) -> tuple[list[bytes], AdapterError | None]:
         """The events' payloads, up to the first that fails: what came before a

@@ -5,7 +5,8 @@ upstream-dialects.md, "Request fields that servers reject"), and most
 servers send a stream's usage only when asked. The body is rewritten only
 where a repair is due; otherwise the client's bytes go up as they came.
 Rejections are read from the server's own error (:func:`rejected_fields`),
-so the relay can send the request once more without the fields named.
+so the relay can send the request once more without the fields named, and
+later requests can go without those the server refuses whatever their value.
 """
 
 from __future__ import annotations
@@ -24,15 +25,20 @@ from sse_adapter.repair.dialects import excerpt, json_or_none
 
 __all__ = [
     "NEVER_DROPPED",
+    "NEVER_SET",
     "ModelAlias",
     "Outgoing",
+    "Rejection",
     "deep_merge",
     "prepare",
     "rejected_fields",
 ]
 
 # Without these there is no request: a server that rejects them rejects the request.
-NEVER_DROPPED = frozenset({"model", "messages", "prompt", "stream"})
+NEVER_DROPPED = frozenset({"model", "messages", "prompt", "input", "stream"})
+# The client's alone: whether it reads a stream or one JSON body is what it
+# asked for, and what the adapter answers it with (an alias cannot set it).
+NEVER_SET = frozenset({"stream"})
 
 # Statuses a server refuses a field with. llama.cpp before 2025 said 500.
 _REJECTING = frozenset({400, 422, 500})
@@ -61,6 +67,11 @@ class Outgoing:
     aliased: bool  # the model is an alias: the upstream's name is replaced by ``model`` in answers
     usage_asked: bool  # the client asked for stream usage itself: it gets OpenAI's usage-only chunk
     repairs: Counter[str]
+
+    def with_field(self, name: str, value: Any) -> Outgoing:
+        """The same request with one field set (the body written anew)."""
+        fields = {**self.fields, name: value}
+        return replace(self, fields=fields, body=orjson.dumps(fields))
 
     def without(self, names: Iterable[str]) -> Outgoing:
         """The same request without these fields (never those the request needs)."""
@@ -160,76 +171,196 @@ def _copy(value: Any) -> Any:
     return value
 
 
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """What a server's error says it refused, weighed against the request that got it."""
+
+    drop: frozenset[str] = frozenset()  # the fields to send this request again without
+    learn: frozenset[str] = frozenset()  # of those, the ones later requests go without too
+
+
+@dataclass(frozen=True, slots=True)
+class _Wording:
+    """One way a server words a refusal in its message."""
+
+    server: str
+    pattern: re.Pattern[str]  # its group is the field's name, unless ``field`` names it
+    field: str = ""
+    null: bool = False  # it refuses the field's null, not the field: the field's values are fine
+
+
 # How each server names the fields it refuses, read from its error message.
 # Only top-level fields count: a nested one (``messages.0.name``) cannot be
 # dropped without changing what the request says.
-# A pattern with no group names one field itself.
-_MESSAGES: tuple[tuple[str, re.Pattern[str], str], ...] = (
+_MESSAGES = (
     # vLLM < 0.6.5 and other pydantic servers, its errors' repr in the message
-    ("vLLM (pydantic list)", re.compile(r"'type': 'extra_forbidden', 'loc': \('body', '(\w+)'\)"), ""),
+    _Wording("vLLM (pydantic list)", re.compile(r"'type': 'extra_forbidden', 'loc': \('body', '(\w+)'\)")),
     # vLLM with strict validation: pydantic's own text
-    ("vLLM (pydantic text)", re.compile(r"^(\w+)\n\s+Extra inputs are not permitted", re.MULTILINE), ""),
+    _Wording("vLLM (pydantic text)", re.compile(r"^(\w+)\n\s+Extra inputs are not permitted", re.MULTILINE)),
     # vLLM: 400 to stream_options on a non-stream request
-    (
+    _Wording(
         "vLLM (stream options)",
         re.compile(r"Stream options can only be defined when stream=True"),
-        "stream_options",
+        field="stream_options",
     ),
     # TGI (axum + serde): a null it cannot read, or an unknown field (top level: no path before it)
-    ("TGI (null)", re.compile(r"target type: (\w+): invalid type: null"), ""),
-    ("TGI (unknown)", re.compile(r"target type: unknown field `(\w+)`"), ""),
+    _Wording("TGI (null)", re.compile(r"target type: (\w+): invalid type: null"), null=True),
+    _Wording("TGI (unknown)", re.compile(r"target type: unknown field `(\w+)`")),
     # llama.cpp server: parameters OpenAI has and it does not
-    ("llama.cpp", re.compile(r"Unsupported param: (\w+)"), ""),
+    _Wording("llama.cpp", re.compile(r"Unsupported param: (\w+)")),
 )
 _UNEXPECTED = re.compile(r"Unexpected fields in the request: (\{.*\})")  # transformers serve
+# OpenAI's codes for a field it does not take; ``param`` names the field.
+# Without one of them a ``param`` names the field whose *value* was wrong
+# (vLLM: "max_tokens must be at least 1"): no refusal of the field.
+_PARAM_REFUSALS = frozenset({"unknown_parameter", "unsupported_parameter"})
+# A server's words naming a field are checked against the request's strings,
+# at most this many distinct ones per error: each check reads the request once.
+_MOST_WORDINGS = 32
 
 
-def rejected_fields(status: int, body: bytes) -> frozenset[str]:
-    """The top-level request fields an error answer says the server refused.
+@dataclass(frozen=True, slots=True)
+class _Claim:
+    """An error's statement that the server refused a field (or its null)."""
 
-    Shapes: FastAPI's ``{"detail": [{"type": "extra_forbidden", "loc":
-    ["body", name]}]}`` (transformers serve, strict servers); transformers
-    serve's ``Unexpected fields in the request: {'x'}``; the messages of
-    :data:`_MESSAGES`, wherever the error object puts them.
+    name: str
+    null: bool
+    words: str | None  # the text of its message that says so; None: a structured location
+
+
+def rejected_fields(status: int, body: bytes, request: Mapping[str, Any]) -> Rejection:
+    """What an error answer to ``request`` (its top-level fields) says the server refused.
+
+    A refusal is heard only where the server itself names the field: a
+    structured location (FastAPI's ``{"detail": [{"type": "extra_forbidden",
+    "loc": ["body", name]}]}``, an OpenAI ``param`` with an unknown-parameter
+    ``code``), or its own words in the shapes of :data:`_MESSAGES` and
+    transformers serve's ``Unexpected fields in the request: {'x'}`` -- words
+    that stand in no string of the request: servers echo the values they
+    were sent (pydantic's ``input``), and a client must not be able to write
+    a refusal for the server.
+
+    A field that is null in this request is dropped from it, never learned;
+    a refusal of a null names no field to drop when the request's value is
+    not null.
     """
     if status not in _REJECTING:
-        return frozenset()
+        return Rejection()
     text = body.decode("utf-8", "replace")
     try:
         parsed: object = orjson.loads(text)
     except orjson.JSONDecodeError:
         parsed = text
-    names = set(_forbidden_locations(parsed))
+    claims = [claim for claim in _claims(parsed) if claim.name in request and claim.name not in NEVER_DROPPED]
+    heard = _unechoed({claim.words for claim in claims if claim.words is not None}, request)
+    drop: set[str] = set()
+    learn: set[str] = set()
+    for claim in claims:
+        if claim.words is not None and claim.words not in heard:
+            continue
+        if request[claim.name] is None:
+            drop.add(claim.name)  # this null only: the field's values may be fine
+        elif not claim.null:
+            drop.add(claim.name)
+            learn.add(claim.name)
+    return Rejection(frozenset(drop), frozenset(learn))
+
+
+def _claims(parsed: object) -> Iterator[_Claim]:
+    yield from _located(parsed)
     for message in _strings(parsed):
-        names.update(_named_in(message))
-    return frozenset(names - NEVER_DROPPED)
+        yield from _worded(message)
 
 
-def _named_in(message: str) -> Iterator[str]:
-    for _, pattern, named in _MESSAGES:
-        if named:
-            if pattern.search(message):
-                yield named
-        else:
-            yield from pattern.findall(message)
-    unexpected = _UNEXPECTED.search(message)
-    if unexpected is not None:
+def _worded(message: str) -> Iterator[_Claim]:
+    for wording in _MESSAGES:
+        for match in wording.pattern.finditer(message):
+            name = wording.field or match.group(1)
+            yield _Claim(name, wording.null, match.group(0))
+    for match in _UNEXPECTED.finditer(message):
         try:
-            listed = ast.literal_eval(unexpected.group(1))  # a Python set's repr
-        except (ValueError, SyntaxError):
-            return
+            listed = ast.literal_eval(match.group(1))  # a Python set's repr
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            continue
         if isinstance(listed, set):
-            yield from (name for name in listed if isinstance(name, str))
+            yield from (_Claim(name, False, match.group(0)) for name in listed if isinstance(name, str))
 
 
-def _forbidden_locations(parsed: object) -> Iterator[str]:
+def _located(parsed: object) -> Iterator[_Claim]:
+    """Refusals in structured fields: FastAPI's ``detail`` list, OpenAI's ``param``."""
     detail = parsed.get("detail") if isinstance(parsed, dict) else None
     for item in detail if isinstance(detail, list) else ():
-        if not isinstance(item, dict) or item.get("type") != "extra_forbidden":
+        if not isinstance(item, dict):
             continue
         location = item.get("loc")
-        if isinstance(location, list) and len(location) == 2 and location[0] == "body":
-            yield from (name for name in location[1:] if isinstance(name, str))
+        if not (isinstance(location, list) and len(location) == 2 and location[0] == "body"):
+            continue
+        name = location[1]
+        if not isinstance(name, str):
+            continue
+        if item.get("type") == "extra_forbidden":
+            yield _Claim(name, False, None)
+        elif "input" in item and item["input"] is None:
+            yield _Claim(name, True, None)  # pydantic refused the null it was given
+    error = parsed.get("error", parsed) if isinstance(parsed, dict) else None
+    if isinstance(error, dict):
+        param = error.get("param")
+        if isinstance(param, str) and _PARAM_REFUSALS & {error.get("code"), error.get("type")}:
+            yield _Claim(param, False, None)
+
+
+def _unechoed(words: set[str], request: Mapping[str, Any]) -> set[str]:
+    """Those of ``words`` (at most :data:`_MOST_WORDINGS`) that stand in no
+    string of the request, keys and values, as decoded: a JSON escape
+    (``\\u0073``) hides nothing.
+
+    The strings are read in batches joined by NUL, which no wording's text
+    holds but for transformers serve's set (any character): a text across two
+    strings can then only look echoed, and a refusal looking echoed is not
+    heard -- the upstream's answer goes to the client as it came. Time:
+    linear in the request's size.
+    """
+    left = set(sorted(words)[:_MOST_WORDINGS])
+    if not left:
+        return left
+    shortest = min(map(len, left))
+    batch: list[str] = []
+    size = 0
+    for string in _request_strings(request):
+        if len(string) < shortest:
+            continue
+        batch.append(string)
+        size += len(string)
+        if size >= _BATCH:
+            left = _absent(left, batch)
+            if not left:
+                return left
+            batch, size = [], 0
+    return _absent(left, batch)
+
+
+_BATCH = 1 << 20  # characters of the request read at a time
+
+
+def _absent(texts: set[str], strings: list[str]) -> set[str]:
+    joined = "\0".join(strings)
+    return {text for text in texts if text not in joined}
+
+
+def _request_strings(request: Mapping[str, Any]) -> Iterator[str]:
+    """Every string of a parsed request, keys too; a loop, not recursion: a
+    request may nest as deep as the parser allows."""
+    stack: list[object] = [request]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            yield value
+        elif isinstance(value, Mapping):
+            for key, item in value.items():
+                yield key
+                stack.append(item)
+        elif isinstance(value, list):
+            stack.extend(value)
 
 
 def _strings(value: object, depth: int = 0) -> Iterator[str]:

@@ -13,8 +13,8 @@ from typing import Any
 
 import orjson
 
-from sse_adapter.errors import UpstreamError
-from sse_adapter.repair.chunks import StreamIdentity
+from sse_adapter.errors import AdapterError, UpstreamError
+from sse_adapter.repair.chunks import StreamIdentity, error_chunk
 from sse_adapter.repair.dialects import (
     OPENAI_FINISH_REASONS,
     STOP_ALIASES,
@@ -27,13 +27,15 @@ from sse_adapter.repair.think import ThinkSplitter, ThinkWrapper
 from sse_adapter.repair.toolcalls import ToolCalls, ToolTagSplitter
 from sse_adapter.settings import ReasoningField, Settings, Tags, ToolCallMode
 from sse_adapter.sse.decoder import Event
+from sse_adapter.sse.encoder import DONE, frame, frames
 
-__all__ = ["StreamRepairer", "map_finish_reason", "reasoning_name", "rename_reasoning"]
+__all__ = ["StreamRepairer", "map_finish_reason", "reasoning_name", "reasoning_names", "rename_reasoning"]
 
 log = logging.getLogger(__name__)
 
 _EXCERPT = 200
 _BILLED_TEXT = ("content", "text", "reasoning_content", "reasoning")
+_REASONING = ("reasoning_content", "reasoning")
 _MISSING = object()
 
 
@@ -46,7 +48,12 @@ class StreamRepairer:
     until the usage comes or the stream ends, instead of a chunk of its own.
     ``alias``: the model name the client asked for, which every chunk
     carries back. ``collect_text``: keep the answer's text, for counting
-    its tokens when the upstream sends no usage.
+    its tokens when the upstream sends no usage. ``offers_tools``: the
+    request let the model call tools (:func:`offers_tools`); without,
+    ``<tool_call>`` text stays text. ``think_opened``: whether the request
+    had the chat template open ``<think>`` in the prompt
+    (:func:`~sse_adapter.repair.think.prompt_opens_think`), for
+    ``--think-tags split``.
     """
 
     def __init__(
@@ -57,6 +64,8 @@ class StreamRepairer:
         usage_on_last_choice: bool = False,
         alias: str | None = None,
         collect_text: bool = False,
+        offers_tools: bool = True,
+        think_opened: bool | None = None,
     ) -> None:
         self.identity = identity
         self.settings = settings
@@ -67,6 +76,7 @@ class StreamRepairer:
         self._ride = usage_on_last_choice
         self._alias = alias
         self._last_choice: dict[str, Any] | None = None  # held for the usage to ride on
+        self._last_sent: str | None = None  # the upstream's payload of the chunk held
         self._finishing = False  # the chunk under repair finishes a choice
         self._usage_chunk: dict[str, Any] | None = None
         self._sent = 0
@@ -79,9 +89,12 @@ class StreamRepairer:
         self._fill_fields = settings.fill_fields
         self._map_reasons = settings.map_finish_reason
         self._split_thinking = settings.think_tags is Tags.SPLIT
-        self._split_tool_tags = settings.tool_call_tags is Tags.SPLIT
+        self._think_opened = think_opened
+        self._split_tool_tags = settings.tool_call_tags is Tags.SPLIT and offers_tools
         self._normalise_tools = settings.tool_calls is ToolCallMode.NORMALISE
         self._other_reasoning = _other_reasoning_name(settings)
+        self._both_reasoning = settings.reasoning_field is ReasoningField.BOTH
+        self._reasoning_names = reasoning_names(settings)
         self._wrap_thinking = settings.reasoning_field is ReasoningField.THINK_TAGS
         self._unknown_reasons: set[str] = set()  # logged once a stream
         self._adopted = False
@@ -136,7 +149,7 @@ class StreamRepairer:
         if self._finishing:
             self._finishing = False
             if self._ride:
-                return self._hold_last_choice(chunk)
+                return self._hold_last_choice(chunk, data)
         if not changed:  # the common case, inline: _send's first branch
             raw = data.encode()
             if len(raw) + 6 <= self.settings.max_line_bytes:
@@ -144,24 +157,50 @@ class StreamRepairer:
                 return [raw]
         return self._send(chunk, data, changed)
 
+    @property
+    def stream_id(self) -> str:
+        return self.identity.id
+
+    @staticmethod
+    def encode(payloads: list[bytes]) -> bytes:
+        return frames(payloads)
+
+    @staticmethod
+    def closing() -> bytes:
+        return DONE
+
+    def failure(self, error: AdapterError) -> bytes:
+        return frame(error_chunk(self.identity, error)) + DONE
+
+    @staticmethod
+    def error_body(error: AdapterError) -> bytes:
+        return orjson.dumps(error.to_openai())
+
+    def check_end(self) -> None:
+        """A stream whose every event was dropped is no answer but a wrong
+        endpoint (TGI's native /generate_stream, say): an error. One without
+        ``[DONE]`` is an answer all the same."""
+        if not self.finished and not self._events:
+            raise UpstreamError(
+                "the upstream's answer held no SSE events; check that --upstream is the server's "
+                "OpenAI-compatible endpoint"
+            )
+        if not self._sent and self.repairs["non_chunk_dropped"]:
+            raise UpstreamError(
+                f"the upstream's stream held no OpenAI chunks ({self.repairs['non_chunk_dropped']} events of "
+                "another shape); check that --upstream is the server's OpenAI-compatible endpoint"
+            )
+
     def finish(self, failed: bool = False, usage: dict[str, Any] | None = None) -> list[bytes]:
         """The payloads that end the stream: text held back, then the usage
         (the upstream's, else ``usage`` as counted for it).
 
         After a failure the usage is left out: the error is the last word.
-        A stream whose every event was dropped is no answer but a wrong
-        endpoint (TGI's native /generate_stream, say): that is an error too.
         """
-        if not failed and not self.finished and not self._events:
-            raise UpstreamError(
-                "the upstream's answer held no SSE events; check that --upstream is the server's "
-                "OpenAI-compatible endpoint"
-            )
-        if not failed and not self._sent and self.repairs["non_chunk_dropped"]:
-            raise UpstreamError(
-                f"the upstream's stream held no OpenAI chunks ({self.repairs['non_chunk_dropped']} events of "
-                "another shape); check that --upstream is the server's OpenAI-compatible endpoint"
-            )
+        if not failed:
+            self.check_end()
+        if not failed and not self.finished:
+            self.repairs["missing_done"] += 1
         held = dict.fromkeys([*self._thinking, *self._tool_tags, *self._wrappers])
         payloads = [payload for index in held for payload in self._flush_held(index)]
         if failed:
@@ -177,23 +216,26 @@ class StreamRepairer:
             payloads += fit({**chunk, "usage": usage}, self.settings.max_line_bytes, self.repairs)
         return payloads
 
-    def _hold_last_choice(self, chunk: dict[str, Any]) -> list[bytes]:
+    def _hold_last_choice(self, chunk: dict[str, Any], data: str) -> list[bytes]:
         """Hold a chunk that finishes a choice (it may be the last with choices);
         the one held before goes out now."""
         released = self._release_last_choice()
-        self._last_choice = chunk
+        self._last_choice, self._last_sent = chunk, data
         self._sent += 1
         return released
 
     def _release_last_choice(self) -> list[bytes]:
         held, self._last_choice = self._last_choice, None
-        return [] if held is None else fit(held, self.settings.max_line_bytes, self.repairs)
+        return [] if held is None else fit(held, self.settings.max_line_bytes, self.repairs, self._last_sent)
 
     def _last_with_usage(self, usage: dict[str, Any] | None) -> list[bytes]:
         if usage is None:
             return self._release_last_choice()
-        chunk = self._last_choice or self.identity.chunk()
-        self._last_choice = chunk
+        if self._last_choice is None:
+            self._last_choice, self._last_sent = self.identity.chunk(), None
+        chunk = self._last_choice
+        for name, value in (self._usage_chunk or {}).items():
+            chunk.setdefault(name, value)  # the usage chunk's other fields ride along
         chunk["usage"] = usage
         self.repairs["usage_on_last_chunk"] += 1
         return self._release_last_choice()
@@ -204,7 +246,7 @@ class StreamRepairer:
             raw = data.encode()
             if len(raw) + 6 <= self.settings.max_line_bytes:
                 return [raw]  # as the upstream sent it, byte for byte
-        return fit(chunk, self.settings.max_line_bytes, self.repairs)
+        return fit(chunk, self.settings.max_line_bytes, self.repairs, data)
 
     def _count(self, repair: str, applies: bool) -> bool:
         if applies:
@@ -220,11 +262,14 @@ class StreamRepairer:
             return False
         usage = chunk.pop("usage")
         if real:
+            # A usage-only chunk is not sent on: what else the server put in it
+            # (llama-server's timings, system_fingerprint) goes out with the usage.
             self._usage_chunk = {
+                **({} if chunk.get("choices") else chunk),
                 "id": self.identity.claim(chunk.get("id")),
                 "object": chunk.get("object") or self.identity.kind.value,
                 "created": chunk.get("created") or self.identity.created,
-                "model": chunk.get("model") or self.identity.model,
+                "model": self._alias or chunk.get("model") or self.identity.model,
                 "choices": [],
                 "usage": usage,
             }
@@ -279,7 +324,9 @@ class StreamRepairer:
             if type(finish) is str and self._map_reasons:
                 changed = self._map_finish_reason(choice)
         if type(delta) is dict:
-            if self._other_reasoning is not None and self._other_reasoning in delta:
+            if (self._other_reasoning is not None and self._other_reasoning in delta) or (
+                self._both_reasoning and "reasoning_content" in delta  # the other name, for both
+            ):
                 changed |= self._rename_reasoning(delta)
             if self._split_thinking:
                 changed |= self._split_think(choice, delta)
@@ -336,17 +383,19 @@ class StreamRepairer:
     def _rename_reasoning(self, delta: dict[str, Any]) -> bool:
         return self._count("reasoning_renamed", rename_reasoning(delta, self.settings))
 
-    @property
-    def _reasoning_name(self) -> str:
-        return reasoning_name(self.settings)
-
     def _split_think(self, choice: dict[str, Any], delta: dict[str, Any]) -> bool:
         placed = _text_at(choice, delta)
-        finish = choice.get("finish_reason")
-        if placed is None or (placed[1] is None and finish is None):
-            return False  # parts, or no text at all: not ours to split
+        if placed is None:
+            return False  # parts: not ours to split
         index, content = placed
-        splitter = self._thinking.setdefault(index, ThinkSplitter())
+        finish = choice.get("finish_reason")
+        splitter = self._thinking.get(index)
+        if splitter is None:
+            splitter = self._thinking[index] = ThinkSplitter(self._think_opened)
+        if ("reasoning_content" in delta or "reasoning" in delta) and _has_reasoning(delta):
+            splitter.settle()  # the server parses reasoning itself: its content is the answer
+        if content is None and finish is None:
+            return False  # no text at all
         reasoning, text = splitter.feed(content or "")
         if finish is not None:
             held_reasoning, held_text = splitter.flush()
@@ -355,8 +404,8 @@ class StreamRepairer:
             return False
         if text or isinstance(content, str):
             delta["content"] = text
-        if reasoning:
-            delta[self._reasoning_name] = (delta.get(self._reasoning_name) or "") + reasoning
+        for name in self._reasoning_names if reasoning else ():
+            delta[name] = (delta.get(name) or "") + reasoning
         return self._count("think_split", True)
 
     def _tool_calls(self, index: object) -> ToolCalls:
@@ -379,7 +428,7 @@ class StreamRepairer:
         index, content = placed
         splitter = self._tool_tags.get(index)
         if splitter is None:
-            splitter = self._tool_tags[index] = ToolTagSplitter(self.settings.max_event_bytes)
+            splitter = self._tool_tags[index] = ToolTagSplitter()
         text, calls = splitter.feed(content or "")
         if finish is not None:
             text += splitter.flush()
@@ -424,11 +473,15 @@ class StreamRepairer:
         chunk["choices"][0]["index"] = index
         delta = chunk["choices"][0]["delta"]
         delta["content"] = text
-        if reasoning:
-            delta[self._reasoning_name] = reasoning
+        for name in self._reasoning_names if reasoning else ():
+            delta[name] = reasoning
         if calls:
             self._add_calls(index, delta, calls)
         return fit(chunk, self.settings.max_line_bytes, self.repairs)
+
+
+def _has_reasoning(holder: dict[str, Any]) -> bool:
+    return any(isinstance(text := holder.get(name), str) and text for name in _REASONING)
 
 
 def _text_at(choice: dict[str, Any], delta: dict[str, Any]) -> tuple[int | str, str | None] | None:
@@ -456,7 +509,9 @@ def map_finish_reason(choice: dict[str, Any], settings: Settings, logged: set[st
 
 
 def rename_reasoning(holder: dict[str, Any], settings: Settings) -> bool:
-    """Reasoning text under the one configured name, in a delta or a message."""
+    """Reasoning text under the one configured name (or both), in a delta or a message."""
+    if settings.reasoning_field is ReasoningField.BOTH:
+        return _mirror_reasoning(holder)
     other = _other_reasoning_name(settings)
     if other is None or other not in holder:
         return False
@@ -467,20 +522,38 @@ def rename_reasoning(holder: dict[str, Any], settings: Settings) -> bool:
     return True
 
 
+def _mirror_reasoning(holder: dict[str, Any]) -> bool:
+    """The text one reasoning name carries, under the other name too."""
+    texts = [holder.get(name) for name in _REASONING]
+    text = next((text for text in texts if isinstance(text, str)), None)
+    if text is None or all(isinstance(each, str) for each in texts):
+        return False  # none, or both already: servers that send both send the same text twice
+    for name in _REASONING:
+        if not isinstance(holder.get(name), str):
+            holder[name] = text
+    return True
+
+
 def _other_reasoning_name(settings: Settings) -> str | None:
-    """The reasoning field that gets renamed; None when both are kept."""
+    """The reasoning field that gets renamed (with ``both``: the one vLLM
+    sends, checked first); None when both are kept."""
     target = settings.reasoning_field
     if target in (ReasoningField.KEEP, ReasoningField.THINK_TAGS):
         return None
-    return "reasoning" if target is ReasoningField.REASONING_CONTENT else "reasoning_content"
+    return "reasoning" if target is not ReasoningField.REASONING else "reasoning_content"
 
 
 def reasoning_name(settings: Settings) -> str:
     """Where reasoning split out of ``<think>`` goes."""
     field = settings.reasoning_field
-    if field in (ReasoningField.KEEP, ReasoningField.THINK_TAGS):
+    if field in (ReasoningField.KEEP, ReasoningField.THINK_TAGS, ReasoningField.BOTH):
         return "reasoning_content"  # with think-tags, wrapped back into content next
     return field.value
+
+
+def reasoning_names(settings: Settings) -> tuple[str, ...]:
+    """Every name reasoning split out of ``<think>`` goes under."""
+    return _REASONING if settings.reasoning_field is ReasoningField.BOTH else (reasoning_name(settings),)
 
 
 def _not_an_object(data: str) -> UpstreamError:

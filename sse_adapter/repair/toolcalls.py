@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,12 +26,25 @@ __all__ = [
     "arguments_text",
     "new_call_id",
     "normalise_message_calls",
+    "offers_tools",
     "parse_tool_block",
     "split_tool_tags",
 ]
 
 _OPEN = "<tool_call>"
 _CLOSE = "</tool_call>"
+# How much of an open block a stream holds back, waiting for it to close:
+# past this it was no call (prose about the tag, or a call too long to wait
+# for) and goes on as text, instead of holding the rest of the answer.
+_HOLD = 4096
+
+
+def offers_tools(request: Mapping[str, Any]) -> bool:
+    """Whether a request let the model call tools: only then is ``<tool_call>``
+    text a call. Without tools, or with ``tool_choice: "none"``, the model
+    was told it has none, and tags it writes are text (an example, say)."""
+    tools = request.get("tools")
+    return isinstance(tools, list) and bool(tools) and request.get("tool_choice") != "none"
 
 
 def new_call_id() -> str:
@@ -59,18 +73,21 @@ class ToolCalls:
         self._calls: dict[int, _Call] = {}
         self._by_id: dict[str, int] = {}
         self._last: int | None = None
+        # One past the highest index so far: a max over every call on each
+        # new one would make a stream of n calls cost n squared.
+        self._next = 0
 
     @property
     def seen(self) -> bool:
         return bool(self._calls)
 
     def next_index(self) -> int:
-        return max(self._calls, default=-1) + 1
+        return self._next
 
     def add(self, call: dict[str, Any]) -> dict[str, Any]:
         """A whole call found in text, as the one delta that carries it."""
         index = self.next_index()
-        self._calls[index] = _Call(call["name"])
+        self._start(index, call["name"])
         self._last = index
         return {"index": index, "id": new_call_id(), "type": "function", "function": call}
 
@@ -91,11 +108,16 @@ class ToolCalls:
         self._last = index
         state = self._calls.get(index)
         if state is None:
-            state = self._calls[index] = _Call(_name(call))
+            state = self._start(index, _name(call))
             changed |= _identify(call, self.repairs)
         else:
             changed |= self._later(call, state)
         return self._arguments(call, state) or changed
+
+    def _start(self, index: int, name: str) -> _Call:
+        state = self._calls[index] = _Call(name)
+        self._next = max(self._next, index + 1)
+        return state
 
     def _index(self, call: dict[str, Any]) -> int:
         """The delta's own index; else the call its id names; else the call
@@ -165,7 +187,10 @@ def normalise_message_calls(message: dict[str, Any], repairs: Counter[str]) -> b
 
 
 def split_tool_tags(content: str) -> tuple[str, list[dict[str, Any]]]:
-    """A whole content's ``<tool_call>`` blocks as calls, and the text around them."""
+    """A whole content's ``<tool_call>`` blocks as calls, and the text around them.
+
+    Nothing waits here, so a block of any length may be a call.
+    """
     splitter = ToolTagSplitter(len(content))
     text, calls = splitter.feed(content)
     return text + splitter.flush(), calls
@@ -218,10 +243,11 @@ class ToolTagSplitter:
 
     Tags may be cut across chunks at any character, so a tail that could
     begin a tag is held back; a block is held whole until it closes, up to
-    ``limit`` characters, past which it was no call and goes out as text.
+    ``limit`` characters past its tag, past which it was no call and goes
+    out as text.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int = _HOLD) -> None:
         self.limit = limit
         self._held = ""
         self._block: list[str] | None = None  # inside a block: its text so far
@@ -232,16 +258,17 @@ class ToolTagSplitter:
         text, self._held = self._held + text, ""
         said: list[str] = []
         calls: list[dict[str, Any]] = []
-        while text:
+        start = 0  # what lies before is done with: re-slicing it per tag would cost n squared
+        while start < len(text):
             tag = _CLOSE if self._block is not None else _OPEN
-            found = text.find(tag)
+            found = text.find(tag, start)
             if found < 0:
-                keep = tag_start_at_end(text, tag)
-                self._take(text[: len(text) - keep], said)
-                self._held = text[len(text) - keep :]
+                end = len(text) - tag_start_at_end(text, tag, start)
+                self._take(text[start:end], said)
+                self._held = text[end:]
                 break
-            self._take(text[:found], said)
-            text = text[found + len(tag) :]
+            self._take(text[start:found], said)
+            start = found + len(tag)
             self._toggle(said, calls)
         return "".join(said), calls
 

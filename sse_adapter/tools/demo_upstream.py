@@ -1,9 +1,11 @@
 """An embedded fake model server that streams exactly like real ones.
 
-It serves the recorded transcripts shipped in ``sse_adapter/tools/transcripts``
-(the same bytes as ``tests/fixtures``), picked by the request's ``model``,
-event by event, with chunked transfer encoding. Raw asyncio, so the bytes
-on the wire are exactly the transcript's.
+It serves the transcripts shipped in ``sse_adapter/tools/transcripts``,
+picked by the request's ``model``, event by event, with chunked transfer
+encoding: for chat the recorded ones (the same bytes as ``tests/fixtures``),
+on ``/v1/responses`` and ``/v1/messages`` streams written to each format's
+spec (shared/formats.md), one clean, one silent, one cut and one failing
+each. Raw asyncio, so the bytes on the wire are exactly the transcript's.
 """
 
 from __future__ import annotations
@@ -14,15 +16,19 @@ import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 import orjson
 
+from sse_adapter.repair.format import Format
 from sse_adapter.settings import SettingsError
+from sse_adapter.tools.agentclient import PATHS
 
 __all__ = ["DIALECTS", "DemoDialect", "demo_upstream", "events_of", "transcript"]
 
 _EVENT_END = re.compile(rb"(?<=\r\n\r\n)|(?<=\n\n)|(?<=\r\r)(?!\n)")
 _PACE = 0.02  # seconds between events, as a model generating quickly
+_OOM = "CUDA error: out of memory"
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +40,19 @@ class DemoDialect:
     error: str | None = None  # the upstream's own error message the user should be shown
     thinks: bool = False  # silent for --think-seconds before the first token
     calls: tuple[tuple[str, str], ...] = ()  # the tool calls made: (name, arguments)
+    form: Format = Format.CHAT  # the route it is served on
+    silent_after: int = 0  # how many events come before the silence, when it thinks
+    cut: bool = False  # the connection is cut after the transcript: the body never ends
+    fails: bool = False  # the stream fails without a word: the client must see it did
+
+    @property
+    def path(self) -> str:
+        return PATHS[self.form]
+
+    @property
+    def failure(self) -> bool:
+        """The client must be told the stream failed."""
+        return self.fails or self.error is not None
 
 
 DIALECTS: Mapping[str, DemoDialect] = {
@@ -73,6 +92,70 @@ DIALECTS: Mapping[str, DemoDialect] = {
             "It is 42.",
             thinks=True,
         ),
+        DemoDialect(
+            "responses-clean",
+            "responses-clean.sse",
+            "Responses: typed events numbered from 0, usage in response.completed",
+            "The answer is 42.",
+            form=Format.RESPONSES,
+        ),
+        DemoDialect(
+            "responses-thinking",
+            "responses-thinking.sse",
+            "Responses: response.created at once, then silent while the model thinks",
+            "It is 42.",
+            form=Format.RESPONSES,
+            thinks=True,
+            silent_after=2,
+        ),
+        DemoDialect(
+            "responses-cut",
+            "responses-cut.sse",
+            "Responses: the server stops mid-answer, with no response.completed",
+            "Partial",
+            form=Format.RESPONSES,
+            fails=True,
+        ),
+        DemoDialect(
+            "responses-error",
+            "responses-error.sse",
+            "Responses: an `error` event mid-answer (Codex drops its message), then the end",
+            "Partial",
+            error=_OOM,
+            form=Format.RESPONSES,
+        ),
+        DemoDialect(
+            "messages-clean",
+            "messages-clean.sse",
+            "Messages: message_start to message_stop, usage in both",
+            "The answer is 42.",
+            form=Format.MESSAGES,
+        ),
+        DemoDialect(
+            "messages-silent",
+            "messages-silent.sse",
+            "Messages: nothing at all until the first token, as vLLM while a request waits",
+            "It is 42.",
+            form=Format.MESSAGES,
+            thinks=True,
+        ),
+        DemoDialect(
+            "messages-cut",
+            "messages-cut.sse",
+            "Messages: the connection cut mid-answer, no message_stop",
+            "Partial",
+            form=Format.MESSAGES,
+            cut=True,
+            fails=True,
+        ),
+        DemoDialect(
+            "messages-error",
+            "messages-error.sse",
+            "Messages: `event: error` with an OpenAI-shaped body (no `type`), then the end",
+            "Partial",
+            error=_OOM,
+            form=Format.MESSAGES,
+        ),
     )
 }
 
@@ -106,33 +189,48 @@ class _DemoServer:
             return
         request = orjson.loads(body) if body else {}
         dialect = DIALECTS.get(request.get("model", "")) if isinstance(request, dict) else None
-        if path != "/v1/chat/completions" or dialect is None:
-            message = f"the demo serves chat completions with a model of: {', '.join(DIALECTS)}"
-            error = {"error": {"message": message, "type": "invalid_request_error", "code": 400}}
-            await _json(writer, 400, orjson.dumps(error))
+        if dialect is None or dialect.path != path:
+            served = [name for name, known in DIALECTS.items() if known.path == path] or list(DIALECTS)
+            message = f"the demo serves {path} with a model of: {', '.join(served)}"
+            await _json(writer, 400, _error_body(path, message, "invalid_request_error"))
         elif request.get("stream") is True:
             await self._stream(writer, dialect)
-        else:  # One-API's channel Test, the SDK's plain call
+        elif not dialect.cut:  # One-API's channel Test, the SDK's plain call
             await _json(writer, *_whole_answer(dialect))
+        # a server that cuts its streams cuts its whole answers too: the connection just closes
 
     async def _stream(self, writer: asyncio.StreamWriter, dialect: DemoDialect) -> None:
         head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n"
         writer.write((head + "Connection: close\r\n\r\n").encode())
         await writer.drain()
-        if dialect.thinks:
-            await asyncio.sleep(self.think_seconds)
-        for event in events_of(transcript(dialect)):
+        for number, event in enumerate(events_of(transcript(dialect))):
+            if dialect.thinks and number == dialect.silent_after:
+                await asyncio.sleep(self.think_seconds)
             writer.write(b"%x\r\n%s\r\n" % (len(event), event))
             await writer.drain()
             await asyncio.sleep(_PACE)
-        writer.write(b"0\r\n\r\n")
-        await writer.drain()
+        if not dialect.cut:
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+
+
+def _error_body(path: str, message: str, kind: str) -> bytes:
+    """An error in the shape of the route's clients: Anthropic's on /v1/messages."""
+    if path == PATHS[Format.MESSAGES]:
+        return orjson.dumps({"type": "error", "error": {"type": kind, "message": message}})
+    return orjson.dumps({"error": {"message": message, "type": kind, "code": None}})
 
 
 def _whole_answer(dialect: DemoDialect) -> tuple[int, bytes]:
     """The non-stream answer that tells the same story as the dialect's stream."""
-    if dialect.error is not None:
-        return 500, orjson.dumps({"error": {"message": dialect.error, "type": "server_error", "code": 500}})
+    if dialect.failure:
+        said = dialect.error or "the model server stopped mid-answer"
+        kind = "api_error" if dialect.form is Format.MESSAGES else "server_error"
+        return 500, _error_body(dialect.path, said, kind)
+    if dialect.form is Format.RESPONSES:
+        return 200, orjson.dumps(_whole_response(dialect))
+    if dialect.form is Format.MESSAGES:
+        return 200, orjson.dumps(_whole_message(dialect))
     message: dict[str, object] = {"role": "assistant", "content": dialect.text}
     if dialect.calls:
         message["tool_calls"] = [
@@ -150,6 +248,34 @@ def _whole_answer(dialect: DemoDialect) -> tuple[int, bytes]:
             "usage": {"prompt_tokens": 9, "completion_tokens": 6, "total_tokens": 15},
         }
     )
+
+
+def _whole_response(dialect: DemoDialect) -> dict[str, Any]:
+    part = {"type": "output_text", "text": dialect.text, "annotations": []}
+    item: dict[str, Any] = {"id": "msg_demo", "type": "message", "role": "assistant", "status": "completed"}
+    item["content"] = [part]
+    return {
+        "id": f"resp_demo_{dialect.name.replace('-', '_')}",
+        "object": "response",
+        "created_at": 1767225600,
+        "status": "completed",
+        "model": dialect.name,
+        "output": [item],
+        "usage": {"input_tokens": 12, "output_tokens": 6, "total_tokens": 18},
+    }
+
+
+def _whole_message(dialect: DemoDialect) -> dict[str, Any]:
+    return {
+        "id": f"msg_demo_{dialect.name.replace('-', '_')}",
+        "type": "message",
+        "role": "assistant",
+        "model": dialect.name,
+        "content": [{"type": "text", "text": dialect.text}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 12, "output_tokens": 6},
+    }
 
 
 async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str, bytes]:

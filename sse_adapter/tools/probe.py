@@ -4,7 +4,9 @@ requests through the adapter (or a One-API) and compare.
 
 The verdict uses the tests' One-API double: what its client would get,
 against what the server meant, which the adapter's own decoder and repair
-pipeline read from the same bytes.
+pipeline read from the same bytes. ``--format responses`` and ``messages``
+probe those routes as new-api's client gets them (:mod:`.probe_typed`);
+:func:`probe_routes` runs whichever routes were asked for.
 """
 
 from __future__ import annotations
@@ -20,12 +22,15 @@ from rich.markup import escape
 from rich.table import Table
 
 from sse_adapter.proxy.upstream import why
+from sse_adapter.repair.format import Format
 from sse_adapter.sse.decoder import SSEDecoder
+from sse_adapter.tools.agentclient import FORMATS
 from sse_adapter.tools.endclient import EndClientView, read_through_one_api
 from sse_adapter.tools.oneapi import accepts_stream, nonstream_error
+from sse_adapter.tools.probe_typed import TypedRouteReport, probe_typed, show_typed
 from sse_adapter.tools.quirks import LABELS, framing_quirks, read_as_relay
 
-__all__ = ["RouteReport", "first_model", "probe", "show"]
+__all__ = ["ProbeRun", "RouteReport", "first_model", "probe", "probe_routes", "show"]
 
 CHAT = "/v1/chat/completions"
 _TIMEOUT = httpx.Timeout(10.0, read=600.0)  # a reasoning model may think for minutes
@@ -54,8 +59,67 @@ class RouteReport:
     one_api_relays: bool = False
     reasons: list[str] = field(default_factory=list)
 
+    @property
+    def relays(self) -> bool:
+        return self.one_api_relays
+
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeRun:
+    """Every route probed: for each format, its reports by name (``direct``, ``via``)."""
+
+    model: str
+    why: str
+    routes: dict[Format, dict[str, RouteReport | TypedRouteReport]]
+    via: bool
+
+    @property
+    def relays(self) -> bool:
+        """Whether the route the traffic takes (``via`` if given) relays cleanly, in every format probed."""
+        return all(reports["via" if self.via else "direct"].relays for reports in self.routes.values())
+
+    def as_json(self) -> dict[str, Any]:
+        """One format: its reports at the top, as ever; several: each under its name."""
+        names = {form: name for name, form in FORMATS.items()}
+        shown: dict[str, Any] = {
+            names[form]: {name: report.as_json() for name, report in reports.items()}
+            for form, reports in self.routes.items()
+        }
+        if len(shown) == 1:
+            [shown] = shown.values()
+        return {**shown, "model": {"name": self.model, "why": self.why}, "relays": self.relays}
+
+    def show(self, console: Console) -> None:
+        console.print(f"model asked for: {escape(self.model)} ({escape(self.why)})", highlight=False)
+        for form, reports in self.routes.items():
+            if form is Format.CHAT:
+                show({name: r for name, r in reports.items() if isinstance(r, RouteReport)}, console)
+            else:
+                show_typed(
+                    {name: r for name, r in reports.items() if isinstance(r, TypedRouteReport)}, console
+                )
+
+
+async def probe_routes(
+    upstream: str, via: str | None, model: str | None, api_key: str | None, forms: list[Format]
+) -> ProbeRun:
+    """Each format's route, directly and then through ``via``."""
+    chosen, because = (model, "--model") if model else await first_model(upstream, api_key)
+    routes: dict[Format, dict[str, RouteReport | TypedRouteReport]] = {}
+    for form in forms:
+        reports: dict[str, RouteReport | TypedRouteReport] = {}
+        for name, url in (("direct", upstream), ("via", via)):
+            if url is not None:
+                reports[name] = (
+                    await probe(url, chosen, api_key)
+                    if form is Format.CHAT
+                    else await probe_typed(url, chosen, api_key, form)
+                )
+        routes[form] = reports
+    return ProbeRun(chosen, because, routes, via is not None)
 
 
 async def first_model(url: str, api_key: str | None) -> tuple[str, str]:

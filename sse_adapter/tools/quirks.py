@@ -4,25 +4,44 @@
 of shared/upstream-dialects.md it shows. ``read_as_relay`` runs the
 adapter's own decode-and-repair pipeline over the same bytes: the text it
 yields, whether it ends in an error, and what it changed, so what the demo
-and the probe report is what the relay does.
+and the probe report is what the relay does. ``typed_quirks`` and
+``read_typed`` do the same for Responses and Messages streams, whose
+faults are others (shared/formats.md): no terminal event, comments for
+keep-alives, sequence numbers that skip, error events a client drops.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
-from sse_adapter.errors import AdapterError
+from sse_adapter.errors import AdapterError, UpstreamReported
 from sse_adapter.repair.chunks import Kind, StreamIdentity
+from sse_adapter.repair.format import Format, StreamFormat
+from sse_adapter.repair.messages import MessagesRepairer
 from sse_adapter.repair.pipeline import Pipeline
+from sse_adapter.repair.responses import ResponsesRepairer
 from sse_adapter.repair.stream import StreamRepairer
 from sse_adapter.settings import Settings
+from sse_adapter.sse.decoder import SSEDecoder
+from sse_adapter.tools.agentclient import TERMINALS
 from sse_adapter.tools.oneapi import LINE_LIMIT
 
-__all__ = ["LABELS", "Reading", "describe", "framing_quirks", "read_as_relay"]
+__all__ = [
+    "LABELS",
+    "Reading",
+    "TypedReading",
+    "describe",
+    "framing_quirks",
+    "read_as_relay",
+    "read_typed",
+    "typed_quirks",
+]
 
 LABELS = {
     # framing, as read from the raw bytes
@@ -66,6 +85,24 @@ LABELS = {
     "stream_options_removed": "`stream_options` removed",
     "request_field_dropped": "request field dropped",
     "model_alias": "model alias applied",
+    # Responses and Messages streams, as read from their events
+    "comment_keepalives": "comments for keep-alives (new-api drops them: none reaches the client)",
+    "no_terminal": "no terminal event (the client cannot tell a cut answer from a whole one)",
+    "sequence_gaps": "sequence numbers that skip or repeat",
+    "response_ids": "more than one response id",
+    "created_not_first": "an event before response.created (the SDK's responses.stream() raises)",
+    "start_not_first": "an event before message_start",
+    "error_event": "an `error` event (Codex drops its message)",
+    "error_event_untyped": "an error event with no `type` (new-api names events by it: no client sees it)",
+    "not_json": "a data line that is no JSON object (new-api stops there)",
+    "line_over_limit": "a line over --max-line-bytes",
+    # and what the adapter does to them
+    "sequence_renumbered": "sequence numbers renumbered",
+    "response_created_replaced": "the upstream's response.created replaced by the adapter's",
+    "response_failed_added": "the failure ended in one response.failed",
+    "error_event_added": "the failure ended in one Anthropic `event: error`",
+    "usage_missing": "usage missing: counted with the server's tokenizer",
+    "silences_filled": "silences over the heartbeat interval filled with typed heartbeats",
 }
 
 _LINE = re.compile(rb"([^\r\n]*)(\r\n|\r|\n|$)")
@@ -129,3 +166,121 @@ def read_as_relay(raw: bytes) -> Reading:
 
 def describe(found: Counter[str]) -> list[str]:
     return [f"{LABELS.get(name, name)} ({count})" for name, count in found.items()]
+
+
+_HEARTBEATS = {Format.RESPONSES: "keepalive", Format.MESSAGES: "ping"}
+_FIRST = {
+    Format.RESPONSES: ("response.created", "created_not_first"),
+    Format.MESSAGES: ("message_start", "start_not_first"),
+}
+
+
+def typed_quirks(raw: bytes, form: Format) -> Counter[str]:
+    """What a Responses or Messages body shows that an agent client behind new-api trips on."""
+    found: Counter[str] = Counter()
+    lines = [line for line, _ in _LINE.findall(raw)]
+    limit = Settings(upstream="http://reading").max_line_bytes
+    found["line_over_limit"] += sum(len(line) > limit for line in lines)
+    typed, found["not_json"] = _typed_events(raw)
+    kinds = [kind for kind, _ in typed]
+    if _HEARTBEATS[form] not in kinds:
+        found["comment_keepalives"] += sum(line.startswith(b":") for line in lines)
+    found["no_terminal"] += not set(kinds) & TERMINALS[form]
+    first, name = _FIRST[form]
+    found[name] += next((kind for kind in kinds if kind != _HEARTBEATS[form]), first) != first
+    if form is Format.RESPONSES:
+        found["error_event"] += kinds.count("error")
+        numbers = [body.get("sequence_number") for _, body in typed]
+        found["sequence_gaps"] += sum(
+            type(b) is not int or type(a) is not int or b != a + 1 for a, b in itertools.pairwise(numbers)
+        )
+        ids = {r["id"] for _, body in typed if isinstance(r := body.get("response"), dict) and "id" in r}
+        found["response_ids"] += len(ids) if len(ids) > 1 else 0
+    else:
+        found["error_event_untyped"] += sum(
+            kind == "error" and body.get("type") != "error" for kind, body in typed
+        )
+    return +found
+
+
+def _typed_events(raw: bytes) -> tuple[list[tuple[str, dict[str, Any]]], int]:
+    """Each event's kind (``error`` when named so, else its ``type``) and JSON
+    object; and how many events were no JSON object."""
+    decoder = SSEDecoder()
+    typed: list[tuple[str, dict[str, Any]]] = []
+    not_json = 0
+    for event in decoder.feed(raw) + decoder.flush():
+        try:
+            body = orjson.loads(event.data)
+        except orjson.JSONDecodeError:
+            body = None
+        if not isinstance(body, dict):
+            not_json += 1
+            continue
+        kind = body.get("type")
+        typed.append(("error" if event.event == "error" else kind if isinstance(kind, str) else "", body))
+    return typed, not_json
+
+
+def _ends_in_failure(raw: bytes, form: Format) -> bool:
+    """The body ends in the format's own failure event: nothing for the adapter to add."""
+    typed, _ = _typed_events(raw)
+    last: tuple[str, dict[str, Any]] | None = next(
+        (event for event in reversed(typed) if event[0] != _HEARTBEATS[form]), None
+    )
+    if last is None:
+        return False
+    kind, body = last
+    if form is Format.RESPONSES:
+        return kind == "response.failed"
+    return kind == "error" and body.get("type") == "error" and isinstance(body.get("error"), dict)
+
+
+@dataclass(frozen=True, slots=True)
+class TypedReading:
+    text: str  # the answer's text as the relay sends it on
+    failed: bool  # the stream ends in a failure
+    error: str | None  # the server's own message, when it said why
+    repairs: Counter[str]
+
+
+def read_typed(raw: bytes, form: Format) -> TypedReading:
+    """A Responses or Messages body, read by the relay's own pipeline and that format's repairer."""
+    settings = Settings(upstream="http://reading")
+    repairer: StreamFormat = (
+        ResponsesRepairer("", settings.max_line_bytes)
+        if form is Format.RESPONSES
+        else MessagesRepairer(settings.max_line_bytes)
+    )
+    pipeline = Pipeline(repairer, settings.max_event_bytes)
+    units, _, failure = pipeline.feed(raw)
+    if failure is None and not pipeline.finished:
+        more, failure = pipeline.flush()
+        units += more
+    error: AdapterError | None = failure
+    if error is None:
+        try:
+            units += pipeline.finish()
+        except AdapterError as raised:
+            error = raised
+    repairs = +repairer.repairs
+    del repairs["error_shape"]  # said below, in the format's words
+    if error is None and not repairer.saw_usage:
+        repairs["usage_missing"] += 1
+    elif error is not None and not _ends_in_failure(raw, form):
+        repairs["response_failed_added" if form is Format.RESPONSES else "error_event_added"] += 1
+    said = error.message if isinstance(error, UpstreamReported) else None
+    return TypedReading(_typed_text(units, form), error is not None, said, repairs)
+
+
+def _typed_text(units: list[bytes], form: Format) -> str:
+    decoder = SSEDecoder()
+    parts: list[str] = []
+    for event in decoder.feed(b"".join(units)):
+        body = orjson.loads(event.data)
+        if form is Format.RESPONSES and body.get("type") == "response.output_text.delta":
+            parts.append(body.get("delta") or "")
+        delta = body.get("delta") if body.get("type") == "content_block_delta" else None
+        if form is Format.MESSAGES and isinstance(delta, dict) and delta.get("type") == "text_delta":
+            parts.append(delta.get("text") or "")
+    return "".join(parts)

@@ -59,7 +59,9 @@ async def test_metrics_count_known_streams() -> None:
         == 2
     )
     repairs = {
-        labels[0][1]: value for (name, labels), value in got.items() if name == "sse_adapter_repairs_total"
+        dict(labels)["kind"]: value
+        for (name, labels), value in got.items()
+        if name == "sse_adapter_repairs_total"
     }
     assert repairs["no_space_after_data"] == 2 * 5
     assert repairs["missing_done"] == 2
@@ -82,10 +84,10 @@ async def test_metrics_count_heartbeats_and_errors() -> None:
         async with run_adapter(Settings(upstream=upstream.url, heartbeat_interval=0.1)) as adapter:
             seen = await stream(adapter, CHAT, {"model": "m", "stream": True})
             got = await scrape(adapter)
-    beats = got[("sse_adapter_heartbeats_total", (("mode", "chunk"),))]
+    beats = got[("sse_adapter_heartbeats_total", (("mode", "chunk"), ("route", "chat_completions")))]
     assert beats == seen.heartbeats() >= 2  # 0.5 s of silence: 4 or 5 at 0.1 s on an idle machine
     assert got[("sse_adapter_upstream_errors_total", (("kind", "upstream_error"),))] == 1
-    assert got[("sse_adapter_repairs_total", (("kind", "error_shape"),))] == 1
+    assert got[("sse_adapter_repairs_total", (("kind", "error_shape"), ("route", "chat_completions")))] == 1
 
 
 async def test_readyz_flips_when_the_upstream_goes_away(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -103,7 +105,8 @@ async def test_readyz_flips_when_the_upstream_goes_away(monkeypatch: pytest.Monk
         alive = await client.get(adapter + "/healthz")
     assert (ready.status_code, ready.json()) == (200, {"status": "ready"})
     assert gone.status_code == 503
-    assert upstream.url in gone.json()["reason"]
+    assert "/health and /v1/models: cannot connect to the model server" in gone.json()["reason"]
+    assert upstream.url not in gone.json()["reason"]  # the address is for the log, not for whoever asks
     assert alive.status_code == 200
 
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import httpx
 import openai
 import orjson
 import pytest
 
 from sse_adapter.settings import Settings
 from tests.adapter_server import run_adapter
-from tests.end_client import Seen, assert_spec_clean, fixture, stream
+from tests.end_client import TLS, Seen, assert_spec_clean, fixture, stream
 from tests.upstream_fake import Handler, Received, Writer, content_frame, fake_upstream, json_answer, sse
 
 pytestmark = pytest.mark.anyio
@@ -218,6 +219,55 @@ async def test_think_tags_split_across_chunks_reach_the_client_as_reasoning() ->
             seen = await stream(adapter, CHAT, {"model": "m", "stream": True})
     assert reasoning(seen) == "Let me think."
     assert seen.text() == "\n\nThe answer is 4."
+
+
+def finish_frame() -> bytes:
+    body = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+    return (
+        b"data: "
+        + orjson.dumps({**body, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        + b"\n\n"
+    )
+
+
+THOUGHT = "The user asks for 2 + 2. That is 4."
+
+
+@pytest.mark.parametrize(
+    ("thought", "ask"),
+    [
+        # llama-server with templates/think_tools.jinja: the prompt ends in "<think>\n" unless
+        # the request turns thinking off, and the request need not say anything.
+        pytest.param(THOUGHT, {}, id="unsaid-a-short-thought"),
+        pytest.param(
+            THOUGHT * 60, {"chat_template_kwargs": {"enable_thinking": True}}, id="thinking-on-a-long-one"
+        ),
+    ],
+)
+async def test_a_stream_that_starts_inside_the_thought_gives_the_client_reasoning_and_content(
+    thought: str, ask: dict[str, object]
+) -> None:
+    text = thought + "</think>\n\nThe answer is 4."
+    pieces = [text[n : n + 7] for n in range(0, len(text), 7)]  # the closing tag cut too
+    body = [content_frame(piece) for piece in pieces] + [finish_frame(), b"data: [DONE]\n\n"]
+    async with fake_upstream(sse(body)) as upstream:
+        async with run_adapter(Settings(upstream=upstream.url, think_tags="split")) as adapter:  # type: ignore[arg-type]
+            seen = await stream(adapter, CHAT, {"model": "m", "stream": True, **ask})
+    assert_spec_clean(seen.raw)
+    assert reasoning(seen) == thought
+    assert seen.text() == "\n\nThe answer is 4."
+
+
+async def test_a_body_that_starts_inside_the_thought_gives_the_client_reasoning_and_content() -> None:
+    message = {"role": "assistant", "content": THOUGHT * 60 + "</think>\n\nThe answer is 4."}
+    body = {"id": "c", "object": "chat.completion", "created": 1, "model": "m", "choices": []}
+    body["choices"] = [{"index": 0, "message": message, "finish_reason": "stop"}]
+    async with fake_upstream(json_answer(200, orjson.dumps(body))) as upstream:
+        async with run_adapter(Settings(upstream=upstream.url, think_tags="split")) as adapter:  # type: ignore[arg-type]
+            async with httpx.AsyncClient(timeout=10, verify=TLS) as client:
+                response = await client.post(adapter + CHAT, json={"model": "m", "messages": []})
+    got = response.json()["choices"][0]["message"]
+    assert (got["reasoning_content"], got["content"]) == (THOUGHT * 60, "\n\nThe answer is 4.")
 
 
 async def test_a_200_json_error_before_the_stream_gets_an_error_status() -> None:

@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from tests.adapter_server import STARTUP, free_port
+from tests.formats_fake import messages_delta, messages_head, responses_delta, responses_head
 from tests.upstream_fake import Received, Writer, content_frame, fake_upstream
 
 pytestmark = pytest.mark.anyio
@@ -167,3 +168,55 @@ async def test_sigterm_exits_within_the_grace_and_half_a_second() -> None:
     # interpreter's exit alone can take longer, so the bound is generous; what it guards against
     # is the stream holding the process up to uvicorn's own limits or forever.
     assert 1.0 <= took < 1.0 + 5, took
+
+
+async def endless_typed(request: Received, out: Writer) -> None:
+    """A Responses or Messages stream that never ends, by the request's path."""
+    responses = request.target == "/v1/responses"
+    await out.start(200, [("Content-Type", "text/event-stream")])
+    for part in responses_head() if responses else messages_head():
+        await out.chunk(part)
+    number = 4
+    while True:
+        await out.chunk(responses_delta("x", number) if responses else messages_delta("x"))
+        number += 1
+        await asyncio.sleep(0.1)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "last"),
+    [
+        pytest.param(
+            "/v1/responses",
+            {"model": "m", "input": "hi", "stream": True},
+            b'event: response.failed\ndata: {"type":"response.failed"',
+            id="responses",
+        ),
+        pytest.param(
+            "/v1/messages",
+            {"model": "m", "max_tokens": 9, "messages": [], "stream": True},
+            b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error"',
+            id="messages",
+        ),
+    ],
+)
+async def test_sigterm_ends_a_typed_stream_with_its_formats_own_error(
+    path: str, body: dict[str, object], last: bytes
+) -> None:
+    async with fake_upstream(endless_typed) as upstream:
+        async with cli_adapter(upstream.url, "--shutdown-grace", "1", "--heartbeat-interval", "0.3") as (
+            adapter,
+            base,
+        ):
+            async with httpx.AsyncClient(timeout=20) as client:
+                raw = bytearray()
+                async with client.stream("POST", base + path, json=body) as reply:
+                    async for piece in reply.aiter_raw():
+                        if not raw:
+                            adapter.send_signal(signal.SIGTERM)
+                        raw += piece
+            await asyncio.wait_for(adapter.wait(), 20)
+    frames = [frame for frame in bytes(raw).split(b"\n\n") if frame]
+    assert frames[-1].startswith(last)
+    assert b"shutting down" in frames[-1]
+    assert sum(frame.startswith(last[:20]) for frame in frames) == 1

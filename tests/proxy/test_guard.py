@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from sse_adapter.proxy.timeouts import Deadlines
+from sse_adapter.proxy.upstream import upstream_request_id
 from sse_adapter.settings import Settings
 from tests.adapter_server import run_adapter
 from tests.end_client import stream
@@ -86,7 +87,8 @@ async def test_the_request_id_is_passed_on_or_made_and_always_echoed() -> None:
             made = await client.get(adapter + "/v1/models")
             unsafe = await client.get(adapter + "/v1/models", headers={"X-Request-ID": "a b"})
     assert given.headers["x-request-id"] == "trace-42"
-    assert upstream.requests[0].headers["x-request-id"] == "trace-42"
+    # the model server gets a UUID (llama-cpp-python refuses any other), derived from the client's
+    assert upstream.requests[0].headers["x-request-id"] == upstream_request_id("trace-42") != "trace-42"
     assert len(made.headers["x-request-id"]) == 32
     assert upstream.requests[1].headers["x-request-id"] == made.headers["x-request-id"]
     assert unsafe.headers["x-request-id"] != "a b"
@@ -260,7 +262,8 @@ async def test_credentials_in_the_upstream_url_authenticate_and_are_never_shown(
     assert ok.status_code == 200
     assert upstream.requests[0].headers["authorization"] == "Basic dXNlcjpzM2NyZXQ="  # user:s3cret
     assert failed.status_code == 502
-    assert dead.removeprefix("http://") in failed.json()["error"]["message"]  # the host, named
+    assert "cannot connect to the model server" in failed.json()["error"]["message"]
+    assert dead.removeprefix("http://") in caplog.text  # the host, named in our log only
     shown = failed.text + ready.text + metrics.text + caplog.text
     assert "s3cret" not in shown
     assert "user:" not in shown

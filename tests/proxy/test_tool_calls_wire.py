@@ -9,23 +9,35 @@ broken shapes rebuild something else, or make the SDK raise.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import openai
 import orjson
 import pytest
 
-from sse_adapter.settings import Settings
+from sse_adapter.settings import Settings, Tags
 from sse_adapter.tools.oneapi import LINE_LIMIT
 from tests.adapter_server import run_adapter
 from tests.end_client import assert_spec_clean, fixture, stream
-from tests.upstream_fake import fake_upstream, json_answer, sse
+from tests.upstream_fake import (
+    SSE_HEADERS,
+    Handler,
+    Received,
+    Writer,
+    content_frame,
+    fake_upstream,
+    json_answer,
+    sse,
+)
 
 pytestmark = pytest.mark.anyio
 
 CHAT = "/v1/chat/completions"
-ASK = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+ASK = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "tools": TOOLS}
 WEATHER_AND_TIME = (("get_weather", '{"city": "Paris"}'), ("get_time", '{"zone": "CET"}'))
 
 
@@ -229,3 +241,108 @@ async def test_a_body_gets_the_same_repairs() -> None:
     assert calls == [("get_weather", '{"city":"Paris"}'), ("noop", ""), ("get_time", '{"zone":"CET"}')]
     assert (finish, text) == ("tool_calls", "Sure.")
     assert all(call.id and call.type == "function" for call in final.choices[0].message.tool_calls)
+
+
+async def test_700_tag_calls_in_one_event_arrive_whole_in_lines_one_api_reads() -> None:
+    """The upstream's line fits; the 700 calls the adapter makes of it take
+    more room (ids, types, arguments as escaped strings): it splits its own
+    output over a few lines, never blaming the upstream for a line too long."""
+    block = '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>'
+    event = content_frame("Checking." + block * 700)
+    assert len(event.split(b"\n")[0]) <= LINE_LIMIT
+    frames = [event, tool_frame(None, "stop"), b"data: [DONE]\n\n"]
+    async with fake_upstream(sse(frames)) as upstream:
+        settings = Settings(upstream=upstream.url, tool_call_tags="split")  # type: ignore[arg-type]
+        async with run_adapter(settings) as adapter:
+            seen = await stream(adapter, CHAT, {**ASK, "stream": True})
+            final = await final_with_sdk(adapter)
+    assert_spec_clean(seen.raw)
+    assert [(call["name"], call["arguments"]) for call in seen.tool_calls()] == [
+        ("get_weather", '{"city":"Paris"}')
+    ] * 700
+    assert 2 < len(seen.chunks) < 10
+    assert seen.finish_reason() == "tool_calls"
+    assert (seen.text(), seen.dones()) == ("Checking.", 1)
+    assert_openai_shaped(seen.chunks)
+    assert rebuilt(final) == ([("get_weather", '{"city":"Paris"}')] * 700, "tool_calls", "Checking.")
+
+
+async def test_text_after_a_tag_that_never_closes_reaches_the_client_while_the_model_writes() -> None:
+    """A block is held only 4 KiB past its tag: the text after it arrives
+    while the upstream is still streaming, not when it ends."""
+    released = asyncio.Event()
+    prose = ["Use it like this: <tool_call>{", *["x" * 100] * 60]
+
+    async def writing(request: Received, out: Writer) -> None:
+        await out.start(200, SSE_HEADERS)
+        for piece in prose:
+            await out.chunk(content_frame(piece))
+        await released.wait()  # the model is still writing
+        await out.chunk(tool_frame(None, "stop") + b"data: [DONE]\n\n")
+        await out.end()
+
+    async def read(reply: httpx.Response) -> str:
+        text, buffer = "", b""
+        async for piece in reply.aiter_raw():
+            *frames, buffer = (buffer + piece).split(b"\n\n")
+            for frame in frames:
+                chunk = orjson.loads(frame.removeprefix(b"data: "))
+                text += "".join(choice["delta"].get("content") or "" for choice in chunk["choices"])
+            if len(text) >= 5000:
+                return text
+        return text
+
+    async with fake_upstream(writing) as upstream:
+        settings = Settings(upstream=upstream.url, tool_call_tags="split")  # type: ignore[arg-type]
+        async with run_adapter(settings) as adapter, httpx.AsyncClient(timeout=10) as client:
+            body = {**ASK, "stream": True}
+            async with client.stream("POST", adapter + CHAT, json=body) as reply:
+                text = await asyncio.wait_for(read(reply), 10)
+                released.set()
+    assert text.startswith("Use it like this: <tool_call>{" + "x" * 4000)
+
+
+TAGGED = 'Write <tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call> to call it.'
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "calls"),
+    [
+        pytest.param({"tools": TOOLS}, 1, id="tools"),
+        pytest.param({"tools": TOOLS, "tool_choice": "auto"}, 1, id="tool_choice-auto"),
+        pytest.param({"tools": TOOLS, "tool_choice": "none"}, 0, id="tool_choice-none"),
+        pytest.param({}, 0, id="no-tools"),
+        pytest.param({"tools": []}, 0, id="empty-tools"),
+    ],
+)
+@pytest.mark.parametrize("mode", ["stream", "body", "body-from-stream"])
+async def test_tags_are_calls_only_when_the_request_let_the_model_call_tools(
+    request_fields: dict[str, Any], calls: int, mode: str
+) -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], **request_fields}
+    async with fake_upstream(tagged_answer(streamed=mode != "body")) as upstream:
+        via_stream = mode == "body-from-stream"
+        settings = Settings(upstream.url, tool_call_tags=Tags.SPLIT, nonstream_via_stream=via_stream)
+        async with run_adapter(settings) as adapter:
+            if mode == "stream":
+                seen = await stream(adapter, CHAT, {**body, "stream": True})
+                got = (len(seen.tool_calls()), seen.text(), seen.finish_reason())
+            else:
+                async with httpx.AsyncClient(timeout=10) as client:
+                    [choice] = (await client.post(adapter + CHAT, json=body)).json()["choices"]
+                calls_made = choice["message"].get("tool_calls") or []
+                got = (len(calls_made), choice["message"]["content"] or "", choice["finish_reason"])
+    if calls:
+        assert got == (1, "Write  to call it.", "tool_calls")
+    else:
+        assert got == (0, TAGGED, "stop")
+
+
+def tagged_answer(streamed: bool) -> Handler:
+    """An answer whose content holds one ``<tool_call>`` block, streamed or whole."""
+    if streamed:
+        return sse([content_frame(TAGGED), tool_frame(None, "stop"), b"data: [DONE]\n\n"])
+    message = {"role": "assistant", "content": TAGGED}
+    choices = [{"index": 0, "message": message, "finish_reason": "stop"}]
+    body = {"id": "x", "object": "chat.completion", "created": 1, "model": "m", "choices": choices}
+    return json_answer(200, orjson.dumps(body))

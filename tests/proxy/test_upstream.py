@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ssl
+import uuid
+
 import aiohttp
 import httpx
 import pytest
@@ -15,7 +18,7 @@ from sse_adapter.errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
-from sse_adapter.proxy.upstream import forwardable, map_errors
+from sse_adapter.proxy.upstream import forwardable, map_errors, upstream_request_id
 
 URL = "http://tgi:80/v1/chat/completions"
 
@@ -26,8 +29,8 @@ URL = "http://tgi:80/v1/chat/completions"
         (httpx.ConnectError("refused"), UpstreamUnreachable, 502, "--upstream"),
         (httpx.ConnectTimeout("slow"), UpstreamTimeout, 504, "not overloaded"),
         (httpx.ReadTimeout("slow"), UpstreamTimeout, 504, "not overloaded"),
-        (httpx.RemoteProtocolError("peer closed"), UpstreamDisconnected, 502, "logs"),
-        (httpx.ReadError("reset"), UpstreamDisconnected, 502, "logs"),
+        (httpx.RemoteProtocolError("peer closed"), UpstreamDisconnected, 502, "log"),
+        (httpx.ReadError("reset"), UpstreamDisconnected, 502, "log"),
         (httpx.DecodingError("bad gzip"), UpstreamError, 502, "failed"),
     ],
 )
@@ -37,7 +40,10 @@ def test_each_failure_maps_to_a_status_and_a_hint(
     with pytest.raises(expected) as caught, map_errors(URL):
         raise raised
     assert caught.value.http_status == status
-    assert URL in caught.value.message
+    # the client is told what failed and what to do; the address and the library's words go to our log
+    assert URL not in caught.value.message
+    assert caught.value.detail is not None
+    assert URL in caught.value.detail
     assert hint in caught.value.message
     assert caught.value.to_openai()["error"]["type"] == "upstream_error"
 
@@ -54,9 +60,22 @@ def test_hop_by_hop_and_connection_named_headers_are_dropped() -> None:
     assert forwardable(headers) == [("Authorization", "Bearer k")]
 
 
-def test_an_error_without_words_is_named_by_its_type() -> None:
-    with pytest.raises(UpstreamDisconnected, match=r"broke off the response \(ReadError\)"), map_errors(URL):
+def test_an_error_without_words_is_named_by_its_type_in_the_log() -> None:
+    with pytest.raises(UpstreamDisconnected, match="broke off the response") as caught, map_errors(URL):
         raise httpx.ReadError("")
+    assert caught.value.detail == f"{URL}: ReadError (ReadError)"
+
+
+def test_https_to_a_plain_http_port_says_the_tls_handshake_failed() -> None:
+    cause = aiohttp.ClientConnectorSSLError(
+        aiohttp.client_reqrep.ConnectionKey("tgi", 80, True, True, None, None, None),
+        ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number"),
+    )
+    with pytest.raises(UpstreamUnreachable) as caught, map_errors(URL):
+        raise wrapped(cause, httpx.ConnectError)
+    assert "TLS handshake" in caught.value.message
+    assert "http://" in caught.value.message
+    assert "is running" not in caught.value.message
 
 
 INFO = aiohttp.RequestInfo(yarl.URL(URL), "POST", CIMultiDictProxy(CIMultiDict()), yarl.URL(URL))
@@ -88,4 +107,23 @@ def test_aiohttp_failures_map_by_their_cause(raised: Exception, expected: type[A
     with pytest.raises(expected) as caught, map_errors(URL):
         raise raised
     assert type(caught.value) is expected
-    assert URL in caught.value.message
+    assert URL not in caught.value.message
+    assert URL in (caught.value.detail or "")
+
+
+@pytest.mark.parametrize(
+    ("given", "sent"),
+    [
+        pytest.param(
+            "5f0c2a4e-8d1b-4b7e-9c55-2f1e7a9d0b11", "5f0c2a4e-8d1b-4b7e-9c55-2f1e7a9d0b11", id="uuid"
+        ),
+        pytest.param(
+            "gateway-abc-123",
+            str(uuid.uuid5(uuid.NAMESPACE_URL, "sse-adapter:gateway-abc-123")),
+            id="not-a-uuid",
+        ),
+    ],
+)
+def test_the_upstream_gets_a_request_id_it_accepts(given: str, sent: str) -> None:
+    assert upstream_request_id(given) == sent
+    uuid.UUID(upstream_request_id(given))  # llama-cpp-python answers anything else with an empty 400

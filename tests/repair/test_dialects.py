@@ -93,7 +93,16 @@ def test_the_legacy_llamacpp_error_line() -> None:
             500,
             "text/plain",
             b"",
-            (500, {"message": "HTTP 500 with an empty body", "type": "upstream_error", "code": 500}),
+            (
+                500,
+                {
+                    "message": "the model server answered HTTP 500 with an empty body, so it did not say "
+                    "why; its own log does (llama-cpp-python, for one, answers 400 this way to a request it "
+                    "cannot parse)",
+                    "type": "upstream_error",
+                    "code": 500,
+                },
+            ),
         ),
         (
             200,

@@ -207,7 +207,7 @@ SETTINGS = st.builds(
     think_tags=st.sampled_from(["keep", "split"]),
     tool_calls=st.sampled_from(["normalise", "keep"]),
     tool_call_tags=st.sampled_from(["keep", "split"]),
-    reasoning_field=st.sampled_from(["reasoning_content", "reasoning", "keep", "think-tags"]),
+    reasoning_field=st.sampled_from(["reasoning_content", "reasoning", "both", "keep", "think-tags"]),
     map_finish_reason=st.booleans(),
     fill_fields=st.booleans(),
     max_line_bytes=st.integers(min_value=1024, max_value=4096),

@@ -8,11 +8,12 @@ from typing import Any
 import orjson
 import pytest
 
-from sse_adapter.errors import LineTooLong, UpstreamError, UpstreamReported
+from sse_adapter.errors import InternalError, LineTooLong, UpstreamError, UpstreamReported
 from sse_adapter.repair.chunks import Kind, StreamIdentity, heartbeat_chunk
+from sse_adapter.repair.completion import normalise_completion
 from sse_adapter.repair.fitting import fit
 from sse_adapter.repair.stream import StreamRepairer
-from sse_adapter.settings import Settings
+from sse_adapter.settings import ReasoningField, Settings, Tags
 from sse_adapter.sse.decoder import Event
 
 
@@ -121,6 +122,43 @@ def test_reasoning_goes_under_one_name(field: str, delta: dict[str, str], expect
     assert got["choices"][0]["delta"] == expected
 
 
+BOTH = {"reasoning_content": "r", "reasoning": "r"}
+
+
+@pytest.mark.parametrize(
+    ("delta", "expected"),
+    [
+        pytest.param({"reasoning": "r"}, BOTH, id="vllm"),
+        pytest.param({"reasoning_content": "r"}, BOTH, id="llama-server"),
+        pytest.param({"reasoning_content": None, "reasoning": "r"}, BOTH, id="one-null"),
+        pytest.param(BOTH, BOTH, id="both-already"),
+        pytest.param({"content": "a"}, {"content": "a"}, id="no-reasoning"),
+    ],
+)
+def test_both_puts_reasoning_under_both_names(delta: dict[str, str], expected: dict[str, str]) -> None:
+    [got] = run(repairer(reasoning_field="both"), chunk(delta))
+    assert got["choices"][0]["delta"] == expected
+
+
+def test_both_puts_think_tags_split_out_under_both_names_in_a_stream_and_a_body() -> None:
+    chunks = run(
+        repairer(reasoning_field="both", think_tags="split"), chunk({"content": "<think>r</think>a<thi"})
+    )
+    deltas = [c["choices"][0]["delta"] for c in chunks]
+    assert deltas == [{**BOTH, "content": "a"}, {"content": "<thi"}]
+    chunks = run(repairer(reasoning_field="both", think_tags="split"), chunk({"content": "<think>r</th"}))
+    held = chunks[-1]["choices"][0]["delta"]  # held back, then flushed at the end: reasoning after all
+    assert (held["reasoning_content"], held["reasoning"]) == ("</th", "</th")
+    message = {"role": "assistant", "content": "<think>r</think>a"}
+    body = {"choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}
+    settings = Settings("http://x", reasoning_field=ReasoningField.BOTH, think_tags=Tags.SPLIT)
+    normalised = normalise_completion(body, Kind.CHAT, settings, 1)
+    assert normalised["choices"][0]["message"] == {"role": "assistant", "content": "a", **BOTH}
+    body["choices"][0]["message"] = {"role": "assistant", "content": "a", "reasoning": "r"}
+    normalised = normalise_completion(body, Kind.CHAT, settings, 1)
+    assert normalised["choices"][0]["message"] == {"role": "assistant", "content": "a", **BOTH}
+
+
 def think_stream(*pieces: str, **settings: Any) -> tuple[str, str]:
     events = [chunk({"content": piece}) for piece in pieces] + [chunk({}, finish="stop")]
     chunks = run(repairer(think_tags="split", **settings), *events)
@@ -135,6 +173,39 @@ def test_think_tags_split_across_chunks_move_to_reasoning() -> None:
     text = "<think>Let me see.</think>The answer."
     for cut in range(len(text) + 1):
         assert think_stream(text[:cut], text[cut:]) == ("Let me see.", "The answer."), cut
+
+
+def deltas_of(fix: StreamRepairer, *events: str) -> list[dict[str, Any]]:
+    return [c["choices"][0]["delta"] for c in run(fix, *events) if c["choices"]]
+
+
+def test_a_stream_opened_in_the_prompt_puts_the_text_before_its_close_in_reasoning() -> None:
+    """Item 14: the stream starts inside the thought and has only ``</think>``."""
+    text = "Let me see.</think>The answer."
+    for cut in range(len(text) + 1):
+        assert think_stream(text[:cut], text[cut:]) == ("Let me see.", "The answer."), cut
+    fix = StreamRepairer(
+        StreamIdentity(Kind.CHAT, "m", 1), Settings("http://x", think_tags=Tags.SPLIT), think_opened=True
+    )
+    long_thought = "x" * 5000  # past any hold: the request said thinking was on
+    first, *_ = deltas_of(
+        fix, chunk({"content": long_thought}), chunk({"content": "</think>a"}), chunk({}, "stop")
+    )
+    assert first == {"content": "", "reasoning_content": long_thought}  # at once, not held
+
+
+def test_an_answer_with_no_thought_streams_once_past_the_hold() -> None:
+    pieces = [chunk({"content": "y" * 100}) for _ in range(5)]
+    got = [d.get("content") for d in deltas_of(repairer(think_tags="split"), *pieces)]
+    assert got == ["", "", "y" * 300, "y" * 100, "y" * 100]
+
+
+def test_content_after_the_servers_own_reasoning_is_the_answer_whatever_the_prompt_opened() -> None:
+    settings = Settings("http://x", think_tags=Tags.SPLIT)
+    for opened in (None, True):
+        fix = StreamRepairer(StreamIdentity(Kind.CHAT, "m", 1), settings, think_opened=opened)
+        events = [chunk({"reasoning_content": "hm"}), chunk({"content": "Hi"}), chunk({}, "stop")]
+        assert deltas_of(fix, *events)[:2] == [{"reasoning_content": "hm"}, {"content": "Hi"}], opened
 
 
 def test_think_tags_are_kept_by_default() -> None:
@@ -167,6 +238,40 @@ def test_a_usage_only_chunk_is_held_for_the_end() -> None:
     fix = repairer()
     assert fix.repair(Event(orjson.dumps({"id": "c1", "choices": [], "usage": usage}).decode())) == []
     assert orjson.loads(fix.finish()[-1])["usage"] == usage
+
+
+LLAMA_USAGE_CHUNK = {
+    "id": "c1",
+    "object": "chat.completion.chunk",
+    "created": 1,
+    "model": "up",
+    "system_fingerprint": "b6000-abc",
+    "choices": [],
+    "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
+    "timings": {"prompt_n": 5, "predicted_n": 2, "predicted_per_second": 30.5},
+}
+
+
+@pytest.mark.parametrize("ride", [False, True], ids=["usage-chunk", "on-the-last-chunk"])
+def test_every_field_of_a_usage_only_chunk_goes_out_with_the_usage(ride: bool) -> None:
+    """llama-server puts timings and system_fingerprint beside the usage; the model is the alias."""
+    fix = StreamRepairer(
+        StreamIdentity(Kind.CHAT, "alias", 1), Settings("http://x"), usage_on_last_choice=ride, alias="alias"
+    )
+    chunks = run(fix, chunk({"content": "a"}, "stop"), orjson.dumps(LLAMA_USAGE_CHUNK).decode())
+    last = chunks[-1]
+    assert last["usage"] == LLAMA_USAGE_CHUNK["usage"]
+    assert (last["timings"], last["system_fingerprint"]) == (LLAMA_USAGE_CHUNK["timings"], "b6000-abc")
+    assert {c["model"] for c in chunks} == {"alias"}
+    assert bool(last["choices"]) is ride
+
+
+def test_usage_on_a_chunk_with_choices_leaves_its_other_fields_there() -> None:
+    usage = {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
+    first, last = run(repairer(), chunk({}, "stop", usage=usage, timings={"prompt_n": 5}))
+    assert first["timings"] == {"prompt_n": 5}
+    assert "timings" not in last
+    assert last["usage"] == usage
 
 
 def test_usage_can_be_passed_as_the_upstream_sent_it() -> None:
@@ -270,9 +375,27 @@ def test_a_small_chunk_keeps_its_bulky_fields() -> None:
 
 
 def test_what_cannot_be_split_is_an_error_never_a_cut() -> None:
+    data = chunk({"tool_calls": [{"index": 0, "function": {"name": "x" * 70_000}}]})
+    with pytest.raises(LineTooLong, match=r"^the upstream sent a chunk of 70\d{3} bytes .*--max-line-bytes"):
+        fit(orjson.loads(data), LIMIT, Counter(), data)
+
+
+def test_a_chunk_the_adapter_made_too_long_is_not_blamed_on_the_upstream() -> None:
     body = orjson.loads(chunk({"tool_calls": [{"index": 0, "function": {"name": "x" * 70_000}}]}))
-    with pytest.raises(LineTooLong, match="--max-line-bytes"):
+    with pytest.raises(InternalError, match=r"^sse-adapter made a chunk of .*--max-line-bytes") as made:
         fit(body, LIMIT, Counter())
+    assert "upstream" not in made.value.message
+
+
+def test_a_chunk_the_adapters_repairs_grew_too_long_is_not_blamed_on_the_upstream() -> None:
+    """An alias longer than the upstream's model name, on a chunk just under the limit."""
+    body = orjson.loads(chunk({"content": "a"}))
+    body["choices"][0]["logprobs"] = {"content": [{"token": "t" * (LIMIT - 400), "logprob": 0.0}]}
+    data = orjson.dumps(body).decode()
+    assert len(data) + 6 < LIMIT
+    fix = StreamRepairer(StreamIdentity(Kind.CHAT, "m", 1), Settings(upstream="http://x"), alias="a" * 500)
+    with pytest.raises(InternalError, match=r"^sse-adapter's repairs grew the upstream's chunk of \d+ bytes"):
+        fix.repair(Event(data))
 
 
 def test_the_line_limit_is_a_setting() -> None:

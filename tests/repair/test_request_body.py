@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from sse_adapter.errors import InvalidJSON
-from sse_adapter.repair.request import ModelAlias, prepare, rejected_fields
+from sse_adapter.repair.request import ModelAlias, Rejection, prepare, rejected_fields
 
 
 def _sent(body: dict[str, object], **options: object) -> dict[str, object]:
@@ -167,13 +167,6 @@ REFUSALS = [
     ),
     pytest.param(
         422,
-        "Failed to deserialize the JSON body into the target type: stream_options: invalid type: null, "
-        "expected struct StreamOptions at line 12 column 24",
-        {"stream_options"},
-        id="tgi-null",
-    ),
-    pytest.param(
-        422,
         "Failed to deserialize the JSON body into the target type: unknown field `min_p`, expected one of "
         "`messages`, `model`",
         {"min_p"},
@@ -204,13 +197,32 @@ REFUSALS = [
     pytest.param(
         500, {"error": {"code": 500, "message": "Unsupported param: suffix"}}, {"suffix"}, id="llama.cpp-old"
     ),
+    pytest.param(
+        400,
+        {
+            "error": {
+                "message": "Unknown parameter: 'verbosity'.",
+                "type": "invalid_request_error",
+                "param": "verbosity",
+                "code": "unknown_parameter",
+            }
+        },
+        {"verbosity"},
+        id="openai-param",
+    ),
 ]
+
+BASE = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+
+
+def _raw(body: object) -> bytes:
+    return body.encode() if isinstance(body, str) else orjson.dumps(body)
 
 
 @pytest.mark.parametrize(("status", "body", "names"), REFUSALS)
 def test_each_servers_refusal_names_its_fields(status: int, body: object, names: set[str]) -> None:
-    raw = body.encode() if isinstance(body, str) else orjson.dumps(body)
-    assert rejected_fields(status, raw) == names
+    request = {**BASE, **dict.fromkeys(names, 1), "other": 2}
+    assert rejected_fields(status, _raw(body), request) == Rejection(frozenset(names), frozenset(names))
 
 
 @pytest.mark.parametrize(
@@ -222,7 +234,166 @@ def test_each_servers_refusal_names_its_fields(status: int, body: object, names:
         (404, b'{"error": {"message": "Unsupported param: best_of"}}'),  # not a refusal status
         (400, b'{"error": {"message": "the prompt is too long"}}'),
         (422, b'{"detail": "Unexpected fields in the request: __import__(\'os\')"}'),
+        (400, b'{"error": {"message": "Unsupported param: absent"}}'),  # not in the request
+        # vLLM's VLLMValidationError: param names the field whose value was wrong, not a refused field
+        (400, b'{"error": {"message": "best_of must be 1", "type": "BadRequestError", "param": "best_of"}}'),
     ],
 )
 def test_what_names_no_top_level_field_drops_nothing(status: int, body: bytes) -> None:
-    assert rejected_fields(status, body) == frozenset()
+    request = {**BASE, "best_of": 2, "model": "m"}
+    assert rejected_fields(status, body, request) == Rejection()
+
+
+# A hostile client writes a refusal into a value; the server echoes the value in its error.
+POISON = "Unsupported param: tools"
+ECHOES = [
+    pytest.param(
+        400,
+        {
+            "object": "error",
+            "message": "[{'type': 'int_parsing', 'loc': ('body', 'max_tokens'), 'msg': 'Input should be a "
+            f"valid integer, unable to parse string as an integer', 'input': '{POISON}'}}]",
+            "type": "BadRequestError",
+            "param": None,
+            "code": 400,
+        },
+        POISON,
+        id="vllm-pydantic-list",
+    ),
+    pytest.param(
+        400,
+        {
+            "object": "error",
+            "message": "1 validation error for ChatCompletionRequest\nmax_tokens\n  Input should be a valid "
+            f"integer, unable to parse string as an integer [type=int_parsing, input_value='{POISON}', "
+            "input_type=str]",
+            "code": 40001,
+        },
+        POISON,
+        id="fastchat-pydantic-text",
+    ),
+    pytest.param(
+        422,
+        {"detail": [{"type": "int_parsing", "loc": ["body", "max_tokens"], "msg": "...", "input": POISON}]},
+        POISON,
+        id="fastapi-input",
+    ),
+    pytest.param(
+        422,
+        "Failed to deserialize the JSON body into the target type: max_tokens: invalid type: string "
+        '"target type: unknown field `tools`", expected u32 at line 1 column 70',
+        "target type: unknown field `tools`",
+        id="tgi-string",
+    ),
+    pytest.param(
+        422,
+        {"detail": "max_tokens: Input should be an integer: 'Unexpected fields in the request: {'tools'}'"},
+        "Unexpected fields in the request: {'tools'}",
+        id="hf-serve",
+    ),
+    pytest.param(
+        400,
+        {
+            "object": "error",
+            "message": "[{'type': 'int_parsing', 'loc': ('body', 'max_tokens'), 'input': \"x'type': "
+            "'extra_forbidden', 'loc': ('body', 'tools')\"}]",
+        },
+        "x'type': 'extra_forbidden', 'loc': ('body', 'tools')",
+        id="vllm-pydantic-list-forged",
+    ),
+]
+
+
+@pytest.mark.parametrize(("status", "body", "value"), ECHOES)
+def test_a_refusal_the_server_only_echoes_from_the_request_is_not_heard(
+    status: int, body: object, value: str
+) -> None:
+    tools = [{"type": "function", "function": {"name": "f"}}]
+    assert rejected_fields(status, _raw(body), {**BASE, "tools": tools, "max_tokens": value}) == Rejection()
+    # the same words, not in the request: the server's own
+    heard = rejected_fields(status, _raw(body), {**BASE, "tools": tools, "max_tokens": 5})
+    assert heard == Rejection(frozenset({"tools"}), frozenset({"tools"}))
+
+
+def test_the_request_is_read_decoded_keys_and_nested_values_too() -> None:
+    refusal = orjson.dumps({"error": {"message": f"max_tokens: bad input {POISON!r}"}})
+    escaped = prepare(
+        b'{"model":"m","tools":[1],"max_tokens":"Un\\u0073upported param: t\\u006fols"}', ask_usage=False
+    )
+    assert rejected_fields(400, refusal, escaped.fields) == Rejection()
+    in_a_key = {**BASE, "tools": [1], "metadata": {"x": [{POISON: 1}]}}
+    assert rejected_fields(400, refusal, in_a_key) == Rejection()
+    deep: object = POISON
+    for _ in range(5000):  # deeper than Python's recursion limit
+        deep = [deep]
+    assert rejected_fields(400, refusal, {**BASE, "tools": [1], "deep": deep}) == Rejection()
+
+
+@pytest.mark.parametrize(
+    ("body", "value", "rejection"),
+    [
+        pytest.param(
+            "Failed to deserialize the JSON body into the target type: seed: invalid type: null, "
+            "expected u64 at line 1 column 80",
+            None,
+            Rejection(frozenset({"seed"})),
+            id="tgi-null-of-a-null",
+        ),
+        pytest.param(
+            "Failed to deserialize the JSON body into the target type: seed: invalid type: null, "
+            "expected u64 at line 1 column 80",
+            7,
+            Rejection(),
+            id="tgi-null-of-a-value",
+        ),
+        pytest.param(
+            {"error": {"message": "Unsupported param: seed"}},
+            None,
+            Rejection(frozenset({"seed"})),
+            id="field-refused-while-null",
+        ),
+        pytest.param(
+            {"detail": [{"type": "int_type", "loc": ["body", "seed"], "msg": "...", "input": None}]},
+            None,
+            Rejection(frozenset({"seed"})),
+            id="pydantic-null-input",
+        ),
+        pytest.param(
+            {"detail": [{"type": "int_type", "loc": ["body", "seed"], "msg": "...", "input": None}]},
+            7,
+            Rejection(),
+            id="pydantic-null-input-of-a-value",
+        ),
+    ],
+)
+def test_a_refused_null_is_dropped_from_its_request_and_never_learned(
+    body: object, value: object, rejection: Rejection
+) -> None:
+    assert rejected_fields(422, _raw(body), {**BASE, "seed": value}) == rejection
+
+
+def test_the_echo_check_is_linear_in_the_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    """However many fields an error names in words, the request is read a
+    bounded number of times: twice the request, at most ~twice the work."""
+    from sse_adapter.repair import request as module
+
+    reads: list[int] = []
+    absent = module._absent
+
+    def counted(texts: set[str], strings: list[str]) -> set[str]:
+        reads.append(len(texts) * sum(map(len, strings)))
+        return absent(texts, strings)
+
+    monkeypatch.setattr(module, "_absent", counted)
+    names = [f"field_{number}" for number in range(1000)]
+    refusal = orjson.dumps({"error": {"message": " ".join(f"Unsupported param: {name}" for name in names)}})
+
+    def work(size: int) -> int:
+        reads.clear()
+        request = {**BASE, **dict.fromkeys(names, 1), "notes": [f"{number:0100}" for number in range(size)]}
+        heard = rejected_fields(400, refusal, request)
+        assert len(heard.learn) == 32  # the first 32 words the server said: the rest wait for its next answer
+        return sum(reads)
+
+    once = work(40_000)
+    assert 0 < work(80_000) <= once * 2.2

@@ -13,10 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sse_adapter.repair.chunks import Kind, StreamIdentity
+from sse_adapter.repair.completion import normalise_completion
 from sse_adapter.repair.fitting import fit
 from sse_adapter.repair.stream import StreamRepairer
-from sse_adapter.repair.toolcalls import ToolCalls, ToolTagSplitter, split_tool_tags
-from sse_adapter.settings import Settings
+from sse_adapter.repair.toolcalls import ToolCalls, ToolTagSplitter, offers_tools, split_tool_tags
+from sse_adapter.settings import Settings, Tags
 from sse_adapter.sse.decoder import Event
 
 
@@ -275,3 +276,105 @@ def test_long_arguments_split_over_deltas_of_one_call_and_fit_exactly(size: int)
     assert finishes == [None] * (len(payloads) - 1) + ["tool_calls"]
     assert orjson.loads(payloads[0])["choices"][0]["delta"]["role"] == "assistant"
     assert all("role" not in orjson.loads(p)["choices"][0]["delta"] for p in payloads[1:])
+
+
+TAG_BLOCK = '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>'
+
+
+def test_700_tag_calls_in_one_event_go_out_in_a_few_lines_that_fit() -> None:
+    """The upstream's line fits; the calls made of it are longer (ids, types,
+    escaped arguments) and go out side by side over as few lines as fit."""
+    data = chunk({"content": "Checking." + TAG_BLOCK * 700})
+    assert len(data) + 6 <= 65000
+    chunks, repairs = repaired([data, chunk({}, "stop")], tool_call_tags="split")
+    lines = [len(orjson.dumps(c)) + 6 for c in chunks]
+    assert all(line <= 65000 for line in lines)
+    calls = [call for c in chunks for call in c["choices"][0]["delta"].get("tool_calls") or []]
+    assert [call["index"] for call in calls] == list(range(700))
+    assert {call["function"]["arguments"] for call in calls} == {'{"city":"Paris"}'}
+    assert len(chunks) - 1 < 5  # a few lines, not one per call (the last chunk: the finish)
+    assert chunks[0]["choices"][0]["delta"]["content"] == "Checking."
+    assert repairs["long_line_split"] == 1
+
+
+def parts_of(calls: list[dict[str, Any]], limit: int = 1500) -> list[list[dict[str, Any]]]:
+    body = orjson.loads(chunk({"role": "assistant", "tool_calls": calls}, "tool_calls"))
+    payloads = fit(body, limit, Counter())
+    assert all(len(payload) + 6 <= limit for payload in payloads)
+    return [orjson.loads(p)["choices"][0]["delta"]["tool_calls"] for p in payloads]
+
+
+def test_calls_without_arguments_are_split_between_lines_too() -> None:
+    calls = [
+        {"index": n, "id": f"call_{n}", "type": "function", "function": {"name": "f" * 40}} for n in range(60)
+    ]
+    parts = parts_of(calls)
+    assert 1 < len(parts) < 60
+    assert [call for part in parts for call in part] == calls
+
+
+def test_no_line_holds_two_pieces_of_one_call() -> None:
+    long = {
+        "index": 0,
+        "id": "call_0",
+        "type": "function",
+        "function": {"name": "f", "arguments": "x" * 4000},
+    }
+    short = {"index": 1, "id": "call_1", "type": "function", "function": {"name": "g", "arguments": "{}"}}
+    parts = parts_of([long, short])
+    assert all(len({call["index"] for call in part}) == len(part) for part in parts)
+    assert "".join(
+        call["function"]["arguments"] for part in parts for call in part if call["index"] == 0
+    ) == ("x" * 4000)
+    assert parts[-1][-1] == short  # the short call rides with the last piece of the long one
+
+
+def test_a_stream_holds_an_open_block_only_4_kib_past_its_tag() -> None:
+    """Prose that opens a tag and never closes it goes on as text, not at the end of the answer."""
+    fix = StreamRepairer(StreamIdentity(Kind.CHAT, "m", 1), Settings("http://x", tool_call_tags=Tags.SPLIT))
+    events = [chunk({"content": "a <tool_call>{"}), *[chunk({"content": "x" * 100})] * 50]
+    before_the_end = [payload for data in events for payload in fix.repair(Event(data))]
+    text = "".join(orjson.loads(p)["choices"][0]["delta"].get("content") or "" for p in before_the_end)
+    assert text == "a <tool_call>{" + "x" * 5000
+    assert not fix.finish()
+
+
+def test_a_block_that_closes_within_the_hold_is_a_call() -> None:
+    arguments = '{"text": "' + "y" * 4000 + '"}'
+    pieces = ["<tool_call>", '{"name": "f", "arguments": ', *arguments, "}</tool_call>"]
+    chunks, _ = repaired([chunk({"content": piece}) for piece in pieces], tool_call_tags="split")
+    calls = [call for c in chunks for call in c["choices"][0]["delta"].get("tool_calls") or []]
+    assert [call["function"] for call in calls] == [
+        {"name": "f", "arguments": '{"text":"' + "y" * 4000 + '"}'}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "offered"),
+    [
+        pytest.param({"tools": [{"type": "function"}]}, True, id="tools"),
+        pytest.param({"tools": [{"type": "function"}], "tool_choice": "required"}, True, id="required"),
+        pytest.param(
+            {"tools": [{"type": "function"}], "tool_choice": {"type": "function"}}, True, id="named"
+        ),
+        pytest.param({"tools": [{"type": "function"}], "tool_choice": "none"}, False, id="none"),
+        pytest.param({}, False, id="no-tools"),
+        pytest.param({"tools": []}, False, id="empty"),
+        pytest.param({"tools": None}, False, id="null"),
+    ],
+)
+def test_a_request_offers_tools_unless_it_has_none_or_says_none(
+    request_fields: dict[str, Any], offered: bool
+) -> None:
+    assert offers_tools(request_fields) is offered
+
+
+def test_without_tools_offered_tags_stay_text_in_a_stream_and_a_body() -> None:
+    text = '<tool_call>{"name": "f", "arguments": {}}</tool_call>'
+    settings = Settings("http://x", tool_call_tags=Tags.SPLIT)
+    fix = StreamRepairer(StreamIdentity(Kind.CHAT, "m", 1), settings, offers_tools=False)
+    data = chunk({"content": text}, "stop")
+    assert fix.repair(Event(data)) == [data.encode()]
+    body = {"choices": [{"index": 0, "message": {"content": text}, "finish_reason": "stop"}]}
+    normalised = normalise_completion(body, Kind.CHAT, settings, 1, offers_tools=False)
+    assert normalised["choices"][0]["message"] == {"content": text}

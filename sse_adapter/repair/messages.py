@@ -1,0 +1,241 @@
+"""Anthropic Messages streams (``/v1/messages``), repaired (pure).
+
+What a Messages client needs (shared/formats.md): ``message_start`` first,
+``event: ping`` wherever a silence would be (Claude Code's watchdog counts
+bytes, and on a silence it sends the whole request again, non-streaming: a
+second generation on a one-slot server), usage in ``message_start`` and the
+last ``message_delta``, and an end that says how it ended: ``message_stop``,
+or one ``event: error`` for every failure, which the SDK raises.
+
+An event that needs nothing goes out as it came, behind an ``event:`` line
+named for its type.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import orjson
+
+from sse_adapter.errors import (
+    AdapterError,
+    LineTooLong,
+    UpstreamDisconnected,
+    UpstreamReported,
+    UpstreamTimeout,
+)
+from sse_adapter.repair.dialects import is_overloaded
+from sse_adapter.repair.fitting import pieces
+from sse_adapter.repair.format import Usage
+from sse_adapter.repair.typed import PREFIX, dumps, event_object, event_type, reported, typed_frame
+from sse_adapter.sse.decoder import Event
+
+__all__ = ["PING", "MessagesRepairer", "stream_error_type"]
+
+PING = b'event: ping\ndata: {"type":"ping"}\n\n'
+
+# The text of each content-block delta, by the delta's type: what may be split.
+_DELTA_TEXT = {"text_delta": "text", "thinking_delta": "thinking", "input_json_delta": "partial_json"}
+
+
+def stream_error_type(error: AdapterError) -> str:
+    """The ``error.type`` of an in-band error: the server's own when it gave
+    an Anthropic one; a full server is ``overloaded_error``, the adapter's
+    own clocks ``timeout_error``, anything else ``api_error``."""
+    if isinstance(error, UpstreamReported) and error.upstream_type == error.anthropic_type:
+        return error.anthropic_type
+    if is_overloaded(error):
+        return "overloaded_error"
+    if isinstance(error, UpstreamTimeout):
+        return "timeout_error"
+    return "api_error"
+
+
+class MessagesRepairer:
+    """One Messages stream: checked for its end, its usage and its line lengths."""
+
+    def __init__(self, max_line_bytes: int, *, alias: str | None = None, collect_text: bool = False) -> None:
+        self.finished = False
+        self.saw_usage = False
+        self.texts: list[str] | None = [] if collect_text else None
+        self.repairs: Counter[str] = Counter()
+        self._limit = max_line_bytes
+        self._alias = alias
+        self._id = ""
+        self._held: list[dict[str, Any]] = []  # message_delta and message_stop, waiting for usage
+        self._input_tokens = 0
+
+    @property
+    def stream_id(self) -> str:
+        return self._id
+
+    def repair(self, event: Event) -> list[bytes]:
+        body = event_object(event.data)
+        kind = event_type(body, event.event)
+        if kind == "error" or event.event == "error" or ("error" in body and "type" not in body):
+            self.repairs["error_shape"] += 1
+            raise reported(body.get("error"), body)
+        changed = False
+        if kind == "message_start":
+            changed = self._start(body)
+        elif kind == "content_block_delta":
+            return self._delta(body, event.data)
+        elif kind == "message_delta":
+            usage = body.get("usage")
+            output = usage.get("output_tokens") if isinstance(usage, dict) else None
+            if not (isinstance(output, int) and output > 0):
+                self._held.append(body)  # its usage is counted once the stream is over
+                return []
+            self.saw_usage = True
+        elif kind == "message_stop":
+            self.finished = True
+            if self._held:
+                self._held.append(body)
+                return []
+        return self._emit(kind, body, event.data, changed)
+
+    def encode(self, units: list[bytes]) -> bytes:
+        return b"".join(units)
+
+    def check_end(self) -> None:
+        if not self.finished:
+            raise UpstreamDisconnected(
+                "the upstream ended the stream without message_stop: the answer is incomplete. "
+                "Look at the model server's log; send the request again"
+            )
+
+    def finish(self, failed: bool = False, usage: Usage | None = None) -> list[bytes]:
+        if failed:
+            return []
+        self.check_end()
+        held, self._held = self._held, []
+        units: list[bytes] = []
+        for body in held:
+            if body.get("type") == "message_delta" and usage is not None:
+                counted = body.setdefault("usage", {})
+                if isinstance(counted, dict):
+                    counted["output_tokens"] = usage.get("completion_tokens", 0)
+                    if not self._input_tokens:
+                        counted["input_tokens"] = usage.get("prompt_tokens", 0)
+                    self.repairs["usage_counted"] += 1
+            units += self._emit(str(body.get("type")), body)
+        return units
+
+    def closing(self) -> bytes:
+        return b""
+
+    def failure(self, error: AdapterError) -> bytes:
+        body = {"type": "error", "error": {"type": stream_error_type(error), "message": error.message}}
+        return b"event: error\ndata: " + orjson.dumps(body) + b"\n\n"
+
+    def error_body(self, error: AdapterError) -> bytes:
+        return orjson.dumps(error.to_anthropic())
+
+    def _start(self, body: dict[str, Any]) -> bool:
+        message = body.get("message")
+        if not isinstance(message, dict):
+            return False
+        if isinstance(message.get("id"), str):
+            self._id = message["id"]
+        usage = message.get("usage")
+        tokens = usage.get("input_tokens") if isinstance(usage, dict) else None
+        self._input_tokens = tokens if isinstance(tokens, int) else 0
+        if self._alias is not None and message.get("model") != self._alias:
+            message["model"] = self._alias
+            self.repairs["model_renamed"] += 1
+            return True
+        return False
+
+    def _delta(self, body: dict[str, Any], data: str) -> list[bytes]:
+        delta = body.get("delta")
+        name = _DELTA_TEXT.get(delta.get("type")) if isinstance(delta, dict) else None  # type: ignore[arg-type]
+        text = delta.get(name) if name is not None and isinstance(delta, dict) else None
+        if not isinstance(text, str) or name is None or not isinstance(delta, dict):
+            return self._emit("content_block_delta", body, data)
+        if self.texts is not None:
+            self.texts.append(text)
+        if len(data) * 4 + PREFIX <= self._limit or len(data.encode()) + PREFIX <= self._limit:
+            return self._emit("content_block_delta", body, data)
+        delta[name] = ""
+        room = self._limit - PREFIX - len(orjson.dumps(body)) - 8
+        if room < 64:
+            raise LineTooLong(f"a content_block_delta cannot be split under --max-line-bytes ({self._limit})")
+        self.repairs["long_line_split"] += 1
+        return [
+            unit
+            for piece in pieces(text, room)
+            for unit in self._emit("content_block_delta", {**body, "delta": {**delta, name: piece}})
+        ]
+
+    def _emit(self, kind: str, body: dict[str, Any], data: str = "", changed: bool = True) -> list[bytes]:
+        payload = dumps(body) if changed or not data else data.encode()
+        if PREFIX + len(payload) > self._limit:
+            raise LineTooLong(
+                f"the upstream sent a {kind} event of {len(payload)} bytes, over --max-line-bytes "
+                f"({self._limit}), and only text, thinking and tool-input deltas can be split"
+            )
+        return [typed_frame(kind, payload)]
+
+
+def chat_request(fields: dict[str, Any]) -> dict[str, Any]:
+    """The request as Chat Completions messages, for a tokenizer that counts
+    only those: ``system`` as the system turn, text blocks as text, tool uses
+    as tool calls, tool results as tool turns."""
+    messages: list[dict[str, Any]] = []
+    if (system := _text(fields.get("system"))) is not None:
+        messages.append({"role": "system", "content": system})
+    for message in fields.get("messages") or ():
+        if isinstance(message, dict):
+            messages += _turns(message)
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": tool.get("name"),
+                "description": tool.get("description", ""),
+                "parameters": tool.get("input_schema", {}),
+            },
+        }
+        for tool in fields.get("tools") or ()
+        if isinstance(tool, dict)
+    ]
+    return {"model": fields.get("model"), "messages": messages, **({"tools": tools} if tools else {})}
+
+
+def _turns(message: dict[str, Any]) -> list[dict[str, Any]]:
+    role, content = message.get("role"), message.get("content")
+    blocks = content if isinstance(content, list) else [{"type": "text", "text": content}]
+    turn: dict[str, Any] = {"role": role, "content": _text(blocks) or ""}
+    calls = [
+        {
+            "id": block.get("id"),
+            "type": "function",
+            "function": {"name": block.get("name"), "arguments": orjson.dumps(block.get("input")).decode()},
+        }
+        for block in blocks
+        if isinstance(block, dict) and block.get("type") == "tool_use"
+    ]
+    if calls:
+        turn["tool_calls"] = calls
+    results = [
+        {
+            "role": "tool",
+            "tool_call_id": block.get("tool_use_id"),
+            "content": _text(block.get("content")) or "",
+        }
+        for block in blocks
+        if isinstance(block, dict) and block.get("type") == "tool_result"
+    ]
+    return [*results, turn] if turn["content"] or calls or not results else results
+
+
+def _text(content: object) -> str | None:
+    """The text of a content: a string, or the text of its text blocks."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        return None
+    return "".join(
+        block["text"] for block in content if isinstance(block, dict) and isinstance(block.get("text"), str)
+    )
