@@ -26,7 +26,7 @@ from sse_adapter.settings import (
     ToolCallMode,
 )
 
-__all__ = ["app", "main"]
+__all__ = ["app", "main", "serve_kinds"]
 
 # Typer's usage errors derive from click's ClickException, which newer typer
 # releases vendor: find it through a public class rather than a private path.
@@ -97,7 +97,7 @@ def _config(ctx: typer.Context, path: str | None) -> str | None:
     from sse_adapter.config import read_config
 
     try:
-        found = read_config(path, _kinds())
+        found = read_config(path, serve_kinds())
     except SettingsError as exc:
         raise _USAGE_ERROR(str(exc)) from None
     ctx.default_map = {**(ctx.default_map or {}), **found.values}
@@ -106,7 +106,7 @@ def _config(ctx: typer.Context, path: str | None) -> str | None:
     return path
 
 
-def _kinds() -> dict[str, Any]:
+def serve_kinds() -> dict[str, Any]:
     """What each of serve's options takes, from its signature: the config file's values are
     checked against it."""
     from sse_adapter.config import Kind
