@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import enum
-import os
+import re
 import sys
+import types
+import typing
 from typing import Annotated, Any
 
 import typer
@@ -24,12 +26,17 @@ from sse_adapter.settings import (
     ToolCallMode,
 )
 
-__all__ = ["app", "main"]
+__all__ = ["app", "main", "serve_kinds"]
 
 # Typer's usage errors derive from click's ClickException, which newer typer
 # releases vendor: find it through a public class rather than a private path.
 _CLICK_ERROR: type[Exception] = next(
     cls for cls in typer.BadParameter.__mro__ if cls.__name__ == "ClickException"
+)
+# A usage error of ours, printed as it is: BadParameter would prefix "Invalid value for
+# '--config' (env var: 'SSE_ADAPTER_CONFIG')", naming a place the value did not come from.
+_USAGE_ERROR: type[Exception] = next(
+    cls for cls in typer.BadParameter.__mro__ if cls.__name__ == "UsageError"
 )
 
 
@@ -77,35 +84,56 @@ _REPAIRS = "Chunk repairs (the defaults are what One-API and OpenAI clients need
 _LIMITS = "Timeouts and limits"
 _REQUESTS = "Requests and billing"
 _MODELS = "sse_adapter.proxy.models"  # where the config file's model aliases wait for serve
+_FILE = "sse_adapter.config"  # the config file's path and its keys as written, for messages
+_COMMA_LISTS = frozenset({"drop_fields"})
 
 
 def _config(ctx: typer.Context, path: str | None) -> str | None:
-    """Read --config before any other option: its values are the defaults
-    that flags and env variables override (click's default_map)."""
+    """Read --config before any other option: its values are the defaults that env
+    variables and flags override. One layering for every option, click's own: a flag,
+    else its env variable, else the file (``default_map``), else the default."""
     if path is None:
         return None
     from sse_adapter.config import read_config
 
-    flags = {param.name for param in ctx.command.params if param.name and param.name != "config"}
     try:
-        values, models = read_config(path, flags)
+        found = read_config(path, serve_kinds())
     except SettingsError as exc:
-        raise typer.BadParameter(str(exc)) from None
-    ctx.default_map = {
-        **(ctx.default_map or {}),
-        **{name: _flag_value(name, value) for name, value in values.items()},
-    }
-    ctx.meta[_MODELS] = models
+        raise _USAGE_ERROR(str(exc)) from None
+    ctx.default_map = {**(ctx.default_map or {}), **found.values}
+    ctx.meta[_MODELS] = found.models
+    ctx.meta[_FILE] = (path, found.keys)
     return path
 
 
-def _flag_value(name: str, value: object) -> object:
-    """A TOML value as its flag takes it: true/false for on/off switches, lists for comma lists."""
-    if isinstance(value, bool) and name != "trace_bodies":
-        return "on" if value else "off"
-    if isinstance(value, list) and name != "api_key":
-        return ",".join(str(item) for item in value)
-    return value
+def serve_kinds() -> dict[str, Any]:
+    """What each of serve's options takes, from its signature: the config file's values are
+    checked against it."""
+    from sse_adapter.config import Kind
+
+    kinds = {}
+    for name, hint in typing.get_type_hints(serve).items():
+        if name in ("ctx", "config", "return"):
+            continue
+        if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+            hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+        kind = list if typing.get_origin(hint) is list else hint
+        kinds[name] = Kind(kind, comma_list=name in _COMMA_LISTS)
+    return kinds
+
+
+def _sourced(ctx: typer.Context, message: str) -> str:
+    """A Settings error about a value that came from the config file or the environment,
+    saying so: a message that names the flag alone sends the user to the wrong place."""
+    flag = re.match(r"--([a-z-]+)", message)
+    name = flag[1].replace("-", "_") if flag else ""
+    source = getattr(ctx.get_parameter_source(name), "name", None) if name in ctx.params else None
+    if source == "DEFAULT_MAP" and _FILE in ctx.meta:
+        path, keys = ctx.meta[_FILE]
+        return f"--config {path!r}: {keys.get(name, name)}: {message}"
+    if source == "ENVIRONMENT":
+        return f"SSE_ADAPTER_{name.upper()}: {message}"
+    return message
 
 
 def _version(shown: bool) -> None:
@@ -260,8 +288,9 @@ def serve(
     api_key: Annotated[
         list[str] | None,
         typer.Option(
-            help="A key clients must send as 'Authorization: Bearer <key>'; repeatable. "
-            "Env SSE_ADAPTER_API_KEY takes a comma-separated list.",
+            envvar="SSE_ADAPTER_API_KEY",
+            help="A key clients must send as 'Authorization: Bearer <key>'; repeatable, or a "
+            "comma-separated list. Env SSE_ADAPTER_API_KEY takes a comma-separated list.",
             rich_help_panel="Auth",
             show_default=False,
         ),
@@ -388,6 +417,8 @@ def serve(
     from sse_adapter.server import run_server  # the web stack loads only for serving
 
     try:
+        if port == 0:  # Settings take 0 (any free port) for the demo and the tests; a service needs one
+            raise SettingsError("--port must be between 1 and 65535, got 0")
         settings = Settings(
             upstream=upstream,
             host=host,
@@ -434,7 +465,7 @@ def serve(
         )
         run_server(settings)
     except SettingsError as exc:
-        raise typer.BadParameter(str(exc)) from None
+        raise _USAGE_ERROR(_sourced(ctx, str(exc))) from None
 
 
 @app.command(cls=_Command)
@@ -565,12 +596,10 @@ def _comma_list(value: str | list[str]) -> tuple[str, ...]:
     return tuple(item.strip() for item in listed if item.strip())
 
 
-def _api_keys(flags: list[str] | None) -> tuple[str, ...]:
-    """The --api-key flags; else the comma list in SSE_ADAPTER_API_KEY (the flag wins)."""
-    if flags:
-        return tuple(flags)
-    listed = os.environ.get("SSE_ADAPTER_API_KEY", "")
-    return tuple(key.strip() for key in listed.split(",") if key.strip())
+def _api_keys(given: list[str] | None) -> tuple[str, ...]:
+    """The keys from --api-key flags, SSE_ADAPTER_API_KEY or the file, whichever layer won;
+    a comma separates keys in each value (click splits the env variable at spaces)."""
+    return tuple(key.strip() for value in given or () for key in value.split(",") if key.strip())
 
 
 def main(argv: list[str] | None = None) -> None:

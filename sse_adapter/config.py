@@ -11,25 +11,51 @@
     drop = ["logit_bias"]
 
 A flag's key is its name without the dashes (``heartbeat-interval`` or
-``heartbeat_interval``). Flags and env variables win over the file.
+``heartbeat_interval``). Each value has the TOML type of its flag: a number,
+a string, ``true``/``false`` for on/off switches and for ``trace-bodies``, a
+list of strings for ``api-key`` (and for ``drop-fields``, which also takes a
+comma list). Every option is layered the same way: a flag wins over its env
+variable, which wins over the file, which wins over the default.
 """
 
 from __future__ import annotations
 
+import enum
+import json
 import tomllib
-from collections.abc import Collection
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from sse_adapter.repair.request import NEVER_DROPPED, NEVER_SET, ModelAlias
 from sse_adapter.settings import SettingsError
 
-__all__ = ["read_config"]
+__all__ = ["Kind", "read_config"]
 
 _ALIAS_KEYS = frozenset({"upstream_model", "set", "defaults", "drop"})
 
 
-def read_config(path: str, flags: Collection[str]) -> tuple[dict[str, Any], tuple[ModelAlias, ...]]:
-    """The flag values (by parameter name) and the model aliases a file sets."""
+@dataclass(frozen=True, slots=True)
+class Kind:
+    """What a flag takes, to check a config file's value for it against: ``bool``, ``int``,
+    ``float``, ``str``, ``list`` (of strings), or an enum of the choices."""
+
+    type: type
+    comma_list: bool = False  # a string flag that holds a comma list: a TOML list is taken too
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """What a file sets: flag values as the flags take them, by parameter name; the
+    keys as the file spells them (for messages); the model aliases."""
+
+    values: dict[str, Any]
+    keys: dict[str, str]
+    models: tuple[ModelAlias, ...]
+
+
+def read_config(path: str, kinds: Mapping[str, Kind]) -> Config:
+    """The flag values and the model aliases a file sets, each value checked against its flag."""
     try:
         with open(path, "rb") as file:
             table = tomllib.load(file)
@@ -38,16 +64,63 @@ def read_config(path: str, flags: Collection[str]) -> tuple[dict[str, Any], tupl
     except tomllib.TOMLDecodeError as error:
         raise SettingsError(f"--config {path!r} is not valid TOML: {error}") from None
     models = table.pop("models", {})
-    values = {}
+    values, keys = {}, {}
     for key, value in table.items():
         name = key.replace("-", "_")
-        if name not in flags:
+        if name not in kinds:
             raise SettingsError(
                 f"--config {path!r}: {key!r} is no flag of 'sse-adapter serve' (see its --help); "
                 'model aliases go under [models."name"]'
             )
-        values[name] = value
-    return values, _aliases(path, models)
+        values[name] = _value(f"--config {path!r}: {key} = {_shown(value)}", kinds[name], value)
+        keys[name] = key
+    return Config(values, keys, _aliases(path, models))
+
+
+def _value(where: str, kind: Kind, value: object) -> object:
+    """The value as its flag takes it; a SettingsError that names the file and the key if the
+    TOML type is not the flag's (TOML has types: "yes" is no boolean, "a,b" no list)."""
+    if kind.type is bool:
+        if isinstance(value, bool):
+            return value
+        raise SettingsError(f"{where}: must be true or false")
+    if isinstance(kind.type, type) and issubclass(kind.type, enum.Enum):
+        choices = [str(member.value) for member in kind.type]
+        switch = choices == ["on", "off"]
+        if switch and isinstance(value, bool):
+            return "on" if value else "off"
+        if isinstance(value, str) and value in choices:
+            return value
+        also = " (or true or false)" if switch else ""
+        raise SettingsError(f"{where}: must be one of {', '.join(choices)}{also}")
+    if kind.type is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise SettingsError(f"{where}: must be a whole number")
+    if kind.type is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise SettingsError(f"{where}: must be a number of seconds")
+    strings = isinstance(value, list) and all(isinstance(item, str) for item in value)
+    if kind.type is list:
+        if strings:
+            return value
+        raise SettingsError(f'{where}: must be a list of strings, such as ["a", "b"]')
+    if isinstance(value, str):
+        return value
+    if kind.comma_list and strings:
+        return ",".join(value)  # type: ignore[arg-type]
+    raise SettingsError(f"{where}: must be a string" + (" or a list of strings" if kind.comma_list else ""))
+
+
+def _shown(value: object) -> str:
+    """A value as TOML would spell it, near enough for a message."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    try:
+        return json.dumps(value)
+    except TypeError:
+        return repr(value)
 
 
 def _aliases(path: str, models: object) -> tuple[ModelAlias, ...]:

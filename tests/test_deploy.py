@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from sse_adapter.cli import app as cli
+from sse_adapter.cli import serve_kinds
 from sse_adapter.config import read_config
 from sse_adapter.proxy.app import create_app
 from sse_adapter.settings import Settings
@@ -93,19 +94,11 @@ def by_kind(overlay: Path) -> dict[str, dict[str, Any]]:
     return docs
 
 
-def serve_flags() -> set[str]:
-    import typer.main
-
-    command = typer.main.get_command(cli).commands["serve"]  # type: ignore[attr-defined]
-    return {param.name for param in command.params if param.name}
-
-
 def accepted_env_vars() -> set[str]:
     import typer.main
 
     command = typer.main.get_command(cli).commands["serve"]  # type: ignore[attr-defined]
-    names = {param.envvar for param in command.params if param.envvar}
-    return names | {"SSE_ADAPTER_API_KEY"}  # read by hand: it takes a comma list
+    return {param.envvar for param in command.params if param.envvar}
 
 
 def app_paths() -> set[str]:
@@ -304,7 +297,7 @@ def test_k8s_wiring(overlay: Path, tmp_path: Path) -> None:
     assert volumes[config_volume]["configMap"]["name"] == docs["ConfigMap"]["metadata"]["name"]
     config = tmp_path / file
     config.write_text(docs["ConfigMap"]["data"][file])
-    settings, _ = read_config(str(config), serve_flags())  # raises on a key that is no flag
+    settings = read_config(str(config), serve_kinds()).values  # raises on a key that is no flag
     # Keys from the Secret, as env; every key it names is there.
     env = {item["name"]: item for item in adapter["env"]}
     assert set(env) <= accepted_env_vars()

@@ -5,9 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import subprocess
-import sys
 from dataclasses import replace
 
 import httpx
@@ -208,6 +205,9 @@ async def test_too_many_header_bytes_or_headers_get_a_431_at_once(headers: dict[
                 # and the client loses the answer (seen under load).
                 reply = await client.post(adapter + CHAT, headers=headers)
                 took = asyncio.get_running_loop().time() - started
+            # A connection of its own: the refused one may be closing, and a client that reuses
+            # it before the close reaches it reads nothing (seen under load).
+            async with httpx.AsyncClient(timeout=60) as client:
                 fine = await client.post(
                     adapter + CHAT,
                     json={"model": "m", "stream": True},
@@ -236,15 +236,6 @@ async def test_heartbeats_off_and_no_headers_is_a_504_at_the_first_byte_timeout(
     assert reply.status_code == 504
     assert reply.json()["error"]["code"] == "upstream_timeout"
     assert orjson.loads(reply.content)["error"]["type"] == "upstream_error"
-
-
-def test_the_api_key_env_var_takes_a_comma_list() -> None:
-    code = "from sse_adapter.cli import _api_keys; print(_api_keys(None)); print(_api_keys(['sk-flag']))"
-    env = {**os.environ, "SSE_ADAPTER_API_KEY": "sk-a, sk-b,,"}
-    printed = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
-    )
-    assert printed.stdout.splitlines() == ["('sk-a', 'sk-b')", "('sk-flag',)"]
 
 
 async def test_credentials_in_the_upstream_url_authenticate_and_are_never_shown(
