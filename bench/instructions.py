@@ -35,15 +35,17 @@ def instructions_per_event(
     rate: float = 2.0,
     warmup: float = 20.0,
     window: float = 20.0,
+    form: str = "chat",
 ) -> dict[str, float]:
-    """Run ``command`` (a server listening on ``port``) under callgrind and measure it."""
+    """Run ``command`` (a server listening on ``port``) under callgrind and measure it,
+    on streams of the format ``form`` (chat, responses or messages)."""
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder)
         valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}/cg.%p"]
         with process(*valgrind, *command, stop_within=60) as server:
             wait_for_port(port, server, 300)  # python under valgrind starts slowly
             result = out / "client.json"
-            plan = {"mode": "lockstep", "rate": rate, "seconds": warmup + window + 10}
+            plan = {"mode": "lockstep", "rate": rate, "seconds": warmup + window + 10, "format": form}
             client = [sys.executable, str(HERE / "client.py"), f"http://127.0.0.1:{port}", str(streams)]
             load = subprocess.Popen([*client, json.dumps(plan), str(result)])
             time.sleep(warmup)
