@@ -9,7 +9,7 @@ route and the request body.
 Writes one JSON object to RESULT_FILE (a file, not stdout: a pipe would
 block a client whose result is large while another's is read): events
 received, seconds, how long the streams took to open, and per mode the event
-delays and arrival times (paced, lockstep) or the heartbeat gaps (idle).
+delays, arrival and send times (paced, lockstep) or the heartbeat gaps (idle).
 """
 
 from __future__ import annotations
@@ -97,7 +97,9 @@ async def one_stream(url: str, plan: dict[str, object], record: dict[str, list[f
         events += len(frames)
         if plan["mode"] in ("paced", "lockstep"):
             stamps = STAMP.findall(b"".join(frames))
-            record["delays"] += [now - int(stamp) / 1e9 for stamp in stamps]
+            sent = [int(stamp) / 1e9 for stamp in stamps]
+            record["sent"] += sent
+            record["delays"] += [now - at for at in sent]
             record["arrivals"] += [now] * len(stamps)
         elif plan["mode"] == "idle" and frames:
             record["gaps"].append([last, now - last])  # when the silence began, and how long it was
@@ -116,7 +118,14 @@ async def counted(url: str, plan: dict[str, object], record: dict[str, list[floa
 
 
 async def run(url: str, streams: int, plan: dict[str, object]) -> dict[str, object]:
-    record: dict[str, list[float]] = {"delays": [], "arrivals": [], "gaps": [], "ready": [], "errors": []}
+    record: dict[str, list[float]] = {
+        "delays": [],
+        "arrivals": [],
+        "sent": [],
+        "gaps": [],
+        "ready": [],
+        "errors": [],
+    }
     ramp = float(plan.get("ramp", 0.0)) / streams  # type: ignore[arg-type]
     start = time.monotonic()
     counts = await asyncio.gather(*(counted(url, plan, record, n * ramp) for n in range(streams)))

@@ -14,7 +14,8 @@ forwards untouched:
   {"mode": "paced", "rate": R, "seconds": S}    R events a second, each stamped with its send time
   {"mode": "lockstep", "rate": R, "seconds": S} as paced, but every lockstep stream of that rate gets
                                                 its event at the same instant, one HTTP chunk each:
-                                                the pattern of a GPU server's continuous batching
+                                                the pattern of a GPU server's continuous batching;
+                                                the instants are multiples of 1/R on the monotonic clock
   {"mode": "idle", "seconds": S}                headers, then silence (a model thinking)
 Any plan may say "end": "error": the stream then ends in an in-band error in
 its format's shape (chat: vLLM's error chunk before its [DONE]). As vLLM, a
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import sys
 import time
 from typing import Any
@@ -240,7 +242,9 @@ class Lockstep:
         await done
 
     async def tick(self) -> None:
-        next_at = time.monotonic()
+        # On a grid of the interval (the monotonic clock is every process's): a
+        # measurement can tell when the relay is between two ticks, and idle.
+        next_at = math.ceil(time.monotonic() / self.interval) * self.interval
         while self.streams:
             text = stamp()
             now = time.monotonic()
