@@ -3,10 +3,13 @@ incremental chunked decoder, frames counted rather than parsed.
 
     python bench/client.py URL STREAMS JSON_PLAN RESULT_FILE
 
+The plan's "format" (chat, responses or messages; chat by default) picks the
+route and the request body.
+
 Writes one JSON object to RESULT_FILE (a file, not stdout: a pipe would
 block a client whose result is large while another's is read): events
 received, seconds, how long the streams took to open, and per mode the event
-delays and arrival times (paced, lockstep) or the heartbeat gaps (idle).
+delays, arrival and send times (paced, lockstep) or the heartbeat gaps (idle).
 """
 
 from __future__ import annotations
@@ -18,7 +21,14 @@ import sys
 import time
 from urllib.parse import urlsplit
 
-STAMP = re.compile(rb'"content":"(\d+)"')
+# The token's text, stamped with its send time: chat's content, Responses' delta, Messages' text.
+STAMP = re.compile(rb'"(?:content|delta|text)":"(\d+)"')
+# The route and the request body of each format; the plan rides in the body's "bench" field.
+ROUTES: dict[str, tuple[bytes, dict[str, object]]] = {
+    "chat": (b"/v1/chat/completions", {"messages": []}),
+    "responses": (b"/v1/responses", {"input": "bench"}),
+    "messages": (b"/v1/messages", {"max_tokens": 1024, "messages": []}),
+}
 _CRLF_NEXT = -2  # a chunk's data is done; its CRLF comes next
 
 
@@ -56,15 +66,21 @@ class Dechunker:
         return b"".join(out)
 
 
+def request(plan: dict[str, object]) -> bytes:
+    """The streaming request of the plan's format (chat unless it says ``"format"``)."""
+    path, fields = ROUTES[str(plan.get("format", "chat"))]
+    body = json.dumps({"model": "bench", "stream": True, **fields, "bench": plan}).encode()
+    return (
+        b"POST %s HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (path, len(body), body)
+    )
+
+
 async def one_stream(url: str, plan: dict[str, object], record: dict[str, list[float]], delay: float) -> int:
     await asyncio.sleep(delay)  # a ramp: thousands of connects at once would overflow the listen backlog
     parts = urlsplit(url)
     reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
-    body = json.dumps({"model": "bench", "stream": True, "messages": [], "bench": plan}).encode()
-    writer.write(
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
-        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
-    )
+    writer.write(request(plan))
     head = await reader.readuntil(b"\r\n\r\n")
     if not head.startswith(b"HTTP/1.1 200"):
         raise RuntimeError(head.split(b"\r\n")[0].decode())
@@ -81,7 +97,9 @@ async def one_stream(url: str, plan: dict[str, object], record: dict[str, list[f
         events += len(frames)
         if plan["mode"] in ("paced", "lockstep"):
             stamps = STAMP.findall(b"".join(frames))
-            record["delays"] += [now - int(stamp) / 1e9 for stamp in stamps]
+            sent = [int(stamp) / 1e9 for stamp in stamps]
+            record["sent"] += sent
+            record["delays"] += [now - at for at in sent]
             record["arrivals"] += [now] * len(stamps)
         elif plan["mode"] == "idle" and frames:
             record["gaps"].append([last, now - last])  # when the silence began, and how long it was
@@ -100,7 +118,14 @@ async def counted(url: str, plan: dict[str, object], record: dict[str, list[floa
 
 
 async def run(url: str, streams: int, plan: dict[str, object]) -> dict[str, object]:
-    record: dict[str, list[float]] = {"delays": [], "arrivals": [], "gaps": [], "ready": [], "errors": []}
+    record: dict[str, list[float]] = {
+        "delays": [],
+        "arrivals": [],
+        "sent": [],
+        "gaps": [],
+        "ready": [],
+        "errors": [],
+    }
     ramp = float(plan.get("ramp", 0.0)) / streams  # type: ignore[arg-type]
     start = time.monotonic()
     counts = await asyncio.gather(*(counted(url, plan, record, n * ramp) for n in range(streams)))

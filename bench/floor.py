@@ -7,14 +7,17 @@ POST it opens the upstream with httpx over the httpx-aiohttp transport, and for
 each upstream read decodes the SSE events (split on blank lines), parses and
 re-serialises each JSON payload with orjson, frames them, and makes one ASGI
 send. No repairs, heartbeats, timeouts, limits, logs or metrics: the work per
-event that no relay can skip. ``--sse-starlette`` sends the same frames through
+event that no relay can skip. It relays each format in that format's framing:
+chat's ``data:`` events (and its ``[DONE]``) on /v1/chat/completions, typed
+``event: <type>`` + ``data:`` events on /v1/responses and /v1/messages, the
+name passed on as it came. ``--sse-starlette`` sends the same frames through
 sse-starlette's EventSourceResponse instead of a raw send, to price that library.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -24,6 +27,7 @@ import uvicorn
 from httpx_aiohttp import AiohttpTransport, HttpxAiohttpClient
 
 DONE = b"data: [DONE]\n\n"
+Framer = Callable[[bytes, bytes], tuple[bytes, bytes]]
 HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 
 
@@ -38,6 +42,21 @@ def framed(tail: bytes, raw: bytes) -> tuple[bytes, bytes]:
             DONE if payload == b"[DONE]" else b"data: " + orjson.dumps(orjson.loads(payload)) + b"\n\n"
         )
     return b"".join(out), rest
+
+
+def typed_framed(tail: bytes, raw: bytes) -> tuple[bytes, bytes]:
+    """As :func:`framed`, for typed events (Responses, Messages): each block is
+    an ``event:`` line and one ``data:`` line."""
+    blocks = (tail + raw).split(b"\n\n")
+    rest = blocks.pop()
+    out = []
+    for block in blocks:
+        name, _, payload = block.partition(b"\ndata: ")
+        out.append(name + b"\ndata: " + orjson.dumps(orjson.loads(payload)) + b"\n\n")
+    return b"".join(out), rest
+
+
+TYPED = frozenset({"/v1/responses", "/v1/messages"})
 
 
 class Floor:
@@ -64,15 +83,15 @@ class Floor:
             if self.sse_starlette:
                 await self.through_sse_starlette(response, scope, receive, send)
             else:
-                await self.raw(response, send)
+                await self.raw(response, send, typed_framed if scope["path"] in TYPED else framed)
         finally:
             await response.aclose()
 
-    async def raw(self, response: httpx.Response, send: Any) -> None:
+    async def raw(self, response: httpx.Response, send: Any, frame: Framer) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
         tail = b""
         async for raw in response.aiter_raw():
-            frames, tail = framed(tail, raw)
+            frames, tail = frame(tail, raw)
             if frames:
                 await send({"type": "http.response.body", "body": frames, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})

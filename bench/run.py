@@ -10,14 +10,19 @@ connection's. The JSON goes to bench/results/. Sections:
   throughput    events/s with 1, 10 and 100 streams in bursts
   lockstep      one event per read, every stream's event written at the same
                 instant (a GPU server's continuous batching): CPU per event at
-                200 x 20/s, added latency at 100 x 20/s and 1,000 x 5/s, and the
-                time 1,000 streams take to open
+                200 x 20/s (each format, the floor beside it), added latency at
+                100 x 20/s and 1,000 x 5/s, and the time 1,000 streams take to open
   setup         time to the first event of one stream, one stream after another
   memory        RSS across 10,000 sequential streams, ending in [DONE] and in errors
   idle          5,000 silent streams: RSS each, and how late heartbeats are
   workers       --workers 2 against one worker
   instructions  CPU instructions per relayed event under valgrind's callgrind, for
-                the adapter and for the floor (bench/floor.py), in the same run
+                the adapter and for the floor (bench/floor.py), in the same run, for
+                each format (--formats)
+
+Formats: chat (/v1/chat/completions, the default of every section), responses
+(/v1/responses) and messages (/v1/messages); the fake upstream streams each in
+its own shape, and the floor relays each in its own framing.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ HERE = Path(__file__).parent
 PY = sys.executable
 HEARTBEAT = 5.0
 SECTIONS = ("throughput", "lockstep", "setup", "memory", "idle", "workers", "instructions")
+FORMATS = ("chat", "responses", "messages")
 
 
 def adapter_command(upstream: int, port: int, workers: int = 1) -> list[str]:
@@ -168,11 +174,18 @@ def throughput(
 
 
 def lockstep(
-    url: str, streams: int, rate: float, seconds: float, clients: int, pids: list[int] | None = None
+    url: str,
+    streams: int,
+    rate: float,
+    seconds: float,
+    clients: int,
+    pids: list[int] | None = None,
+    form: str = "chat",
 ) -> dict[str, Any]:
     """Every stream's event at the same instant: the delays, the time to open, and the CPU."""
     cpu = cpu_seconds(pids) if pids else 0.0
-    result = drive(url, streams, {"mode": "lockstep", "rate": rate, "seconds": seconds}, clients)
+    plan = {"mode": "lockstep", "rate": rate, "seconds": seconds, "format": form}
+    result = drive(url, streams, plan, clients)
     figures: dict[str, Any] = {
         "delay_ms": {k: v * 1000 for k, v in percentiles(result["delays"]).items()},
         "opened_in_s": result["opened_in"],
@@ -258,21 +271,26 @@ def idle(url: str, streams: int, seconds: float, pids: list[int]) -> dict[str, f
     }
 
 
-def instructions(up_port: int) -> dict[str, Any]:
+def instructions(up_port: int, forms: list[str]) -> dict[str, Any]:
+    """Per format: the floor's instructions per event and the adapter's, one fresh server each."""
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         return {"skipped": "valgrind with callgrind_control is not installed"}
     upstream = f"http://127.0.0.1:{up_port}"
-    runs: dict[str, Any] = {}
-    port = free_port()
-    runs["floor"] = instructions_per_event([PY, str(HERE / "floor.py"), str(port), upstream], port)
-    port = free_port()
-    runs["adapter"] = instructions_per_event(adapter_command(up_port, port), port)
-    if importlib.util.find_spec("sse_starlette") is not None:
+    report: dict[str, Any] = {}
+    for form in forms:
+        runs: dict[str, Any] = {}
         port = free_port()
-        command = [PY, str(HERE / "floor.py"), str(port), upstream, "--sse-starlette"]
-        runs["floor_sse_starlette"] = instructions_per_event(command, port)
-    runs["ratio"] = runs["adapter"]["per_event"] / runs["floor"]["per_event"]
-    return runs
+        command = [PY, str(HERE / "floor.py"), str(port), upstream]
+        runs["floor"] = instructions_per_event(command, port, form=form)
+        port = free_port()
+        runs["adapter"] = instructions_per_event(adapter_command(up_port, port), port, form=form)
+        if form == "chat" and importlib.util.find_spec("sse_starlette") is not None:
+            port = free_port()
+            command = [PY, str(HERE / "floor.py"), str(port), upstream, "--sse-starlette"]
+            runs["floor_sse_starlette"] = instructions_per_event(command, port)
+        runs["ratio"] = runs["adapter"]["per_event"] / runs["floor"]["per_event"]
+        report[form] = runs
+    return report
 
 
 def main() -> None:
@@ -280,6 +298,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller runs: a smoke test of the harness")
     parser.add_argument("--clients", type=int, default=2, help="client processes driving the load")
     parser.add_argument("--only", nargs="+", choices=SECTIONS, default=SECTIONS, help="sections to run")
+    parser.add_argument(
+        "--formats",
+        nargs="+",
+        choices=FORMATS,
+        default=FORMATS,
+        help="the formats whose instructions and lockstep CPU per event are measured (chat's lockstep "
+        "figures always are)",
+    )
     args = parser.parse_args()
     scale = 0.1 if args.quick else 1.0
     console = Console(width=150)
@@ -309,7 +335,7 @@ def main() -> None:
             report["workers"] = {"one": one["events_per_s"], "two": two["events_per_s"], "ratio": ratio}
         if "instructions" in args.only:
             with console.status("instructions per event, under callgrind (a few minutes)"):
-                report["instructions"] = instructions(up_port)
+                report["instructions"] = instructions(up_port, list(args.formats))
     show(report, console)
     results = HERE / "results"
     results.mkdir(exist_ok=True)
@@ -340,19 +366,23 @@ def run_one_worker(
     if "lockstep" in args.only:
         report["lockstep"] = {}
         seconds = max(3.0, 10 * scale)
-        for streams, rate in ((200, 20.0), (100, 20.0), (1000, 5.0)):
+        others = [form for form in args.formats if form != "chat"]
+        for load, (streams, rate) in enumerate(((200, 20.0), (100, 20.0), (1000, 5.0))):
             streams = max(10, int(streams * scale))
-            with console.status(f"lockstep, {streams} streams x {rate:g} events/s"):
-                runs = {
-                    name: lockstep(where, streams, rate, seconds, args.clients, watch or None)
-                    for name, (where, watch) in servers.items()
-                }
-            for name in ("floor", "adapter"):
-                runs[name]["added_ms"] = {
-                    key: runs[name]["delay_ms"][key] - runs["direct"]["delay_ms"][key]
-                    for key in ("p50", "p99", "max")
-                }
-            report["lockstep"][f"{streams}x{rate:g}"] = runs
+            # chat at every load; the other formats at the first, for their CPU per event
+            for form in ["chat", *others] if load == 0 else ["chat"]:
+                with console.status(f"lockstep, {form}, {streams} streams x {rate:g} events/s"):
+                    runs = {
+                        name: lockstep(where, streams, rate, seconds, args.clients, watch or None, form)
+                        for name, (where, watch) in servers.items()
+                    }
+                for name in ("floor", "adapter"):
+                    runs[name]["added_ms"] = {
+                        key: runs[name]["delay_ms"][key] - runs["direct"]["delay_ms"][key]
+                        for key in ("p50", "p99", "max")
+                    }
+                key = f"{streams}x{rate:g}" if form == "chat" else f"{form} {streams}x{rate:g}"
+                report["lockstep"][key] = runs
     if "setup" in args.only:
         with console.status("setup: time to the first event"):
             report["setup"] = setup(direct, url, max(50, int(500 * scale)))
@@ -427,18 +457,17 @@ def show(report: dict[str, Any], console: Console) -> None:
             f"{workers['two']:,.0f}",
             f"{workers['ratio']:.2f}x of 1",
         )
-    if runs := report.get("instructions"):
-        if "skipped" in runs:
-            table.add_row("instructions per event", "", runs["skipped"], "")
-        else:
-            floor = runs["floor"]["per_event"]
-            table.add_row("instructions per event: the floor", "", f"{floor:,.0f}", "1.00x")
-            if "floor_sse_starlette" in runs:
-                sse = runs["floor_sse_starlette"]["per_event"]
-                table.add_row("  the floor through sse-starlette", "", f"{sse:,.0f}", f"{sse / floor:.2f}x")
-            table.add_row(
-                "  the adapter", "", f"{runs['adapter']['per_event']:,.0f}", f"{runs['ratio']:.2f}x"
-            )
+    runs = report.get("instructions", {})
+    if "skipped" in runs:
+        table.add_row("instructions per event", "", runs["skipped"], "")
+        runs = {}
+    for form, run in runs.items():
+        floor = run["floor"]["per_event"]
+        table.add_row(f"instructions per event, {form}: the floor", "", f"{floor:,.0f}", "1.00x")
+        if "floor_sse_starlette" in run:
+            sse = run["floor_sse_starlette"]["per_event"]
+            table.add_row("  the floor through sse-starlette", "", f"{sse:,.0f}", f"{sse / floor:.2f}x")
+        table.add_row("  the adapter", "", f"{run['adapter']['per_event']:,.0f}", f"{run['ratio']:.2f}x")
     console.print(table)
 
 
