@@ -13,7 +13,6 @@ named for its type.
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
 import orjson
@@ -21,14 +20,21 @@ import orjson
 from sse_adapter.errors import (
     AdapterError,
     LineTooLong,
-    UpstreamDisconnected,
     UpstreamReported,
     UpstreamTimeout,
 )
 from sse_adapter.repair.dialects import is_overloaded
 from sse_adapter.repair.fitting import pieces
 from sse_adapter.repair.format import Usage
-from sse_adapter.repair.typed import PREFIX, dumps, event_object, event_type, reported, typed_frame
+from sse_adapter.repair.typed import (
+    PREFIX,
+    TypedStream,
+    dumps,
+    event_object,
+    event_type,
+    reported,
+    typed_frame,
+)
 from sse_adapter.sse.decoder import Event
 
 __all__ = ["PING", "MessagesRepairer", "stream_error_type"]
@@ -52,14 +58,13 @@ def stream_error_type(error: AdapterError) -> str:
     return "api_error"
 
 
-class MessagesRepairer:
+class MessagesRepairer(TypedStream):
     """One Messages stream: checked for its end, its usage and its line lengths."""
 
+    END = "message_stop"
+
     def __init__(self, max_line_bytes: int, *, alias: str | None = None, collect_text: bool = False) -> None:
-        self.finished = False
-        self.saw_usage = False
-        self.texts: list[str] | None = [] if collect_text else None
-        self.repairs: Counter[str] = Counter()
+        super().__init__(collect_text)
         self._limit = max_line_bytes
         self._alias = alias
         self._id = ""
@@ -95,16 +100,6 @@ class MessagesRepairer:
                 return []
         return self._emit(kind, body, event.data, changed)
 
-    def encode(self, units: list[bytes]) -> bytes:
-        return b"".join(units)
-
-    def check_end(self) -> None:
-        if not self.finished:
-            raise UpstreamDisconnected(
-                "the upstream ended the stream without message_stop: the answer is incomplete. "
-                "Look at the model server's log; send the request again"
-            )
-
     def finish(self, failed: bool = False, usage: Usage | None = None) -> list[bytes]:
         if failed:
             return []
@@ -121,9 +116,6 @@ class MessagesRepairer:
                     self.repairs["usage_counted"] += 1
             units += self._emit(str(body.get("type")), body)
         return units
-
-    def closing(self) -> bytes:
-        return b""
 
     def failure(self, error: AdapterError) -> bytes:
         body = {"type": "error", "error": {"type": stream_error_type(error), "message": error.message}}

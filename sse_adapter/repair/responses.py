@@ -19,7 +19,6 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from collections import Counter
 from typing import Any
 
 import orjson
@@ -27,13 +26,20 @@ import orjson
 from sse_adapter.errors import (
     AdapterError,
     LineTooLong,
-    UpstreamDisconnected,
     UpstreamReported,
 )
 from sse_adapter.repair.dialects import is_context_overflow, is_overloaded
 from sse_adapter.repair.fitting import pieces
 from sse_adapter.repair.format import Usage
-from sse_adapter.repair.typed import PREFIX, dumps, event_object, event_type, reported, typed_frame
+from sse_adapter.repair.typed import (
+    PREFIX,
+    TypedStream,
+    dumps,
+    event_object,
+    event_type,
+    reported,
+    typed_frame,
+)
 from sse_adapter.sse.decoder import Event
 
 __all__ = ["ResponseIds", "ResponsesRepairer", "failure_code"]
@@ -76,10 +82,12 @@ def failure_code(error: AdapterError) -> str:
     return "server_error"
 
 
-class ResponsesRepairer:
+class ResponsesRepairer(TypedStream):
     """One Responses stream. The adapter owns the numbering: every event it
     emits carries the number one above the one before, the first the
     upstream's first (0 when the adapter speaks first)."""
+
+    END = "response.completed"
 
     def __init__(
         self,
@@ -89,10 +97,7 @@ class ResponsesRepairer:
         alias: str | None = None,
         collect_text: bool = False,
     ) -> None:
-        self.finished = False
-        self.saw_usage = False
-        self.texts: list[str] | None = [] if collect_text else None
-        self.repairs: Counter[str] = Counter()
+        super().__init__(collect_text)
         self.upstream_id: str | None = None  # the upstream's own id, when the adapter made the stream's
         self._model = model
         self._limit = max_line_bytes
@@ -149,16 +154,6 @@ class ResponsesRepairer:
             return self._delta(kind, body, event.data, changed)
         return self._emit(kind, body, event.data, changed)
 
-    def encode(self, units: list[bytes]) -> bytes:
-        return b"".join(units)
-
-    def check_end(self) -> None:
-        if not self.finished:
-            raise UpstreamDisconnected(
-                "the upstream ended the stream without response.completed: the answer is incomplete. "
-                "Look at the model server's log; send the request again"
-            )
-
     def finish(self, failed: bool = False, usage: Usage | None = None) -> list[bytes]:
         if failed:
             return []
@@ -171,9 +166,6 @@ class ResponsesRepairer:
             response["usage"] = _responses_usage(usage)
             self.repairs["usage_counted"] += 1
         return self._emit(str(held["type"]), held, "", True)
-
-    def closing(self) -> bytes:
-        return b""
 
     def failure(self, error: AdapterError) -> bytes:
         """One ``response.failed``, after a ``response.created`` of the

@@ -8,14 +8,15 @@ new-api relays these routes by re-emitting ``event:`` from each data's
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections import Counter
+from typing import Any, ClassVar
 
 import orjson
 
-from sse_adapter.errors import UpstreamError, UpstreamReported
+from sse_adapter.errors import UpstreamDisconnected, UpstreamError, UpstreamReported
 from sse_adapter.repair.dialects import excerpt
 
-__all__ = ["PREFIX", "dumps", "event_object", "event_type", "reported", "typed_frame"]
+__all__ = ["PREFIX", "TypedStream", "dumps", "event_object", "event_type", "reported", "typed_frame"]
 
 PREFIX = len(b"data: ")
 _SAFE_TYPE = re.compile(r"[\x21-\x7e]{1,200}")  # an event name that cannot break the frame
@@ -63,3 +64,29 @@ def reported(error: object, body: dict[str, Any]) -> UpstreamReported:
         upstream_type=kind if isinstance(kind, str) else None,
         upstream_code=found.get("code"),
     )
+
+
+class TypedStream:
+    """What the two typed formats' repairers share: their state, their
+    frames (made whole by ``repair``) and what a whole answer ends with."""
+
+    END: ClassVar[str]  # the event that ends a whole answer
+
+    def __init__(self, collect_text: bool) -> None:
+        self.finished = False
+        self.saw_usage = False
+        self.texts: list[str] | None = [] if collect_text else None
+        self.repairs: Counter[str] = Counter()
+
+    def encode(self, units: list[bytes]) -> bytes:
+        return b"".join(units)
+
+    def closing(self) -> bytes:
+        return b""  # no [DONE]: the terminal event is the end
+
+    def check_end(self) -> None:
+        if not self.finished:
+            raise UpstreamDisconnected(
+                f"the upstream ended the stream without {self.END}: the answer is incomplete. "
+                "Look at the model server's log; send the request again"
+            )
