@@ -193,7 +193,7 @@ class EventStream(Response):
             if "content-encoding" in response.headers
             else cast(httpx.AsyncByteStream, response.stream)  # an async transport's
         )
-        repairer = pipeline.repairer
+        repairer, encode = pipeline.repairer, self._format.encode
         with map_errors(watch.url):
             async for raw in reads:
                 payloads, event, failure = pipeline.feed(raw)
@@ -202,7 +202,7 @@ class EventStream(Response):
                     if stats.first_event is None:
                         stats.first_event = self._loop.time() - stats.started
                     stats.events += len(payloads)
-                    await self._write(self._format.encode(payloads))
+                    await self._write(encode(payloads))
                 if failure is not None:
                     raise failure
                 if repairer.finished:

@@ -142,7 +142,7 @@ class ResponsesRepairer(TypedStream):
         response = body.get("response")
         if isinstance(response, dict):
             changed |= self._own_response(response)
-        if "item_id" in body or "item" in body:
+        if "output_index" not in body:  # llama-server's: vLLM's and OpenAI's events carry it
             changed |= self._place(kind, body)
         if kind in _TERMINAL:
             self.finished = True
@@ -237,8 +237,6 @@ class ResponsesRepairer(TypedStream):
     def _place(self, kind: str, body: dict[str, Any]) -> bool:
         """The output and content indexes llama-server leaves out, which the openai SDK's
         accumulator reads: counted from the items and parts as they are added."""
-        if "output_index" in body and ("content_index" in body or not _PARTS.search(kind)):
-            return False  # the common case, vLLM's and OpenAI's: nothing to fill
         item = body.get("item")
         item_id = item.get("id") if isinstance(item, dict) else body.get("item_id")
         if not isinstance(item_id, str):
@@ -266,7 +264,7 @@ class ResponsesRepairer(TypedStream):
         if self.texts is not None:
             self.texts.append(text)
         units = self._emit(kind, body, data, changed)
-        if len(units) == 1 and len(units[0]) - _frame_overhead(kind) <= self._limit:
+        if len(data) * 4 + PREFIX <= self._limit or len(units[0]) - _frame_overhead(kind) <= self._limit:
             return units
         assert self._next is not None
         self._next -= 1  # that frame does not go out: its pieces take its number on

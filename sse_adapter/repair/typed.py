@@ -50,9 +50,17 @@ def dumps(body: dict[str, Any]) -> bytes:
 
 def typed_frame(kind: str, payload: bytes) -> bytes:
     """``event: <kind>`` and the payload; a type that could break the frame gets no name."""
-    if _SAFE_TYPE.fullmatch(kind) is None:
-        return b"data: " + payload + b"\n\n"
-    return b"event: " + kind.encode() + b"\ndata: " + payload + b"\n\n"
+    head = _HEADS.get(kind)
+    if head is None:
+        head = b"event: " + kind.encode() + b"\ndata: " if _SAFE_TYPE.fullmatch(kind) else b"data: "
+        if len(_HEADS) < _KNOWN_TYPES:  # a server's types are few; a hostile one's many are not kept
+            _HEADS[kind] = head
+    return head + payload + b"\n\n"
+
+
+# The frame head of each event type seen: checked once, not per event.
+_HEADS: dict[str, bytes] = {}
+_KNOWN_TYPES = 256
 
 
 def reported(error: object, body: dict[str, Any]) -> UpstreamReported:

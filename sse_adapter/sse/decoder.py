@@ -77,12 +77,18 @@ class SSEDecoder:
     def feed(self, chunk: bytes) -> list[Event]:
         """Decode one read; the events it completes, in order."""
         if (
-            chunk[:6] == b"data: "
-            and chunk[-2:] == b"\n\n"
+            chunk[-2:] == b"\n\n"
             and self._started  # between two events, nothing held: the read may be taken whole
             and not (self._fragments or self._data or self._event or self._after_cr)
         ):
-            whole = self._whole_events(chunk)
+            head = chunk[:7]
+            whole = (
+                self._whole_events(chunk)
+                if head[:6] == b"data: "
+                else self._whole_typed(chunk)
+                if head == b"event: "
+                else None
+            )
             if whole is not None:
                 return whole
         chunk = self._strip_bom(chunk)
@@ -137,6 +143,22 @@ class SSEDecoder:
         if any(part.find(b"\n") >= 0 for part in parts):
             return None
         return [Event(part.decode("utf-8", "replace"), "message", last_id) for part in parts]
+
+    def _whole_typed(self, chunk: bytes) -> list[Event] | None:
+        """The common read of a Responses or Messages stream, decoded at once:
+        whole events of one ``event: `` and one ``data: `` line each, LF only,
+        as vLLM, llama-server and OpenAI send them. None for any other shape."""
+        body = chunk[:-2]
+        if body.find(b"\r") >= 0 or len(body) > self.max_event_bytes:
+            return None
+        events = []
+        for part in body.split(b"\n\n"):
+            name, data_line, data = part.partition(b"\ndata: ")
+            if not data_line or name[:7] != b"event: " or name.find(b"\n") >= 0 or data.find(b"\n") >= 0:
+                return None
+            kind = name[7:].decode("utf-8", "replace") or "message"
+            events.append(Event(data.decode("utf-8", "replace"), kind, self._last_event_id))
+        return events
 
     def _strip_bom(self, chunk: bytes) -> bytes:
         if self._started:

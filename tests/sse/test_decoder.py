@@ -150,3 +150,30 @@ def test_comments_between_frames_change_nothing(payloads: list[str]) -> None:
 def test_the_encoder_refuses_a_line_break(bad: bytes) -> None:
     with pytest.raises(ValueError, match="single line"):
         frame(bad)
+
+
+TYPED = [
+    pytest.param(b'event: response.output_text.delta\ndata: {"delta":"a"}\n\n', id="one"),
+    pytest.param(b"event: a\ndata: 1\n\nevent: b\ndata: 2\n\n", id="two"),
+    pytest.param(b"event: \ndata: 1\n\n", id="empty-name"),
+    pytest.param(b"event: a\ndata: 1\ndata: 2\n\n", id="two-data-lines"),
+    pytest.param(b"event: a\r\ndata: 1\r\n\r\n", id="crlf"),
+    pytest.param(b"event: a\nid: 7\ndata: 1\n\n", id="with-id"),
+    pytest.param(b"event: a\n\n", id="no-data"),
+    pytest.param(b"event: a\ndata: 1\n\nevent: b\n: ping\ndata: 2\n\n", id="comment-inside"),
+]
+
+
+@pytest.mark.parametrize("stream", TYPED)
+def test_typed_events_read_whole_decode_as_line_by_line(stream: bytes) -> None:
+    """The fast path for `event:` + `data:` reads gives what the spec's line-by-line reading gives."""
+    warm = b"event: x\ndata: {}\n\n"  # the fast path runs once the stream has started
+    whole = SSEDecoder(1 << 20)
+    by_byte = SSEDecoder(1 << 20)
+    got_whole = whole.feed(warm) + whole.feed(stream)
+    got_bytes = [
+        event
+        for piece in [warm, *(stream[i : i + 1] for i in range(len(stream)))]
+        for event in by_byte.feed(piece)
+    ]
+    assert got_whole == got_bytes
