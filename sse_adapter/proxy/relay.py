@@ -283,6 +283,9 @@ class EventStream(Response):
             self._writing = self._watch.paused = False
         if body is not None:  # a status line alone never reaches the client behind One-API
             self._last_write = self._loop.time()
+        elif self._beat_timer is not None:  # committed early: the next beat is an interval out, not the hold
+            self._beat_timer.cancel()
+            self._beat_timer = self._loop.call_at(self._last_write + self._interval, self._beat_due)
 
     def _body(self, body: bytes, last: bool = False) -> Message:
         if self._stats.trace is not None:  # the frames pass no middleware that would record them

@@ -351,3 +351,18 @@ async def test_error_bodies_keep_the_servers_own_fields(streaming: bool) -> None
             )
     assert reply.status_code == 400
     assert reply.json()["error"] == orjson.loads(LLAMA_SERVER_OVERFLOW)["error"]
+
+
+async def test_a_200_committed_early_gets_its_first_heartbeat_an_interval_out_not_at_the_hold() -> None:
+    async def headers_then_silence(request: Received, out: Writer) -> None:
+        await out.start(200, [("Content-Type", "text/event-stream")])  # at once: the 200 commits
+        await asyncio.sleep(2.0)
+        await out.chunk(chunk("late") + b"data: [DONE]\n\n")
+        await out.end()
+
+    async with fake_upstream(headers_then_silence) as upstream:
+        overrides = {"heartbeat_interval": 0.3, "status_hold": 30.0}  # a hold far past the silence
+        async with run_adapter(settings(upstream.url, **overrides)) as adapter:
+            seen = await stream(adapter, CHAT, {"model": "m", "stream": True})
+    assert seen.text() == "late"
+    assert seen.heartbeats() >= 1  # before: none, the first beat waited for the 30 s hold
