@@ -81,14 +81,12 @@ class SSEDecoder:
             and self._started  # between two events, nothing held: the read may be taken whole
             and not (self._fragments or self._data or self._event or self._after_cr)
         ):
-            head = chunk[:7]
-            whole = (
-                self._whole_events(chunk)
-                if head[:6] == b"data: "
-                else self._whole_typed(chunk)
-                if head == b"event: "
-                else None
-            )
+            if chunk[:6] == b"data: ":
+                whole = self._whole_events(chunk)
+            elif chunk[:7] == b"event: ":
+                whole = self._whole_typed(chunk)
+            else:
+                whole = None
             if whole is not None:
                 return whole
         chunk = self._strip_bom(chunk)
