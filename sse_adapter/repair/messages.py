@@ -30,9 +30,6 @@ from sse_adapter.repair.typed import (
     PREFIX,
     TypedStream,
     dumps,
-    event_object,
-    event_type,
-    reported,
     typed_frame,
 )
 from sse_adapter.sse.decoder import Event
@@ -76,11 +73,7 @@ class MessagesRepairer(TypedStream):
         return self._id
 
     def repair(self, event: Event) -> list[bytes]:
-        body = event_object(event.data)
-        kind = event_type(body, event.event)
-        if kind == "error" or event.event == "error" or ("error" in body and "type" not in body):
-            self.repairs["error_shape"] += 1
-            raise reported(body.get("error"), body)
+        body, kind = self._read(event)
         changed = False
         if kind == "message_start":
             changed = self._start(body)

@@ -35,8 +35,6 @@ from sse_adapter.repair.typed import (
     PREFIX,
     TypedStream,
     dumps,
-    event_object,
-    event_type,
     reported,
     typed_frame,
 )
@@ -122,11 +120,7 @@ class ResponsesRepairer(TypedStream):
     # -- what the relay calls ------------------------------------------------
 
     def repair(self, event: Event) -> list[bytes]:
-        body = event_object(event.data)
-        kind = event_type(body, event.event)
-        if kind == "error" or event.event == "error" or ("error" in body and "type" not in body):
-            self.repairs["error_shape"] += 1
-            raise reported(body.get("error"), body)
+        body, kind = self._read(event)
         if kind == "response.failed":
             self.finished = True
             response = body.get("response")

@@ -15,6 +15,7 @@ import orjson
 
 from sse_adapter.errors import UpstreamDisconnected, UpstreamError, UpstreamReported
 from sse_adapter.repair.dialects import excerpt
+from sse_adapter.sse.decoder import Event
 
 __all__ = ["PREFIX", "TypedStream", "dumps", "event_object", "event_type", "reported", "typed_frame"]
 
@@ -85,6 +86,16 @@ class TypedStream:
         self.saw_usage = False
         self.texts: list[str] | None = [] if collect_text else None
         self.repairs: Counter[str] = Counter()
+
+    def _read(self, event: Event) -> tuple[dict[str, Any], str]:
+        """An event's JSON object and type; raises the server's error, in any of its shapes
+        (an ``error`` event or type, or OpenAI's ``{"error": ...}`` with no type)."""
+        body = event_object(event.data)
+        kind = event_type(body, event.event)
+        if kind == "error" or event.event == "error" or ("error" in body and "type" not in body):
+            self.repairs["error_shape"] += 1
+            raise reported(body.get("error"), body)
+        return body, kind
 
     def encode(self, units: list[bytes]) -> bytes:
         return b"".join(units)
