@@ -11,6 +11,8 @@ import pytest
 
 from sse_adapter.repair.chunks import Kind, StreamIdentity
 from sse_adapter.repair.completion import Assembler, normalise_completion
+from sse_adapter.repair.messages import MessagesRepairer
+from sse_adapter.repair.responses import ResponsesRepairer
 from sse_adapter.repair.stream import StreamRepairer
 from sse_adapter.repair.usage import (
     RESPONSES_NAMES,
@@ -20,7 +22,7 @@ from sse_adapter.repair.usage import (
     usage_verdict,
 )
 from sse_adapter.settings import Settings
-from sse_adapter.sse.decoder import Event
+from sse_adapter.sse.decoder import Event, SSEDecoder
 from tests.end_client import fixture
 
 USAGE = {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15}
@@ -269,3 +271,143 @@ def test_an_assembled_answer_drops_a_placeholder_its_text_shows() -> None:
     assembler.add(orjson.loads(chunk({"content": "Hi"}, "stop")))
     assembler.add(orjson.loads(chunk(None, usage=usage(12, 0, 12))))
     assert assembler.result()["usage"] == usage(0, 0, 0)
+
+
+# -- Responses and Messages ---------------------------------------------------------------------
+
+COUNTED = {
+    "prompt_tokens": 26,
+    "completion_tokens": 18,
+    "total_tokens": 44,
+    "completion_tokens_details": {"reasoning_tokens": 5},
+    "prompt_tokens_details": {"cached_tokens": 2},
+}
+
+
+def recorded(name: str, change: Any = None) -> list[Event]:
+    """A live recording's events; ``change`` edits each event's JSON."""
+    found = SSEDecoder(1 << 24).feed(fixture(name))
+    if change is None:
+        return found
+    edited = []
+    for event in found:
+        body = orjson.loads(event.data)
+        change(body)
+        edited.append(Event(orjson.dumps(body).decode(), event.event))
+    return edited
+
+
+def typed_bodies(units: list[bytes]) -> list[dict[str, Any]]:
+    return [orjson.loads(event.data) for event in SSEDecoder(1 << 24).feed(b"".join(units))]
+
+
+def responses_usage(body: dict[str, Any], **usage: Any) -> None:
+    if body.get("type") == "response.completed":
+        body["response"]["usage"] = usage
+
+
+def test_a_responses_stream_with_the_servers_count_is_its_own() -> None:
+    repairer = ResponsesRepairer("m", 65000)
+    [repairer.repair(event) for event in recorded("live/vllm-responses-text.sse")]
+    assert repairer.saw_usage
+    assert repairer.finish() == []  # nothing held
+
+
+@pytest.mark.parametrize(
+    "placeholder",
+    [
+        {"input_tokens": 0, "output_tokens": 18, "total_tokens": 18},
+        {"input_tokens": 26, "output_tokens": 0, "total_tokens": 26},  # the output has text
+        {"input_tokens": 26, "output_tokens": 18, "total_tokens": 4},
+    ],
+    ids=["no-input", "no-output-for-text", "total-not-sum"],
+)
+def test_a_responses_placeholder_is_counted_with_its_details(placeholder: dict[str, Any]) -> None:
+    repairer = ResponsesRepairer("m", 65000)
+    events = recorded("live/vllm-responses-text.sse", lambda body: responses_usage(body, **placeholder))
+    [repairer.repair(event) for event in events]
+    assert not repairer.saw_usage
+    assert repairer.repairs["usage_placeholder"] == 1
+    [completed] = typed_bodies(repairer.finish(usage=COUNTED))
+    assert completed["response"]["usage"] == {
+        "input_tokens": 26,
+        "input_tokens_details": {"cached_tokens": 2},
+        "output_tokens": 18,
+        "output_tokens_details": {"reasoning_tokens": 5},
+        "total_tokens": 44,
+    }
+
+
+def test_a_responses_placeholder_not_counted_is_sent_as_none() -> None:
+    repairer = ResponsesRepairer("m", 65000)
+    events = recorded(
+        "live/vllm-responses-text.sse", lambda body: responses_usage(body, input_tokens=0, output_tokens=18)
+    )
+    [repairer.repair(event) for event in events]
+    [completed] = typed_bodies(repairer.finish())
+    assert completed["response"]["usage"] is None
+
+
+def test_an_empty_responses_answers_zero_output_is_the_servers() -> None:
+    def empty(body: dict[str, Any]) -> None:
+        if body.get("type") == "response.completed":
+            body["response"]["output"] = [
+                {"type": "message", "content": [{"type": "output_text", "text": ""}]}
+            ]
+            body["response"]["usage"] = {"input_tokens": 26, "output_tokens": 0, "total_tokens": 26}
+
+    repairer = ResponsesRepairer("m", 65000)
+    [repairer.repair(event) for event in recorded("live/vllm-responses-text.sse", empty)]
+    assert repairer.saw_usage
+
+
+def test_a_messages_stream_counts_its_cached_prompt_as_prompt() -> None:
+    # Recorded live: llama-server says input_tokens 1 and cache_read_input_tokens 65
+    repairer = MessagesRepairer(65000)
+    [repairer.repair(event) for event in recorded("live/llamacpp-messages-text-cached.sse")]
+    assert repairer.saw_usage
+    assert not repairer.repairs["usage_placeholder"]
+
+
+def no_input(body: dict[str, Any]) -> None:
+    if body.get("type") == "message_start":
+        body["message"]["usage"] = {"input_tokens": 0, "output_tokens": 0}
+    if body.get("type") == "message_delta":  # vLLM says its input here too: as llama-server, it does not
+        body["usage"] = {"output_tokens": 18}
+
+
+def test_a_messages_placeholder_input_is_counted_and_the_servers_output_kept() -> None:
+    repairer = MessagesRepairer(65000)
+    [repairer.repair(event) for event in recorded("live/vllm-messages-text.sse", no_input)]
+    assert not repairer.saw_usage
+    assert repairer.repairs["usage_placeholder"] == 1
+    delta = next(
+        body for body in typed_bodies(repairer.finish(usage=COUNTED)) if body["type"] == "message_delta"
+    )
+    assert delta["usage"] == {"input_tokens": 26, "output_tokens": 18}  # 18: the server's own, kept
+
+
+def zero_output(body: dict[str, Any]) -> None:
+    if body.get("type") == "message_delta":
+        body["usage"] = {"output_tokens": 0}
+
+
+@pytest.mark.parametrize(
+    ("text_kept", "real"), [(True, False), (False, False)], ids=["text-kept", "text-not-kept"]
+)
+def test_a_messages_zero_output_for_text_is_counted(text_kept: bool, real: bool) -> None:
+    repairer = MessagesRepairer(65000, collect_text=text_kept)
+    [repairer.repair(event) for event in recorded("live/vllm-messages-text.sse", zero_output)]
+    assert repairer.saw_usage is real
+    assert repairer.repairs["usage_placeholder"] == int(text_kept)
+
+
+def test_a_messages_empty_answers_zero_output_is_the_servers() -> None:
+    def empty(body: dict[str, Any]) -> None:
+        zero_output(body)
+        if body.get("type") == "content_block_delta":
+            body["delta"]["text"] = ""
+
+    repairer = MessagesRepairer(65000, collect_text=True)
+    [repairer.repair(event) for event in recorded("live/vllm-messages-text.sse", empty)]
+    assert repairer.saw_usage
