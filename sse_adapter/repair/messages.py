@@ -86,6 +86,10 @@ class MessagesRepairer(TypedStream):
                 self._held.append(body)  # its usage is counted once the stream is over
                 return []
             self.saw_usage = True
+            self.usage = {
+                "prompt_tokens": self._input_tokens,
+                "completion_tokens": body["usage"]["output_tokens"],
+            }
         elif kind == "message_stop":
             self.finished = True
             if self._held:
@@ -108,6 +112,8 @@ class MessagesRepairer(TypedStream):
                     if not self._input_tokens:
                         counted["input_tokens"] = usage.get("prompt_tokens", 0)
                     self.repairs["usage_counted"] += 1
+                    prompt = self._input_tokens or counted["input_tokens"]
+                    self.usage = {"prompt_tokens": prompt, "completion_tokens": counted["output_tokens"]}
             units += self._emit(str(body.get("type")), body)
         return units
 

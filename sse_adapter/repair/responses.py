@@ -147,6 +147,11 @@ class ResponsesRepairer(TypedStream):
             self.saw_usage = True
             if isinstance(response, dict):  # a real usage has one
                 changed |= self._count("usage_total_filled", with_total(response["usage"], RESPONSES_NAMES))
+                found = response["usage"]
+                self.usage = {
+                    "prompt_tokens": found["input_tokens"],
+                    "completion_tokens": found["output_tokens"],
+                }
         elif kind in _DELTAS:
             return self._delta(kind, body, event.data, changed)
         return self._emit(kind, body, event.data, changed)
@@ -162,6 +167,7 @@ class ResponsesRepairer(TypedStream):
         if usage is not None:
             response["usage"] = _responses_usage(usage)
             self.repairs["usage_counted"] += 1
+            self.usage = usage
         elif isinstance(response, dict) and isinstance(response.get("usage"), dict):
             response["usage"] = None  # a placeholder is no count: billing it would be further off
         return self._emit(str(held["type"]), held, "", True)

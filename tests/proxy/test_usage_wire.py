@@ -6,13 +6,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import httpx
 import openai
 import orjson
 import pytest
 
 from sse_adapter.settings import Settings, StreamUsage
 from tests.adapter_server import run_adapter
-from tests.end_client import assert_spec_clean, stream
+from tests.end_client import assert_spec_clean, fixture, stream
 from tests.upstream_fake import FakeUpstream, Received, Writer, fake_upstream, json_answer, sse
 
 pytestmark = pytest.mark.anyio
@@ -187,3 +188,74 @@ async def test_llama_servers_timings_are_the_usage_when_it_sends_none() -> None:
         "prompt_tokens_details": {"cached_tokens": 6},
     }
     assert (last["timings"], last["choices"][0]["finish_reason"]) == (timings, "stop")
+
+
+@pytest.mark.parametrize(
+    ("usage", "logged"),
+    [
+        pytest.param(
+            USAGE, {"prompt_tokens": 9, "completion_tokens": 2, "usage_from": "server"}, id="server"
+        ),
+        pytest.param(
+            {}, {"prompt_tokens": COUNT, "completion_tokens": COUNT, "usage_from": "counted"}, id="counted"
+        ),
+    ],
+)
+async def test_the_access_line_says_the_streams_tokens_and_where_they_came_from(
+    usage: dict[str, Any], logged: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "sse_adapter.access")
+    async with (
+        fake_upstream(vllm(usage), handles_probes=True) as upstream,
+        run_adapter(Settings(upstream=upstream.url)) as adapter,
+    ):
+        await sdk_stream(adapter)
+    [line] = [
+        r for r in caplog.records if r.name == "sse_adapter.access" and "chat_completions" in r.getMessage()
+    ]
+    fields = line.fields  # type: ignore[attr-defined]
+    assert {name: fields.get(name) for name in logged} == logged
+    assert "usage_from=" in line.getMessage()
+
+
+async def test_a_client_that_keeps_its_choice_still_has_its_usage_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, "sse_adapter.access")
+    async with (
+        fake_upstream(vllm(USAGE)) as upstream,
+        run_adapter(Settings(upstream=upstream.url, stream_usage=StreamUsage.ASK_KEEP_CLIENT)) as adapter,
+    ):
+        _, usages = await sdk_stream(adapter, **REFUSED)
+    assert usages == []
+    [line] = [
+        r for r in caplog.records if r.name == "sse_adapter.access" and "chat_completions" in r.getMessage()
+    ]
+    assert (line.fields["prompt_tokens"], line.fields["usage_from"]) == (9, "server")  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("route", "recorded", "tokens"),
+    [
+        pytest.param("/v1/messages", "live/vllm-messages-text.sse", (26, 18), id="messages"),
+        pytest.param("/v1/responses", "live/vllm-responses-text.sse", (26, 18), id="responses"),
+        pytest.param(
+            "/v1/messages", "live/llamacpp-messages-text-cached.sse", (66, 16), id="messages-cached"
+        ),
+    ],
+)
+async def test_typed_routes_log_the_servers_tokens(
+    route: str, recorded: str, tokens: tuple[int, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "sse_adapter.access")
+    async with (
+        fake_upstream(sse([fixture(recorded)])) as upstream,
+        run_adapter(Settings(upstream=upstream.url)) as adapter,
+        httpx.AsyncClient(timeout=10) as http,
+    ):
+        body = {"model": "m", "stream": True, "max_tokens": 16, "messages": MESSAGES, "input": "hi"}
+        answer = await http.post(adapter + route, json=body)
+    assert answer.status_code == 200
+    [line] = [r for r in caplog.records if r.name == "sse_adapter.access" and route[4:] in r.getMessage()]
+    fields = line.fields  # type: ignore[attr-defined]
+    assert (fields["prompt_tokens"], fields["completion_tokens"], fields["usage_from"]) == (*tokens, "server")
