@@ -366,7 +366,8 @@ def serve(
         _option(
             "STREAM_USAGE",
             "ask: ask the upstream for usage on every stream (stream_options.include_usage), "
-            "count it with the upstream's tokenizer when it sends none; pass: as the client asked.",
+            "count it with the upstream's tokenizer when it sends none; ask-keep-client: the same, "
+            "but a client that sent include_usage false gets no usage; pass: as the client asked.",
             _REQUESTS,
         ),
     ] = StreamUsage.ASK,

@@ -79,10 +79,18 @@ class ToolCallMode(enum.StrEnum):
 
 
 class StreamUsage(enum.StrEnum):
-    """``ask``: every stream asks the upstream for its usage (One-API bills from it)."""
+    """``ask``: every stream asks the upstream for its usage (One-API bills
+    from it); ``ask-keep-client``: asks too, but a client that said
+    ``include_usage: false`` gets none; ``pass``: as the client asked."""
 
     ASK = "ask"
+    ASK_KEEP_CLIENT = "ask-keep-client"
     PASS = "pass"
+
+    @property
+    def asks(self) -> bool:
+        """The adapter asks the upstream for usage on every stream."""
+        return self is not StreamUsage.PASS
 
 
 class LogFormat(enum.StrEnum):

@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -47,6 +48,7 @@ class RequestStats:
     heartbeat_mode: str = ""
     repairs: Counter[str] = field(default_factory=Counter)
     without_usage: bool = False  # a stream that ended with no usage, none could be counted
+    usage: dict[str, Any] | None = None  # the usage a stream ended with (chat's names), sent or not
     trace: Trace | None = None  # with --trace-dir
 
     @property
@@ -162,6 +164,7 @@ class Observe:
             "heartbeats": stats.heartbeats,
             "repairs": dict(stats.repairs),
             "duration_ms": round(duration * 1000, 1),
+            **_usage_fields(stats),
         }
         text = " ".join(f"{name}={logfmt(value)}" for name, value in fields.items() if name != "repairs")
         repairs = ",".join(f"{kind}:{count}" for kind, count in stats.repairs.items()) or "-"
@@ -173,3 +176,14 @@ class Observe:
             repairs,
             extra={"fields": fields},
         )
+
+
+def _usage_fields(stats: RequestStats) -> dict[str, Any]:
+    """A stream's token counts, for reconciling with what a gateway billed: the server's
+    (``usage_from=server``) or the adapter's (``counted``); none when it ended without."""
+    usage = stats.usage
+    if usage is None:
+        return {}
+    counted = "counted" if stats.repairs["usage_counted"] else "server"
+    names = ("prompt_tokens", "completion_tokens")
+    return {**{name: usage.get(name) for name in names}, "usage_from": counted}

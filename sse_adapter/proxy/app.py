@@ -126,8 +126,10 @@ class _Gateway:
         self.refused = Refused()
         self.response_ids = ResponseIds()
         self._plain_settings = replace(settings, nonstream_via_stream=False)
-        self._ask_usage = settings.stream_usage is StreamUsage.ASK
+        self._ask_usage = settings.stream_usage.asks
+        self._keep_client = settings.stream_usage is StreamUsage.ASK_KEEP_CLIENT
         self._sends_usage: set[str] = set()  # routes whose streams carried usage: no text kept to count
+        self._placeholders: set[str] = set()  # routes whose placeholder usage has been logged
         self._upstream: Upstream | None = None
         self._readiness: Readiness | None = None
         self._counter: TokenCounter | None = None
@@ -257,6 +259,14 @@ class _Gateway:
         self.metrics.active_streams.dec()
         if repairer.saw_usage:
             self._sends_usage.add(route)
+        if repairer.repairs["usage_placeholder"] and route not in self._placeholders:
+            self._placeholders.add(route)
+            log.warning(
+                "the upstream's stream usage on %s is a placeholder (no prompt tokens, no completion "
+                "tokens for an answer with text, or a total that is not the sum): it is counted as none "
+                '(said once a route; counted in sse_adapter_repairs_total{kind="usage_placeholder"})',
+                route,
+            )
         if isinstance(repairer, ResponsesRepairer) and (made := repairer.made_id) is not None:
             self.response_ids.add(*made)
 
@@ -264,7 +274,8 @@ class _Gateway:
         self, exchange: Exchange, form: Format, stats: RequestStats, think_opened: bool | None
     ) -> Response:
         outgoing, route = exchange.outgoing, exchange.request.route
-        collect = self._ask_usage and route not in self._sends_usage
+        counts = self._ask_usage and not self._hides_usage(outgoing)
+        collect = counts and route not in self._sends_usage
         repairer, heartbeat, mode = self._stream_format(form, outgoing, collect, think_opened)
         return EventStream(
             exchange,
@@ -273,7 +284,7 @@ class _Gateway:
             stats,
             heartbeat=heartbeat,
             heartbeat_mode=mode,
-            count_usage=partial(self._count_usage, form, outgoing) if self._ask_usage else None,
+            count_usage=partial(self._count_usage, form, outgoing) if counts else None,
             on_close=partial(self._stream_closed, route, repairer),
         )
 
@@ -302,8 +313,16 @@ class _Gateway:
             collect_text=collect,
             offers_tools=outgoing.offers_tools,
             think_opened=think_opened,
+            hide_usage=self._hides_usage(outgoing),
+            usage_asked=self._ask_usage or outgoing.usage_asked,
         )
         return repairer, self._heartbeat(identity), settings.heartbeat_mode.value
+
+    def _hides_usage(self, outgoing: Outgoing) -> bool:
+        """The client said ``include_usage: false`` and keeps its choice
+        (``--stream-usage ask-keep-client``): its usage is read, not sent, and
+        not counted when the server sends none."""
+        return self._keep_client and outgoing.usage_refused
 
     async def _count_usage(self, form: Format, outgoing: Outgoing, answer: str) -> dict[str, Any] | None:
         assert self._counter is not None, "the app was started without its lifespan"

@@ -179,6 +179,7 @@ class EventStream(Response):
             if self._response is not None:
                 await self._response.aclose()
             self._stats.repairs.update(self._pipeline.repairs)
+            self._stats.usage = self._format.usage
             self._on_close()
 
     async def _stream(self) -> AdapterError | None:

@@ -16,10 +16,10 @@ from typing import Any
 import orjson
 
 from sse_adapter.repair.chunks import Kind
-from sse_adapter.repair.dialects import is_real_usage
 from sse_adapter.repair.stream import map_finish_reason, reasoning_names, rename_reasoning
 from sse_adapter.repair.think import ThinkSplitter, wrapped
 from sse_adapter.repair.toolcalls import new_call_id, normalise_message_calls, split_tool_tags
+from sse_adapter.repair.usage import Verdict, generated_text, timings_usage, usage_verdict, with_total
 from sse_adapter.settings import ReasoningField, Settings, Tags, ToolCallMode
 
 __all__ = ["Assembler", "completion_object", "normalise_completion", "usage_of"]
@@ -59,7 +59,7 @@ def normalise_completion(
     for choice in _list(body.get("choices")):
         if isinstance(choice, dict):
             _normalise_choice(choice, settings, repairs, offers_tools, think_opened)
-    body["usage"] = usage_of(body)
+    body["usage"] = usage_of(body, repairs)
     return body
 
 
@@ -132,12 +132,26 @@ def _split_tool_tags(message: dict[str, Any], repairs: Counter[str]) -> None:
     repairs["tool_call_tags_split"] += len(calls)
 
 
-def usage_of(body: dict[str, Any]) -> dict[str, Any]:
-    """The body's usage; else the server's own counts (TGI ``details``, Ollama,
-    llama.cpp); else zeros, which One-API replaces by counting itself."""
+def usage_of(body: dict[str, Any], repairs: Counter[str] | None = None) -> dict[str, Any]:
+    """The body's usage when it is the server's count (its total filled in
+    if missing); else the server's own counts elsewhere (llama-server's
+    ``timings``, TGI ``details``, Ollama, llama.cpp); else zeros, which
+    One-API replaces by counting itself. A placeholder (zero completion
+    tokens for an answer with text, say) is no count: One-API counting is
+    nearer the truth than billing the placeholder."""
+    repairs = Counter() if repairs is None else repairs
     usage = body.get("usage")
-    if isinstance(usage, dict):
+    verdict = usage_verdict(usage, lambda: generated_text(body))
+    if verdict is Verdict.REAL and isinstance(usage, dict):
+        if with_total(usage):
+            repairs["usage_total_filled"] += 1
         return usage
+    if verdict is Verdict.PLACEHOLDER:
+        repairs["usage_placeholder"] += 1
+    timed = timings_usage(body.get("timings"))
+    if timed is not None and usage_verdict(timed, lambda: generated_text(body)) is Verdict.REAL:
+        repairs["usage_from_timings"] += 1
+        return timed
     details = body.get("details")
     if not isinstance(details, dict):
         details = {}
@@ -174,7 +188,7 @@ class Assembler:
         for key in ("id", "created", "model", "system_fingerprint"):
             if key in chunk and key not in self._head:
                 self._head[key] = chunk[key]
-        if is_real_usage(chunk.get("usage")):
+        if usage_verdict(chunk.get("usage")) is Verdict.REAL:
             self._usage = chunk["usage"]
         for choice in _list(chunk.get("choices")):
             if isinstance(choice, dict):
@@ -188,7 +202,8 @@ class Assembler:
     def result(self) -> dict[str, Any]:
         choices = [self._finished(index) for index in sorted(self._choices)]
         body = {"id": "", **self._head, "object": completion_object(self.kind), "choices": choices}
-        body["usage"] = self._usage or usage_of({})
+        # Zero completion tokens for an answer with text: a placeholder (read whole only now)
+        body["usage"] = usage_of({**body, "usage": self._usage})
         return body
 
     def _add_choice(self, choice: dict[str, Any]) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from sse_adapter.errors import AdapterError, UpstreamReported
+from sse_adapter.repair.usage import Verdict, usage_verdict
 
 __all__ = [
     "BULKY_FIELDS",
@@ -114,11 +115,9 @@ def is_overloaded(error: AdapterError) -> bool:
 
 
 def is_real_usage(usage: object) -> bool:
-    """Usage with a count in it; servers send null or zeros on every chunk."""
-    return isinstance(usage, dict) and any(
-        isinstance(count, int) and count > 0
-        for count in (usage.get("prompt_tokens"), usage.get("completion_tokens"), usage.get("total_tokens"))
-    )
+    """Usage that is the server's count: not null, zeros or a placeholder
+    (:func:`~sse_adapter.repair.usage.usage_verdict`)."""
+    return usage_verdict(usage) is Verdict.REAL
 
 
 def _describe(status: int, content_type: str, body: bytes, server: str = "") -> str:

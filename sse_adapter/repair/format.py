@@ -30,11 +30,14 @@ class StreamFormat(Protocol):
 
     ``finished``: the upstream's last event came (``[DONE]``, a terminal
     event): the relay reads no further. ``saw_usage`` and ``texts`` tell the
-    relay whether usage must be counted, and from what.
+    relay whether usage must be counted, and from what. ``usage``: the one
+    the stream ended with (the server's or counted, sent or not), in Chat
+    Completions' names, for the access log.
     """
 
     finished: bool
     saw_usage: bool
+    usage: Usage | None
     texts: list[str] | None
     repairs: Counter[str]
 

@@ -66,7 +66,9 @@ class MessagesRepairer(TypedStream):
         self._alias = alias
         self._id = ""
         self._held: list[dict[str, Any]] = []  # message_delta and message_stop, waiting for usage
-        self._input_tokens = 0
+        self._input_tokens = 0  # the prompt's tokens, those read from the server's cache too
+        self._output_real = False  # the last message_delta's output_tokens is the server's count
+        self._started = False  # a message_start came, with its input count
 
     @property
     def stream_id(self) -> str:
@@ -90,12 +92,14 @@ class MessagesRepairer(TypedStream):
         elif kind == "content_block_delta":
             return self._delta(body, event.data)
         elif kind == "message_delta":
-            usage = body.get("usage")
-            output = usage.get("output_tokens") if isinstance(usage, dict) else None
-            if not (isinstance(output, int) and output > 0):
+            if not self._real_usage(body.get("usage")):
                 self._held.append(body)  # its usage is counted once the stream is over
                 return []
             self.saw_usage = True
+            self.usage = {
+                "prompt_tokens": self._input_tokens,
+                "completion_tokens": body["usage"]["output_tokens"],
+            }
         elif kind == "message_stop":
             self.finished = True
             if self._held:
@@ -113,10 +117,13 @@ class MessagesRepairer(TypedStream):
             if body.get("type") == "message_delta" and usage is not None:
                 counted = body.setdefault("usage", {})
                 if isinstance(counted, dict):
-                    counted["output_tokens"] = usage.get("completion_tokens", 0)
+                    if not self._output_real:
+                        counted["output_tokens"] = usage.get("completion_tokens", 0)
                     if not self._input_tokens:
                         counted["input_tokens"] = usage.get("prompt_tokens", 0)
                     self.repairs["usage_counted"] += 1
+                    prompt = self._input_tokens or counted["input_tokens"]
+                    self.usage = {"prompt_tokens": prompt, "completion_tokens": counted["output_tokens"]}
             units += self._emit(str(body.get("type")), body)
         return units
 
@@ -133,14 +140,31 @@ class MessagesRepairer(TypedStream):
             return False
         if isinstance(message.get("id"), str):
             self._id = message["id"]
-        usage = message.get("usage")
-        tokens = usage.get("input_tokens") if isinstance(usage, dict) else None
-        self._input_tokens = tokens if isinstance(tokens, int) else 0
+        self._input_tokens = _prompt_tokens(message.get("usage"))
+        self._started = True
         if self._alias is not None and message.get("model") != self._alias:
             message["model"] = self._alias
             self.repairs["model_renamed"] += 1
             return True
         return False
+
+    def _real_usage(self, usage: object) -> bool:
+        """A ``message_delta``'s usage, with ``message_start``'s input, is the
+        server's count: input tokens (cache reads count: Anthropic's
+        ``input_tokens`` leaves them out), and output tokens, zero only for an
+        answer known to have no text. Zero prompt tokens, or zero output
+        tokens for an answer with text, is a placeholder (repair/usage.py)."""
+        if not isinstance(usage, dict):
+            return False
+        self._input_tokens = self._input_tokens or _prompt_tokens(usage)
+        output = usage.get("output_tokens")
+        output = output if isinstance(output, int) and not isinstance(output, bool) else None
+        generated = None if self.texts is None else any(self.texts)
+        # Not known to be empty: zero output tokens is missing, as it always was here.
+        self._output_real = output is not None and (output > 0 or (output == 0 and generated is False))
+        if (output is not None and self._started and not self._input_tokens) or (output == 0 and generated):
+            self.repairs["usage_placeholder"] += 1
+        return self._output_real and self._input_tokens > 0
 
     def _delta(self, body: dict[str, Any], data: str) -> list[bytes]:
         """A content-block delta: as it came when its line fits (nothing in it
@@ -175,6 +199,16 @@ class MessagesRepairer(TypedStream):
                 f"({self._limit}), and only text, thinking and tool-input deltas can be split"
             )
         return [typed_frame(kind, payload)]
+
+
+def _prompt_tokens(usage: object) -> int:
+    """A usage's prompt tokens: Anthropic counts the cache's apart from ``input_tokens``."""
+    if not isinstance(usage, dict):
+        return 0
+    names = ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+    return sum(
+        count for name in names if isinstance(count := usage.get(name), int) and not isinstance(count, bool)
+    )
 
 
 def chat_request(fields: dict[str, Any]) -> dict[str, Any]:

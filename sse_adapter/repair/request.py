@@ -71,6 +71,7 @@ class Outgoing:
     usage_asked: bool  # the client asked for stream usage itself: it gets OpenAI's usage-only chunk
     repairs: Counter[str]
     offers_tools: bool = False  # toolcalls.offers_tools of the request, read without parsing the tools
+    usage_refused: bool = False  # the client's stream said include_usage: false itself
 
     @property
     def fields(self) -> dict[str, Any]:
@@ -128,7 +129,8 @@ def prepare(
     if options is not _ABSENT and (options is None or not stream):
         members.pop("stream_options")
         repairs["stream_options_removed"] += 1
-    usage_asked = stream and isinstance(options, dict) and options.get("include_usage") is True
+    said = options.get("include_usage") if stream and isinstance(options, dict) else None
+    usage_asked, usage_refused = said is True, said is False
     if stream and ask_usage and not usage_asked:
         kept = options if isinstance(options, dict) else {}
         members.set("stream_options", {**kept, "include_usage": True})
@@ -137,7 +139,7 @@ def prepare(
         repairs["request_field_dropped"] += dropped
     rewritten = members.encoded() if repairs else body
     tools = _offers_tools(members)
-    return Outgoing(rewritten, stream, model, alias is not None, usage_asked, repairs, tools)
+    return Outgoing(rewritten, stream, model, alias is not None, usage_asked, repairs, tools, usage_refused)
 
 
 def _offers_tools(members: Members) -> bool:

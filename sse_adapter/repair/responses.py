@@ -38,6 +38,7 @@ from sse_adapter.repair.typed import (
     reported,
     typed_frame,
 )
+from sse_adapter.repair.usage import RESPONSES_NAMES, Verdict, usage_verdict, with_total
 from sse_adapter.sse.decoder import Event
 
 __all__ = ["ResponseIds", "ResponsesRepairer", "failure_code"]
@@ -151,10 +152,17 @@ class ResponsesRepairer(TypedStream):
             changed |= self._place(kind, body)
         if kind in _TERMINAL:
             self.finished = True
-            if not _has_usage(response):
+            if not self._real_usage(response):
                 self._held = body
                 return []
             self.saw_usage = True
+            if isinstance(response, dict):  # a real usage has one
+                changed |= self._count("usage_total_filled", with_total(response["usage"], RESPONSES_NAMES))
+                found = response["usage"]
+                self.usage = {
+                    "prompt_tokens": found["input_tokens"],
+                    "completion_tokens": found["output_tokens"],
+                }
         elif kind in _DELTAS:
             return self._delta(kind, body, event.data, changed)
         return self._emit(kind, body, event.data, changed)
@@ -170,6 +178,9 @@ class ResponsesRepairer(TypedStream):
         if usage is not None:
             response["usage"] = _responses_usage(usage)
             self.repairs["usage_counted"] += 1
+            self.usage = usage
+        elif isinstance(response, dict) and isinstance(response.get("usage"), dict):
+            response["usage"] = None  # a placeholder is no count: billing it would be further off
         return self._emit(str(held["type"]), held, "", True)
 
     def failure(self, error: AdapterError) -> bytes:
@@ -200,6 +211,26 @@ class ResponsesRepairer(TypedStream):
         return b"".join([*start, *self._emit("keepalive", {"type": "keepalive"}, own=True)])
 
     # -- the pieces ------------------------------------------------------------
+
+    def _real_usage(self, response: object) -> bool:
+        """The terminal event's usage is the server's count: not null, zeros or
+        a placeholder (repair/usage.py); asked only of the terminal event."""
+        usage = response.get("usage") if isinstance(response, dict) else None
+        verdict = usage_verdict(usage, lambda: self._generated(response), RESPONSES_NAMES)
+        self._count("usage_placeholder", verdict is Verdict.PLACEHOLDER)
+        return verdict is Verdict.REAL
+
+    def _generated(self, response: object) -> bool | None:
+        """Whether the answer had text: its output items say; else the text kept, if any."""
+        output = response.get("output") if isinstance(response, dict) else None
+        if isinstance(output, list) and output:
+            return any(_has_text(item) for item in output)
+        return None if self.texts is None else any(self.texts)
+
+    def _count(self, repair: str, applies: bool) -> bool:
+        if applies:
+            self.repairs[repair] += 1
+        return applies
 
     def _start(self) -> list[bytes]:
         """The adapter's own ``response.created``: its id is the stream's from now on."""
@@ -322,24 +353,39 @@ def _response_id(body: dict[str, Any]) -> str | None:
     return found if isinstance(found, str) else None
 
 
-def _has_usage(response: object) -> bool:
-    """Usage with a count in it; null, absent or all zeros is none."""
-    usage = response.get("usage") if isinstance(response, dict) else None
-    return isinstance(usage, dict) and any(
-        isinstance(usage.get(name), int) and usage[name] > 0 for name in ("input_tokens", "output_tokens")
-    )
+def _has_text(item: object) -> bool:
+    """An output item with something generated: text or reasoning parts, or call arguments."""
+    if not isinstance(item, dict):
+        return False
+    if isinstance(item.get("arguments"), str) and item["arguments"]:
+        return True
+    parts = [*_listed(item.get("content")), *_listed(item.get("summary"))]
+    return any(isinstance(part, dict) and part.get("text") for part in parts)
+
+
+def _listed(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
 
 
 def _responses_usage(usage: Usage) -> dict[str, Any]:
+    """A counted usage in Responses' names, its cached and reasoning tokens carried."""
     prompt, completion = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
     found: dict[str, Any] = {
         "input_tokens": prompt,
-        "input_tokens_details": {"cached_tokens": 0},
+        "input_tokens_details": {"cached_tokens": _detail(usage, "prompt_tokens_details", "cached_tokens")},
         "output_tokens": completion,
-        "output_tokens_details": {"reasoning_tokens": 0},
+        "output_tokens_details": {
+            "reasoning_tokens": _detail(usage, "completion_tokens_details", "reasoning_tokens")
+        },
         "total_tokens": prompt + completion,
     }
     return found
+
+
+def _detail(usage: Usage, details: str, name: str) -> int:
+    found = usage.get(details)
+    count = found.get(name) if isinstance(found, dict) else None
+    return count if isinstance(count, int) and not isinstance(count, bool) else 0
 
 
 class ResponseIds:

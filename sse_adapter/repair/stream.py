@@ -20,11 +20,11 @@ from sse_adapter.repair.dialects import (
     STOP_ALIASES,
     chunk_error,
     event_error,
-    is_real_usage,
 )
 from sse_adapter.repair.fitting import fit
 from sse_adapter.repair.think import ThinkSplitter, ThinkWrapper
 from sse_adapter.repair.toolcalls import ToolCalls, ToolTagSplitter
+from sse_adapter.repair.usage import Verdict, generated_text, timings_usage, usage_verdict, with_total
 from sse_adapter.settings import ReasoningField, Settings, Tags, ToolCallMode
 from sse_adapter.sse.decoder import Event
 from sse_adapter.sse.encoder import DONE, frame, frames
@@ -53,7 +53,15 @@ class StreamRepairer:
     ``<tool_call>`` text stays text. ``think_opened``: whether the request
     had the chat template open ``<think>`` in the prompt
     (:func:`~sse_adapter.repair.think.prompt_opens_think`), for
-    ``--think-tags split``.
+    ``--think-tags split``. ``hide_usage``: the client said
+    ``include_usage: false`` and keeps its choice (``--stream-usage
+    ask-keep-client``): the usage is read, never sent. ``usage_asked``: the
+    upstream was asked for usage (by the adapter or the client); without,
+    llama-server's ``timings`` are not made a usage the client did not ask for.
+
+    A usage that is not the server's count (null, zeros, a placeholder:
+    :mod:`~sse_adapter.repair.usage`) is none: ``saw_usage`` stays false and
+    the relay counts one. ``usage`` is the one the stream ended with.
     """
 
     # Slots, not a __dict__: past 30 attributes CPython 3.11 stops sharing an
@@ -65,6 +73,8 @@ class StreamRepairer:
         "_events",
         "_fill_fields",
         "_finishing",
+        "_hide",
+        "_holds_usage",
         "_last_choice",
         "_last_sent",
         "_map_reasons",
@@ -77,6 +87,7 @@ class StreamRepairer:
         "_split_tool_tags",
         "_think_opened",
         "_thinking",
+        "_timings",
         "_tool_tags",
         "_tools",
         "_unknown_reasons",
@@ -89,6 +100,7 @@ class StreamRepairer:
         "saw_usage",
         "settings",
         "texts",
+        "usage",
     )
 
     def __init__(
@@ -101,14 +113,20 @@ class StreamRepairer:
         collect_text: bool = False,
         offers_tools: bool = True,
         think_opened: bool | None = None,
+        hide_usage: bool = False,
+        usage_asked: bool = True,
     ) -> None:
         self.identity = identity
         self.settings = settings
         self.finished = False
         self.repairs: Counter[str] = Counter()
         self.saw_usage = False
+        self.usage: dict[str, Any] | None = None
         self.texts: list[str] | None = [] if collect_text else None
-        self._ride = usage_on_last_choice
+        self._ride = usage_on_last_choice and not hide_usage
+        self._hide = hide_usage
+        self._holds_usage = settings.final_usage_only or usage_on_last_choice or hide_usage
+        self._timings = usage_asked
         self._alias = alias
         self._last_choice: dict[str, Any] | None = None  # held for the usage to ride on
         self._last_sent: str | None = None  # the upstream's payload of the chunk held
@@ -183,6 +201,8 @@ class StreamRepairer:
                 changed |= self._repair_choice(choice)
         if self._finishing:
             self._finishing = False
+            if self._timings and "timings" in chunk and not self.saw_usage:
+                self._hold_timings(chunk)
             if self._ride:
                 return self._hold_last_choice(chunk, data)
         if not changed:  # the common case, inline: _send's first branch
@@ -244,6 +264,9 @@ class StreamRepairer:
             usage = self._usage_chunk["usage"]
         elif usage is not None:
             self.repairs["usage_counted"] += 1
+        self.usage = usage
+        if self._hide:
+            return payloads
         if self._ride:
             return payloads + self._last_with_usage(usage)
         if usage is not None:
@@ -290,28 +313,56 @@ class StreamRepairer:
 
     def _hold_usage(self, chunk: dict[str, Any]) -> bool:
         """Keep the last real usage for the end: it must be the last chunk
-        before ``[DONE]``, and servers repeat null or zero usage on every chunk."""
-        real = is_real_usage(chunk["usage"])
+        before ``[DONE]``, and servers repeat null or zero usage on every chunk.
+        Only chunks that carry ``usage`` come here, never an ordinary delta."""
+        usage = chunk["usage"]
+        verdict = usage_verdict(usage, lambda: self._generated(chunk))
+        if verdict is Verdict.PLACEHOLDER:
+            self.repairs["usage_placeholder"] += 1
+        real = verdict is Verdict.REAL
         self.saw_usage |= real
-        if not (self.settings.final_usage_only or self._ride):
+        if not self._holds_usage:
             return False
-        usage = chunk.pop("usage")
+        chunk.pop("usage")
         if real:
-            # A usage-only chunk is not sent on: what else the server put in it
-            # (llama-server's timings, system_fingerprint) goes out with the usage.
-            self._usage_chunk = {
-                **({} if chunk.get("choices") else chunk),
-                "id": self.identity.claim(chunk.get("id")),
-                "object": chunk.get("object") or self.identity.kind.value,
-                "created": chunk.get("created") or self.identity.created,
-                "model": self._alias or chunk.get("model") or self.identity.model,
-                "choices": [],
-                "usage": usage,
-            }
-            self.repairs["usage_moved_last"] += 1
-        else:
+            if with_total(usage):
+                self.repairs["usage_total_filled"] += 1
+            self._keep_usage(chunk, usage)
+        elif self._timings and "timings" in chunk:
+            self._hold_timings(chunk)
+        elif verdict is Verdict.EMPTY:
             self.repairs["empty_usage_dropped"] += 1
         return True
+
+    def _hold_timings(self, chunk: dict[str, Any]) -> None:
+        """llama-server's own count, from its ``timings``, when it sent no usage."""
+        usage = timings_usage(chunk["timings"])
+        if usage is None or usage_verdict(usage, lambda: self._generated(chunk)) is not Verdict.REAL:
+            return
+        self.saw_usage = True
+        self.repairs["usage_from_timings"] += 1
+        self._keep_usage(chunk, usage)
+
+    def _keep_usage(self, chunk: dict[str, Any], usage: dict[str, Any]) -> None:
+        # A usage-only chunk is not sent on: what else the server put in it
+        # (llama-server's timings, system_fingerprint) goes out with the usage.
+        self._usage_chunk = {
+            **({} if chunk.get("choices") else chunk),
+            "id": self.identity.claim(chunk.get("id")),
+            "object": chunk.get("object") or self.identity.kind.value,
+            "created": chunk.get("created") or self.identity.created,
+            "model": self._alias or chunk.get("model") or self.identity.model,
+            "choices": [],
+            "usage": usage,
+        }
+        self.repairs["usage_moved_last"] += 1
+
+    def _generated(self, chunk: dict[str, Any]) -> bool | None:
+        """Whether the answer so far, this chunk too, has text; None: not known
+        (no text is kept once the route's streams carry usage)."""
+        if generated_text(chunk):
+            return True
+        return None if self.texts is None else any(self.texts)
 
     def _adopt(self, chunk: dict[str, Any]) -> None:
         """The upstream's first chunk names the model and the time that the

@@ -84,6 +84,7 @@ class TypedStream:
     def __init__(self, collect_text: bool) -> None:
         self.finished = False
         self.saw_usage = False
+        self.usage: dict[str, Any] | None = None  # the one the stream ended with, in chat's names
         self.texts: list[str] | None = [] if collect_text else None
         self.repairs: Counter[str] = Counter()
 

@@ -21,14 +21,16 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from sse_adapter.errors import AdapterError
 from sse_adapter.proxy.upstream import why
 from sse_adapter.repair.format import Format
 from sse_adapter.sse.decoder import SSEDecoder
 from sse_adapter.tools.agentclient import FORMATS
 from sse_adapter.tools.endclient import EndClientView, read_through_one_api
 from sse_adapter.tools.oneapi import accepts_stream, nonstream_error
-from sse_adapter.tools.probe_typed import TypedRouteReport, probe_typed, show_typed
+from sse_adapter.tools.probe_typed import TypedRouteReport, probe_typed, request, show_typed
 from sse_adapter.tools.quirks import LABELS, framing_quirks, no_text, read_as_relay, server_said, shown_text
+from sse_adapter.tools.usage_source import chat_request, usage_source
 
 __all__ = ["ProbeRun", "PromptReport", "RouteReport", "first_model", "probe", "probe_routes", "show"]
 
@@ -96,6 +98,7 @@ class RouteReport:
     one_api_relays: bool = False  # the first prompt's stream
     reasons: list[str] = field(default_factory=list)
     prompts: dict[str, PromptReport] = field(default_factory=dict)  # the others, by name
+    usage: str = "-"  # server's, counted (exact|approximate) or none, through the adapter; direct only
 
     @property
     def relays(self) -> bool:
@@ -157,8 +160,18 @@ async def probe_routes(
                     if form is Format.CHAT
                     else await probe_typed(url, chosen, api_key, form)
                 )
+        reports["direct"].usage = await _usage(upstream, chosen, api_key, form)
         routes[form] = reports
     return ProbeRun(chosen, because, routes, via is not None)
+
+
+async def _usage(url: str, model: str, api_key: str | None, form: Format) -> str:
+    """Where the route's usage comes from, through the adapter's own app; a failure says why."""
+    body = chat_request(model) if form is Format.CHAT else request(form, model, api_key)[0]
+    try:
+        return await usage_source(url, model, api_key, form, body)
+    except (httpx.HTTPError, AdapterError) as error:
+        return f"unknown: {error}"
 
 
 async def first_model(url: str, api_key: str | None) -> tuple[str, str]:
@@ -387,6 +400,7 @@ def show(reports: dict[str, RouteReport], console: Console) -> None:
         "what sse-adapter repairs in them (simulated)",
         lambda r: ", ".join(f"{LABELS.get(k, k)} ({v})" for k, v in r.repairs.items()) or "nothing",
     )
+    row("usage, through sse-adapter", lambda r: r.usage)
     table.add_row(
         "One-API would relay this stream (simulated)",
         *(_verdict(report) for report in reports.values()),

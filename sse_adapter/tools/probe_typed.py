@@ -59,6 +59,7 @@ class TypedRouteReport:
     repairs: dict[str, int] = field(default_factory=dict)  # what sse-adapter would repair in them
     new_api_relays: bool = False
     reasons: list[str] = field(default_factory=list)
+    usage: str = "-"  # server's, counted (exact|approximate) or none, through the adapter; direct only
 
     @property
     def relays(self) -> bool:
@@ -171,6 +172,7 @@ def show_typed(reports: dict[str, TypedRouteReport], console: Console) -> None:
     row("terminal event (simulated)", lambda r: ", ".join(r.terminal) or "none")
     row("what the bytes show", lambda r: _listed(r.quirks) or "nothing unusual")
     row("what sse-adapter repairs in them (simulated)", lambda r: _listed(r.repairs) or "nothing")
+    row("usage, through sse-adapter", lambda r: r.usage)
     table.add_row(
         "new-api would relay this stream (simulated)", *(_verdict(report) for report in reports.values())
     )

@@ -82,6 +82,9 @@ LABELS = {
     "tool_call_tags_split": "<tool_call> text made a tool call",
     "usage_on_last_chunk": "usage put on the last chunk",
     "usage_counted": "usage counted with the upstream's tokenizer",
+    "usage_placeholder": "placeholder usage taken as none (no prompt tokens, none for text, a wrong total)",
+    "usage_from_timings": "usage taken from llama-server's timings",
+    "usage_total_filled": "usage's missing total_tokens filled in",
     "model_renamed": "model alias named in the answer",
     "reasoning_in_think_tags": "reasoning put in content inside <think>",
     # requests, as prepared for the upstream

@@ -137,8 +137,12 @@ def test_a_2xx_body_that_is_no_error_is_none() -> None:
     [
         (None, False),
         ({"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}, False),
-        ({"total_tokens": 3}, True),
-        ({"prompt_tokens": 2}, True),
+        ({"prompt_tokens": 2, "completion_tokens": 1, "total_tokens": 3}, True),
+        # issue 25: counts no generation has are placeholders, not usage
+        ({"total_tokens": 3}, False),
+        ({"prompt_tokens": 2}, False),
+        ({"prompt_tokens": 0, "completion_tokens": 3, "total_tokens": 3}, False),
+        ({"prompt_tokens": 2, "completion_tokens": 1, "total_tokens": 9}, False),
         ("3", False),
     ],
 )

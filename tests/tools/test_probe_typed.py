@@ -173,7 +173,7 @@ MESSAGES_BODIES = [
     pytest.param(
         b"".join([PING, *messages_head()[1:], messages_delta("a"), *messages_tail()]),
         {"start_not_first": 1},
-        {},
+        {"usage_missing": 1},  # issue 25: no message_start, no input count: the usage is counted
         None,
         id="no-message-start",
     ),
