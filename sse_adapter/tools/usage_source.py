@@ -11,6 +11,8 @@ how exactly from the tokenizer it found (:func:`exactness`).
 from __future__ import annotations
 
 import contextlib
+import logging
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -45,20 +47,42 @@ async def usage_source(url: str, model: str, api_key: str | None, form: Format, 
     app = create_app(settings)
     route = PATHS.get(form, "/v1/chat/completions")
     headers = {"anthropic-version": "2023-06-01"} if form is Format.MESSAGES else {}
+    with _quiet():
+        answer, page = await _through(app, route, {**body, "stream": True}, headers)
+    if answer.status_code != 200 or not _carries_usage(answer.content, form):
+        return "none"
+    if not _counted(page, form):
+        return "server's"
+    with _quiet():
+        async with Upstream(settings) as upstream:
+            tokenizer = await TokenCounter(upstream).tokenizer(model)
+    return f"counted ({exactness(tokenizer)})" if tokenizer is not None else "counted"
+
+
+async def _through(
+    app: Any, route: str, body: dict[str, Any], headers: dict[str, str]
+) -> tuple[httpx.Response, str]:
+    """The answer of the adapter's app to ``body``, and its ``/metrics`` page after it."""
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)  # the probe's stream is short: buffered whole is fine
         async with httpx.AsyncClient(
             transport=transport, base_url="http://adapter", timeout=_TIMEOUT
         ) as client:
-            answer = await client.post(route, json={**body, "stream": True}, headers=headers)
-            page = (await client.get("/metrics")).text
-    if answer.status_code != 200 or not _carries_usage(answer.content, form):
-        return "none"
-    if not _counted(page, form):
-        return "server's"
-    async with Upstream(settings) as upstream:
-        tokenizer = await TokenCounter(upstream).tokenizer(model)
-    return f"counted ({exactness(tokenizer)})" if tokenizer is not None else "counted"
+            answer = await client.post(route, json=body, headers=headers)
+            return answer, (await client.get("/metrics")).text
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """The in-process adapter's own log lines (its access line, a tokenizer it did
+    not find) are no part of the probe's report: only its errors are shown."""
+    logger = logging.getLogger("sse_adapter")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def chat_request(model: str) -> dict[str, Any]:
