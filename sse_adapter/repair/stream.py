@@ -70,6 +70,7 @@ class StreamRepairer:
         "_adopted",
         "_alias",
         "_both_reasoning",
+        "_dones",
         "_events",
         "_fill_fields",
         "_finishing",
@@ -82,7 +83,6 @@ class StreamRepairer:
         "_other_reasoning",
         "_reasoning_names",
         "_ride",
-        "_sent",
         "_split_thinking",
         "_split_tool_tags",
         "_think_opened",
@@ -132,7 +132,7 @@ class StreamRepairer:
         self._last_sent: str | None = None  # the upstream's payload of the chunk held
         self._finishing = False  # the chunk under repair finishes a choice
         self._usage_chunk: dict[str, Any] | None = None
-        self._sent = 0
+        self._dones = 0  # [DONE] events: the one that ends the stream, and any after it
         self._events = 0
         self._thinking: dict[object, ThinkSplitter] = {}
         self._tool_tags: dict[object, ToolTagSplitter] = {}
@@ -163,6 +163,7 @@ class StreamRepairer:
             raise event_error(data)
         if not data.startswith("{") and data.strip() == "[DONE]":
             self.finished = True
+            self._dones += 1
             return []
         try:
             chunk = orjson.loads(data)
@@ -208,7 +209,6 @@ class StreamRepairer:
         if not changed:  # the common case, inline: _send's first branch
             raw = data.encode()
             if len(raw) + 6 <= self.settings.max_line_bytes:
-                self._sent += 1
                 return [raw]
         return self._send(chunk, data, changed)
 
@@ -240,7 +240,10 @@ class StreamRepairer:
                 "the upstream's answer held no SSE events; check that --upstream is the server's "
                 "OpenAI-compatible endpoint"
             )
-        if not self._sent and self.repairs["non_chunk_dropped"]:
+        # Every event is [DONE], a chunk (sent, or held for the end) or a dropped non-chunk:
+        # counted so, the per-event path keeps no count of its own.
+        chunks = self._events - self._dones - self.repairs["non_chunk_dropped"]
+        if not chunks and self.repairs["non_chunk_dropped"]:
             raise UpstreamError(
                 f"the upstream's stream held no OpenAI chunks ({self.repairs['non_chunk_dropped']} events of "
                 "another shape); check that --upstream is the server's OpenAI-compatible endpoint"
@@ -279,7 +282,6 @@ class StreamRepairer:
         the one held before goes out now."""
         released = self._release_last_choice()
         self._last_choice, self._last_sent = chunk, data
-        self._sent += 1
         return released
 
     def _release_last_choice(self) -> list[bytes]:
@@ -299,7 +301,6 @@ class StreamRepairer:
         return self._release_last_choice()
 
     def _send(self, chunk: dict[str, Any], data: str, changed: bool) -> list[bytes]:
-        self._sent += 1
         if not changed:
             raw = data.encode()
             if len(raw) + 6 <= self.settings.max_line_bytes:
