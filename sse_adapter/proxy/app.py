@@ -52,6 +52,7 @@ from sse_adapter.repair.request import Outgoing, prepare
 from sse_adapter.repair.responses import ResponseIds, ResponsesRepairer
 from sse_adapter.repair.stream import StreamRepairer
 from sse_adapter.repair.think import prompt_opens_think
+from sse_adapter.repair.turns import Turns
 from sse_adapter.settings import HeartbeatMode, MessagesHeartbeat, ResponsesHeartbeat, Settings, StreamUsage
 from sse_adapter.sse.encoder import comment, frame
 
@@ -278,7 +279,7 @@ class _Gateway:
         )
         return repairer, self._heartbeat(identity), settings.heartbeat_mode.value
 
-    async def _count_usage(self, form: Format, outgoing: Outgoing, answer: str) -> dict[str, Any] | None:
+    async def _count_usage(self, form: Format, outgoing: Outgoing, answer: Turns) -> dict[str, Any] | None:
         assert self._counter is not None, "the app was started without its lifespan"
         if form.is_chat:
             return await self._counter.usage(_KINDS[form], outgoing.fields, answer)

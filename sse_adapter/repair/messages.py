@@ -40,6 +40,8 @@ PING = b'event: ping\ndata: {"type":"ping"}\n\n'
 
 # The text of each content-block delta, by the delta's type: what may be split.
 _DELTA_TEXT = {"text_delta": "text", "thinking_delta": "thinking", "input_json_delta": "partial_json"}
+# How a message ended, as the chat finish_reason it is counted as (repair/turns.py).
+_FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls"}
 
 
 def stream_error_type(error: AdapterError) -> str:
@@ -75,6 +77,8 @@ class MessagesRepairer(TypedStream):
     def repair(self, event: Event) -> list[bytes]:
         body, kind = self._read(event)
         changed = False
+        if self.turns is not None and kind in ("content_block_start", "message_delta"):
+            self._collect(body)
         if kind == "message_start":
             changed = self._start(body)
         elif kind == "content_block_delta":
@@ -138,8 +142,12 @@ class MessagesRepairer(TypedStream):
         text = delta.get(name) if name is not None and isinstance(delta, dict) else None
         if not isinstance(text, str) or name is None or not isinstance(delta, dict):
             return self._emit("content_block_delta", body, data)
-        if self.texts is not None:
-            self.texts.append(text)
+        if self.turns is not None:
+            turn = self.turns.first
+            if name == "partial_json":
+                turn.call(body.get("index")).arguments.append(text)
+            else:
+                (turn.reasoning if name == "thinking" else turn.content).append(text)
         if len(data) * 4 + PREFIX <= self._limit or len(data.encode()) + PREFIX <= self._limit:
             return self._emit("content_block_delta", body, data)
         delta[name] = ""
@@ -152,6 +160,18 @@ class MessagesRepairer(TypedStream):
             for piece in pieces(text, room)
             for unit in self._emit("content_block_delta", {**body, "delta": {**delta, name: piece}})
         ]
+
+    def _collect(self, body: dict[str, Any]) -> None:
+        """A tool use's name, and how the message ended, for its count (deltas: ``_delta``)."""
+        assert self.turns is not None
+        turn = self.turns.first
+        block, delta = body.get("content_block"), body.get("delta")
+        if isinstance(block, dict) and block.get("type") == "tool_use" and isinstance(block.get("name"), str):
+            turn.call(body.get("index")).name.append(block["name"])
+        elif isinstance(delta, dict) and isinstance(reason := delta.get("stop_reason"), str):
+            turn.finish_reason = _FINISH.get(reason, "stop")
+            sequence = delta.get("stop_sequence")
+            turn.stop_reason = sequence if isinstance(sequence, str) else None
 
     def _emit(self, kind: str, body: dict[str, Any], data: str = "", changed: bool = True) -> list[bytes]:
         payload = dumps(body) if changed or not data else data.encode()

@@ -62,6 +62,9 @@ _WHOLE = re.compile(r"\.done$|^response\.(completed|incomplete|failed|in_progres
 # Events about a content part of an item: these carry a content_index.
 _PARTS = re.compile(r"content_part|output_text|reasoning_text|refusal")
 _RETRY_IN = 10  # seconds a client is asked to wait when the server is full
+# Where each delta's text goes in the chat turn it is counted as (repair/turns.py).
+_REASONING_DELTAS = frozenset({"response.reasoning_text.delta", "response.reasoning_summary_text.delta"})
+_CALL_DELTAS = frozenset({"response.function_call_arguments.delta", "response.custom_tool_call_input.delta"})
 
 
 def failure_code(error: AdapterError) -> str:
@@ -138,6 +141,8 @@ class ResponsesRepairer(TypedStream):
             changed |= self._own_response(response)
         if "output_index" not in body:  # llama-server's: vLLM's and OpenAI's events carry it
             changed |= self._place(kind, body)
+        if self.turns is not None:
+            self._collect(kind, body)
         if kind in _TERMINAL:
             self.finished = True
             if not _has_usage(response):
@@ -255,8 +260,12 @@ class ResponsesRepairer(TypedStream):
         text = body.get("delta")
         if not isinstance(text, str):
             return self._emit(kind, body, data, changed)
-        if self.texts is not None:
-            self.texts.append(text)
+        if self.turns is not None:
+            turn = self.turns.first
+            if kind in _CALL_DELTAS:
+                turn.call(body.get("item_id")).arguments.append(text)
+            else:
+                (turn.reasoning if kind in _REASONING_DELTAS else turn.content).append(text)
         units = self._emit(kind, body, data, changed)
         if len(data) * 4 + PREFIX <= self._limit or len(units[0]) - _frame_overhead(kind) <= self._limit:
             return units
@@ -268,6 +277,18 @@ class ResponsesRepairer(TypedStream):
             raise LineTooLong(f"a {kind} event cannot be split under --max-line-bytes ({self._limit})")
         self.repairs["long_line_split"] += 1
         return [unit for piece in pieces(text, room) for unit in self._emit(kind, {**body, "delta": piece})]
+
+    def _collect(self, kind: str, body: dict[str, Any]) -> None:
+        """A tool call's name, and how the answer ended, for its count (deltas: ``_delta``)."""
+        assert self.turns is not None
+        turn = self.turns.first
+        item = body.get("item")
+        name = item.get("name") if isinstance(item, dict) else None
+        if kind == "response.output_item.added" and isinstance(item, dict) and isinstance(name, str):
+            turn.call(item.get("id")).name.append(name)
+        elif kind in _TERMINAL:
+            incomplete = kind == "response.incomplete"
+            turn.finish_reason = "length" if incomplete else "tool_calls" if turn.calls else "stop"
 
     def _emit(self, kind: str, body: dict[str, Any], data: str = "", changed: bool = True) -> list[bytes]:
         """The event as a frame, numbered: as it came when its number is the one due."""

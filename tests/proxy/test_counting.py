@@ -23,6 +23,19 @@ pytestmark = pytest.mark.anyio
 ANSWER = [content_frame("Hello"), content_frame(", world"), b"data: [DONE]\n\n"]  # no usage
 
 
+def toy_template(body: dict[str, Any]) -> list[str]:
+    """A chat template of words: each turn is its role, its words, and an end; the prompt ends
+    in an open assistant turn (vLLM's add_generation_prompt, true unless said otherwise)."""
+    tokens: list[str] = []
+    for message in body["messages"]:
+        tokens += [message["role"], *message["content"].split(), "<end>"]
+    if body.get("continue_final_message"):
+        tokens.pop()
+    elif body.get("add_generation_prompt", True):
+        tokens.append("assistant")
+    return tokens
+
+
 def server(tokenizer_stall: float) -> Any:
     """A vLLM-like upstream: a stream without usage, and a /tokenize that answers only after a stall."""
 
@@ -31,7 +44,9 @@ def server(tokenizer_stall: float) -> Any:
             body = orjson.loads(request.body)
             if "messages" in body or body.get("prompt") != "a":  # the search answers at once
                 await asyncio.sleep(tokenizer_stall)
-            await json_answer(200, b'{"count": 3, "tokens": [1, 2, 3]}')(request, out)
+            tokens = toy_template(body) if "messages" in body else [1]
+            answer = orjson.dumps({"count": len(tokens), "tokens": tokens})
+            await json_answer(200, answer)(request, out)
             return
         if request.target != "/v1/chat/completions":
             await json_answer(200, b"{}")(request, out)
@@ -64,7 +79,8 @@ async def test_a_slow_tokenizer_does_not_trip_the_upstreams_timeouts() -> None:
             chunks = await read(adapter)
     assert not [chunk for chunk in chunks if "error" in chunk]
     assert text_of(chunks) == "Hello, world"
-    assert chunks[-1]["usage"]["completion_tokens"] == 3
+    # "user hi <end> assistant"; "Hello," "world" (the stream has no finish_reason: no stop token)
+    assert chunks[-1]["usage"] == {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6}
 
 
 async def test_a_stuck_tokenizer_ends_the_stream_cleanly_without_usage(
