@@ -196,21 +196,18 @@ class TokenCounter:
 
     async def end_of_turn(self, tokenizer: Tokenizer, model: str, fields: Mapping[str, Any]) -> int | None:
         """How many tokens the template puts after a turn's content (``<|im_end|>\\n``, say;
-        llama.cpp: and the user turn after it), measured once per model: a turn rendered
-        whole against the same turn continued."""
+        llama.cpp: and the user turn after it), measured once per model: a turn of one
+        token rendered back whole, less that token, past what it shares with a prompt."""
         if model in self._ends:
             return self._ends[model]
-        continued = {"messages": _PROBE, "add_generation_prompt": False, **fields}
-        if tokenizer is Tokenizer.VLLM:
-            continued["continue_final_message"] = True  # llama.cpp: a last assistant turn is open anyway
-        prompt, whole, open_turn = await asyncio.gather(
+        prompt, whole, content = await asyncio.gather(
             self.render(tokenizer, model, {"messages": _PROBE[:1], **fields}),
             self.render(tokenizer, model, _rendered_back(tokenizer, _PROBE, fields)),
-            self.render(tokenizer, model, continued),
+            self.text(tokenizer, model, _PROBE[1]["content"]),
         )
-        if prompt is None or whole is None or open_turn is None:
+        if prompt is None or whole is None or content is None:
             return None
-        end = _after(whole, prompt) - _after(open_turn, prompt)
+        end = _after(whole, prompt) - content
         if end < 0:
             return None
         self._ends[model] = end
@@ -252,24 +249,36 @@ class _Chat:
         if self._tokenizer is Tokenizer.TGI:  # its template cannot render a turn back: approximately
             prompt, counted = await asyncio.gather(self._render(chat), self._visible(answer))
             return None if prompt is None or counted is None else (len(prompt), counted)
-        messages, prefill = self._before_turn()
-        turns = [
-            _rendered_back(self._tokenizer, [*messages, turn.message(prefill)], self._fields)
-            for turn in answer
-        ]
         end, (prompt, *rendered) = await asyncio.gather(
             self._counter.end_of_turn(self._tokenizer, self._model, self._fields),
-            asyncio.gather(*map(self._render, [chat, *turns])),
+            asyncio.gather(*map(self._render, [chat, *self._turns(answer)])),
         )
-        if prompt is None or end is None:
+        if prompt is None or end is None or None in rendered:
             return None
         completion = 0
-        for turn, tokens in zip(answer, rendered, strict=True):
-            generated = -1 if tokens is None else _after(tokens, prompt) - end
+        for turn in answer:
+            tokens = rendered.pop(0)
+            if turn.reasons_aside:  # rendered with, without and raw: a template that drops it
+                without, raw = rendered.pop(0), rendered.pop(0)
+                assert without is not None
+                assert raw is not None
+                tokens = raw if len(tokens or ()) <= len(without) else tokens
+            generated = _after(tokens or [], prompt) - end
             if generated < 0:
                 return None
             completion += generated + turn.ended_on_stop_token
         return len(prompt), completion
+
+    def _turns(self, answer: list[Turn]) -> list[dict[str, Any]]:
+        """The chats that render each turn back; a turn that reasons beside its answer three
+        times: with its reasoning, without, and as the model wrote it (``raw``)."""
+        messages, prefill = self._before_turn()
+        ways = [("field", "none", "raw") if turn.reasons_aside else ("field",) for turn in answer]
+        return [
+            _rendered_back(self._tokenizer, [*messages, turn.message(prefill, way)], self._fields)
+            for turn, each in zip(answer, ways, strict=True)
+            for way in each
+        ]
 
     async def _render(self, chat: Mapping[str, Any]) -> list[object] | None:
         return await self._counter.render(self._tokenizer, self._model, chat)

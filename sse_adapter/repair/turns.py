@@ -49,16 +49,27 @@ class Turn:
             found = self.calls[index] = Call()
         return found
 
-    def message(self, prefill: str = "") -> dict[str, Any]:
+    def message(self, prefill: str = "", reasoning: str = "field") -> dict[str, Any]:
         """The assistant turn as the chat template renders it back: ``prefill`` is the
         request's own start of it (``continue_final_message``), a matched stop string
-        ends its content (the model generated it; the server cut it from the text)."""
+        ends its content (the model generated it; the server cut it from the text).
+
+        ``reasoning``: ``field`` for the template to render (``reasoning_content``), ``raw``
+        as the model wrote it after a prompt that opened ``<think>`` (the reasoning,
+        ``</think>``, the content), for a template that drops it; ``none`` to leave it out.
+        Reasoning that never closed (no content, no calls: the length ran out, or the
+        server took a whole answer for reasoning) is the model's whole text, as written."""
         content = prefill + "".join(self.content)
         if isinstance(self.stop_reason, str) and self.finish_reason == "stop":
             content += self.stop_reason
+        thought = "".join(self.reasoning)
+        if thought and not content and not self.calls:
+            return {"role": "assistant", "content": prefill + thought}
+        if thought and reasoning == "raw":
+            content = prefill + thought + "</think>" + content[len(prefill) :]
         turn: dict[str, Any] = {"role": "assistant", "content": content}
-        if self.reasoning:
-            turn["reasoning_content"] = turn["reasoning"] = "".join(self.reasoning)
+        if thought and reasoning == "field":
+            turn["reasoning_content"] = turn["reasoning"] = thought
         if self.calls:
             turn["tool_calls"] = [
                 {
@@ -75,6 +86,11 @@ class Turn:
         """The model generated a stop token (EOS, or one of ``stop_token_ids``): not a
         stop string, not the length limit. Servers count that token as generated."""
         return self.finish_reason in ("stop", "tool_calls") and not isinstance(self.stop_reason, str)
+
+    @property
+    def reasons_aside(self) -> bool:
+        """Reasoning beside content or calls: whether the template renders it is measured."""
+        return bool(self.reasoning) and bool(self.content or self.calls)
 
 
 class Turns:
