@@ -45,6 +45,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
+
 from sse_adapter.errors import AdapterError
 from sse_adapter.proxy.upstream import Upstream
 from sse_adapter.repair.chunks import Kind
@@ -64,6 +66,7 @@ _TEMPLATE_FIELDS = ("tools", "chat_template_kwargs")
 _SWITCHES = ("add_generation_prompt", "continue_final_message")
 # After a turn rendered back by llama.cpp: a turn of the user's, so the assistant's is not a prefill.
 _AFTER_TURN: dict[str, Any] = {"role": "user", "content": "."}
+_ENDS_KEPT = 256
 _PROBE = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
 
 
@@ -85,7 +88,7 @@ class TokenCounter:
         self._within = within
         self._found: asyncio.Future[Tokenizer | None] | None = None
         self._failed_at = -math.inf
-        self._ends: dict[str, int] = {}  # the tokens of the template's end of a turn, by model
+        self._ends: dict[bytes, int] = {}  # the tokens of the template's end of a turn, by model and tools
 
     async def usage(self, kind: Kind, request: Mapping[str, Any], turns: Turns) -> dict[str, int] | None:
         """The usage of a stream's answer to a request, or None when it cannot be counted."""
@@ -196,10 +199,11 @@ class TokenCounter:
 
     async def end_of_turn(self, tokenizer: Tokenizer, model: str, fields: Mapping[str, Any]) -> int | None:
         """How many tokens the template puts after a turn's content (``<|im_end|>\\n``, say;
-        llama.cpp: and the user turn after it), measured once per model: a turn of one
+        llama.cpp: and the user turn after it), measured once per model and tools: a turn of one
         token rendered back whole, less that token, past what it shares with a prompt."""
-        if model in self._ends:
-            return self._ends[model]
+        key = orjson.dumps([model, fields])  # the tools offered may change what a turn ends with
+        if key in self._ends:
+            return self._ends[key]
         prompt, whole, content = await asyncio.gather(
             self.render(tokenizer, model, {"messages": _PROBE[:1], **fields}),
             self.render(tokenizer, model, _rendered_back(tokenizer, _PROBE, fields)),
@@ -210,7 +214,9 @@ class TokenCounter:
         end = _after(whole, prompt) - content
         if end < 0:
             return None
-        self._ends[model] = end
+        if len(self._ends) >= _ENDS_KEPT:
+            self._ends.clear()  # a client that sends new tools each time must not grow it forever
+        self._ends[key] = end
         return end
 
     async def text(self, tokenizer: Tokenizer, model: str, text: str) -> int | None:
