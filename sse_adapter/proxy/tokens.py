@@ -251,29 +251,19 @@ class _Chat:
         """The prompt's tokens and the completions', every tokenize call at once."""
         if self._messages is None:
             return None
-        chat = {"messages": self._messages, **self._fields, **self._switches}
+        chat = {"messages": self._messages, **self._fields}
         if self._tokenizer is Tokenizer.TGI:  # its template cannot render a turn back: approximately
             prompt, counted = await asyncio.gather(self._render(chat), self._visible(answer))
             return None if prompt is None or counted is None else (len(prompt), counted)
+        chat.update(self._switches)  # TGI knows none: it renders the generation prompt always
         end, (prompt, *rendered) = await asyncio.gather(
             self._counter.end_of_turn(self._tokenizer, self._model, self._fields),
             asyncio.gather(*map(self._render, [chat, *self._turns(answer)])),
         )
         if prompt is None or end is None or None in rendered:
             return None
-        completion = 0
-        for turn in answer:
-            tokens = rendered.pop(0)
-            if turn.reasons_aside:  # rendered with, without and raw: a template that drops it
-                without, raw = rendered.pop(0), rendered.pop(0)
-                assert without is not None
-                assert raw is not None
-                tokens = raw if len(tokens or ()) <= len(without) else tokens
-            generated = _after(tokens or [], prompt) - end
-            if generated < 0:
-                return None
-            completion += generated + turn.ended_on_stop_token
-        return len(prompt), completion
+        completion = _generated(answer, rendered, prompt, end)
+        return None if completion is None else (len(prompt), completion)
 
     def _turns(self, answer: list[Turn]) -> list[dict[str, Any]]:
         """The chats that render each turn back; a turn that reasons beside its answer three
@@ -312,6 +302,26 @@ class _Chat:
             content = last.get("content")
             return messages[:-1], content if isinstance(content, str) else ""
         return messages, ""
+
+
+def _generated(
+    answer: list[Turn], rendered: list[list[object] | None], prompt: list[object], end: int
+) -> int | None:
+    """The tokens each turn generated, summed: its rendering past the prompt's tokens, less
+    the end of a turn, plus the stop token it generated. A turn that reasons beside its
+    answer was rendered three times (:meth:`_Chat._turns`); its own template's way wins,
+    unless that renders no reasoning at all."""
+    completion = 0
+    for turn in answer:
+        tokens = rendered.pop(0) or []
+        if turn.reasons_aside:
+            without, raw = rendered.pop(0) or [], rendered.pop(0) or []
+            tokens = raw if len(tokens) <= len(without) else tokens
+        generated = _after(tokens, prompt) - end
+        if generated < 0:
+            return None
+        completion += generated + turn.ended_on_stop_token
+    return completion
 
 
 def _rendered_back(tokenizer: Tokenizer, messages: list[Any], fields: Mapping[str, Any]) -> dict[str, Any]:
