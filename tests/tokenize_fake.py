@@ -22,6 +22,27 @@ FIXTURES = Path(__file__).parent / "fixtures" / "tokenize"
 _EVENT_END = re.compile(rb"(?<=\n\n)")
 
 
+def toy_tokens(body: dict[str, Any]) -> list[str]:
+    """A vLLM ``/tokenize`` of words: a ``prompt`` is its words; ``messages`` go through a chat
+    template where each turn is its role, its words and an end, and the prompt ends in an open
+    assistant turn (add_generation_prompt, true unless said otherwise)."""
+    if "messages" not in body:
+        return str(body.get("prompt", "")).split()
+    tokens: list[str] = []
+    for message in body["messages"]:
+        tokens += [message["role"], *str(message.get("content") or "").split(), "<end>"]
+    if body.get("continue_final_message"):
+        tokens.pop()
+    elif body.get("add_generation_prompt", True):
+        tokens.append("assistant")
+    return tokens
+
+
+def toy_answer(body: dict[str, Any]) -> bytes:
+    tokens = toy_tokens(body)
+    return orjson.dumps({"count": len(tokens), "tokens": tokens})
+
+
 def fixture(stem: str) -> dict[str, Any]:
     found: dict[str, Any] = orjson.loads((FIXTURES / f"{stem}.json").read_bytes())
     return found

@@ -16,24 +16,12 @@ from sse_adapter.proxy import relay
 from sse_adapter.settings import Settings
 from tests.adapter_server import run_adapter
 from tests.proxy.test_drain import cli_adapter
+from tests.tokenize_fake import toy_answer
 from tests.upstream_fake import Received, Writer, content_frame, fake_upstream, json_answer
 
 pytestmark = pytest.mark.anyio
 
 ANSWER = [content_frame("Hello"), content_frame(", world"), b"data: [DONE]\n\n"]  # no usage
-
-
-def toy_template(body: dict[str, Any]) -> list[str]:
-    """A chat template of words: each turn is its role, its words, and an end; the prompt ends
-    in an open assistant turn (vLLM's add_generation_prompt, true unless said otherwise)."""
-    tokens: list[str] = []
-    for message in body["messages"]:
-        tokens += [message["role"], *message["content"].split(), "<end>"]
-    if body.get("continue_final_message"):
-        tokens.pop()
-    elif body.get("add_generation_prompt", True):
-        tokens.append("assistant")
-    return tokens
 
 
 def server(tokenizer_stall: float) -> Any:
@@ -44,9 +32,7 @@ def server(tokenizer_stall: float) -> Any:
             body = orjson.loads(request.body)
             if "messages" in body or body.get("prompt") != "a":  # the search answers at once
                 await asyncio.sleep(tokenizer_stall)
-            tokens = toy_template(body) if "messages" in body else [1]
-            answer = orjson.dumps({"count": len(tokens), "tokens": tokens})
-            await json_answer(200, answer)(request, out)
+            await json_answer(200, toy_answer(body))(request, out)
             return
         if request.target != "/v1/chat/completions":
             await json_answer(200, b"{}")(request, out)
