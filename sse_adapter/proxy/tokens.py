@@ -26,6 +26,9 @@ The servers' endpoints for it:
 - TGI: ``POST /chat_tokenize`` renders the chat request (with the generation
   prompt, always), ``POST /tokenize`` takes ``inputs``: the completion is the
   visible text's tokens plus the stop token, an approximation.
+- llama-cpp-python: ``POST /extras/tokenize`` (a BOS on every text) and no
+  template: the prompt is the messages' text, the completion as TGI's; both
+  lower bounds.
 
 Which of them the upstream has is found on the first stream that needs it,
 and kept for the process's life. Only an answer settles it: endpoints that
@@ -74,6 +77,11 @@ class Tokenizer(enum.Enum):
     VLLM = "vLLM /tokenize"
     LLAMA_CPP = "llama.cpp /apply-template + /tokenize"
     TGI = "TGI /chat_tokenize + /tokenize"
+    LLAMA_CPP_PYTHON = "llama-cpp-python /extras/tokenize (no chat template: approximate)"
+
+
+# Servers whose template cannot render an answer's turn back: its visible text is counted.
+_NO_TURNS = frozenset({Tokenizer.TGI, Tokenizer.LLAMA_CPP_PYTHON})
 
 
 class _NotYet(Exception):
@@ -151,6 +159,11 @@ class TokenCounter:
         _settled(status)
         if status == 200 and isinstance(json_or_none(body), list):
             return self._say(Tokenizer.TGI)
+        status, body = await self._post("/extras/tokenize", {"model": model, "input": "a"})
+        _settled(status)
+        found = json_or_none(body) if status == 200 else None
+        if isinstance(found, dict) and isinstance(found.get("tokens"), list):
+            return self._say(Tokenizer.LLAMA_CPP_PYTHON)
         return self._say(None)
 
     @staticmethod
@@ -189,6 +202,9 @@ class TokenCounter:
             return _tokens(tokenizer, *await self._post("/tokenize", {"model": model, **chat}))
         if tokenizer is Tokenizer.TGI:
             return _tokens(tokenizer, *await self._post("/chat_tokenize", {"model": model, **chat}))
+        if tokenizer is Tokenizer.LLAMA_CPP_PYTHON:  # no template endpoint: the turns' text alone
+            given = {"model": model, "input": _untemplated(chat)}
+            return _tokens(tokenizer, *await self._post("/extras/tokenize", given))
         status, body = await self._post("/apply-template", chat)
         templated = json_or_none(body) if status == 200 else None
         text = templated.get("prompt") if isinstance(templated, dict) else None
@@ -228,10 +244,23 @@ class TokenCounter:
             body: dict[str, Any] = {"model": model, "prompt": text, "add_special_tokens": special}
         elif tokenizer is Tokenizer.LLAMA_CPP:
             body = {"content": text, "add_special": special, "parse_special": special}
+        elif tokenizer is Tokenizer.LLAMA_CPP_PYTHON:
+            return await self._extras(model, text, special)
         else:
             body = {"inputs": text, "add_special_tokens": special}
         tokens = _tokens(tokenizer, *await self._post("/tokenize", body))
         return None if tokens is None else len(tokens)
+
+    async def _extras(self, model: object, text: str, special: bool) -> int | None:
+        """llama-cpp-python's count, which always adds the BOS: less an empty text's, unless ``special``."""
+        found = await self._post("/extras/tokenize", {"model": model, "input": text})
+        tokens = _tokens(Tokenizer.LLAMA_CPP_PYTHON, *found)
+        if tokens is None or special:
+            return None if tokens is None else len(tokens)
+        bos = _tokens(
+            Tokenizer.LLAMA_CPP_PYTHON, *await self._post("/extras/tokenize", {"model": model, "input": ""})
+        )
+        return None if bos is None else len(tokens) - len(bos)
 
     async def _post(self, path: str, body: object) -> tuple[int, bytes]:
         return await self._upstream.post_json(path, body, self._within, _LIMIT)
@@ -252,7 +281,7 @@ class _Chat:
         if self._messages is None:
             return None
         chat = {"messages": self._messages, **self._fields}
-        if self._tokenizer is Tokenizer.TGI:  # its template cannot render a turn back: approximately
+        if self._tokenizer in _NO_TURNS:  # its template cannot render a turn back: approximately
             prompt, counted = await asyncio.gather(self._render(chat), self._visible(answer))
             return None if prompt is None or counted is None else (len(prompt), counted)
         chat.update(self._switches)  # TGI knows none: it renders the generation prompt always
@@ -324,6 +353,14 @@ def _generated(
     return completion
 
 
+def _untemplated(chat: Mapping[str, Any]) -> str:
+    """A chat's text for a server with no chat template to render it: each message's text and the
+    tools' definitions, one a line. The template's markup is missing: a count of it is a lower bound."""
+    lines = [message.get("content") for message in chat.get("messages") or () if isinstance(message, dict)]
+    texts = [line for line in lines if isinstance(line, str)]
+    return "\n".join([*texts, *(orjson.dumps(tool).decode() for tool in chat.get("tools") or ())])
+
+
 def _rendered_back(tokenizer: Tokenizer, messages: list[Any], fields: Mapping[str, Any]) -> dict[str, Any]:
     """The chat that renders a last assistant turn whole, with its end."""
     after = [_AFTER_TURN] if tokenizer is Tokenizer.LLAMA_CPP else []
@@ -353,7 +390,7 @@ def _tokens(tokenizer: Tokenizer, status: int, body: bytes) -> list[object] | No
         return None
     found = json_or_none(body)
     if isinstance(found, dict) and tokenizer is not Tokenizer.TGI:
-        found = found.get("tokens")  # vLLM and llama.cpp
+        found = found.get("tokens")  # vLLM, llama.cpp and llama-cpp-python
     elif isinstance(found, dict):
         found = found.get("tokenize_response")  # TGI's /chat_tokenize
     if not isinstance(found, list):

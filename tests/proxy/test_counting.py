@@ -101,3 +101,29 @@ async def test_sigterm_during_the_count_finishes_the_complete_answer() -> None:
     assert raw.endswith(b"data: [DONE]\n\n")
     assert b'"error"' not in raw
     assert b"shutting_down" not in raw
+
+
+def llama_cpp_python() -> Any:
+    """llama-cpp-python: no usage, no template endpoint; /extras/tokenize adds a BOS to every text."""
+
+    async def handler(request: Received, out: Writer) -> None:
+        if request.target == "/extras/tokenize":
+            words = orjson.loads(request.body)["input"].split()
+            await json_answer(200, orjson.dumps({"tokens": ["<s>", *words]}))(request, out)
+        elif request.target == "/v1/chat/completions":
+            await out.start(200, [("Content-Type", "text/event-stream")])
+            for part in ANSWER:
+                await out.chunk(part)
+            await out.end()
+        else:
+            await json_answer(404, b'{"detail": "Not Found"}')(request, out)
+
+    return handler
+
+
+async def test_llama_cpp_python_is_counted_from_its_text_without_a_template() -> None:
+    async with fake_upstream(llama_cpp_python(), handles_probes=True) as upstream:
+        async with run_adapter(Settings(upstream=upstream.url)) as adapter:
+            chunks = await read(adapter)
+    # the prompt: its BOS and "hi" (no chat markup: a lower bound); the answer "Hello," "world"
+    assert chunks[-1]["usage"] == {"prompt_tokens": 2, "completion_tokens": 2, "total_tokens": 4}
