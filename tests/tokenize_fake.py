@@ -70,17 +70,29 @@ def answers(server: str) -> dict[bytes, tuple[int, bytes]]:
 
 
 def stripped(stream: str) -> bytes:
-    """The stream without usage: each event loses its ``usage``, a usage-only chunk is dropped."""
+    """The stream without usage: a chat event loses its ``usage``, a usage-only chunk is dropped;
+    a Responses stream's last event has a null ``response.usage``, a Messages stream's
+    ``message_delta`` no output tokens (its ``message_start`` keeps the server's input tokens)."""
     kept: list[bytes] = []
     for event in _EVENT_END.split(stream.encode()):
-        if not event.startswith(b"data: {"):
+        head, _, data = event.rpartition(b"data: ")
+        if not data.startswith(b"{"):
             kept.append(event)
             continue
-        chunk = orjson.loads(event[6:])
-        if chunk.pop("usage", None) is not None and chunk.get("choices") == []:
+        body = orjson.loads(data)
+        if "type" in body:
+            _strip_typed(body)
+        elif body.pop("usage", None) is not None and body.get("choices") == []:
             continue
-        kept.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
+        kept.append(head + b"data: " + orjson.dumps(body) + b"\n\n")
     return b"".join(kept)
+
+
+def _strip_typed(body: dict[str, Any]) -> None:
+    if body["type"] in ("response.completed", "response.incomplete"):
+        body["response"]["usage"] = None
+    elif body["type"] == "message_delta" and isinstance(body.get("usage"), dict):
+        body["usage"]["output_tokens"] = 0
 
 
 def replay(stem: str) -> Handler:
@@ -90,7 +102,7 @@ def replay(stem: str) -> Handler:
     table = answers(stem.split("-", 1)[0])
 
     async def handler(request: Received, out: Writer) -> None:
-        if request.target.endswith("/chat/completions"):
+        if request.target == recorded.get("path", "/v1/chat/completions"):
             await out.start(200, [("Content-Type", "text/event-stream")])
             for event in _EVENT_END.split(stream):
                 await out.chunk(event)
