@@ -275,6 +275,7 @@ class _Chat:
         self._messages: list[Any] | None = messages if isinstance(messages, list) else None
         self._fields = {name: request[name] for name in _TEMPLATE_FIELDS if request.get(name)}
         self._switches = {name: request[name] for name in _SWITCHES if isinstance(request.get(name), bool)}
+        self._stop_shown = request.get("include_stop_str_in_output") is True  # vLLM: in the text already
 
     async def count(self, answer: list[Turn]) -> tuple[int, int] | None:
         """The prompt's tokens and the completions', every tokenize call at once."""
@@ -300,7 +301,9 @@ class _Chat:
         messages, prefill = self._before_turn()
         ways = [("field", "none", "raw") if turn.reasons_aside else ("field",) for turn in answer]
         return [
-            _rendered_back(self._tokenizer, [*messages, turn.message(prefill, way)], self._fields)
+            _rendered_back(
+                self._tokenizer, [*messages, turn.message(prefill, way, self._stop_shown)], self._fields
+            )
             for turn, each in zip(answer, ways, strict=True)
             for way in each
         ]

@@ -49,10 +49,13 @@ class Turn:
             found = self.calls[index] = Call()
         return found
 
-    def message(self, prefill: str = "", reasoning: str = "field") -> dict[str, Any]:
+    def message(
+        self, prefill: str = "", reasoning: str = "field", stop_shown: bool = False
+    ) -> dict[str, Any]:
         """The assistant turn as the chat template renders it back: ``prefill`` is the
         request's own start of it (``continue_final_message``), a matched stop string
-        ends its content (the model generated it; the server cut it from the text).
+        ends its content (the model generated it; the server cut it from the text, unless
+        ``stop_shown``: vLLM's ``include_stop_str_in_output``).
 
         ``reasoning``: ``field`` for the template to render (``reasoning_content``), ``raw``
         as the model wrote it after a prompt that opened ``<think>`` (the reasoning,
@@ -60,7 +63,7 @@ class Turn:
         Reasoning that never closed (no content, no calls: the length ran out, or the
         server took a whole answer for reasoning) is the model's whole text, as written."""
         content = prefill + "".join(self.content)
-        if isinstance(self.stop_reason, str) and self.finish_reason == "stop":
+        if isinstance(self.stop_reason, str) and self.finish_reason == "stop" and not stop_shown:
             content += self.stop_reason
         thought = "".join(self.reasoning)
         if thought and not content and not self.calls:

@@ -78,6 +78,12 @@ def test_tgi_finish_reasons_are_mapped_before_they_are_kept() -> None:
     assert collected(chunk(content="x", finish="eos_token")).first.ended_on_stop_token
 
 
+def test_a_stop_string_already_in_the_text_is_not_added_again() -> None:
+    turn = Turn(content=["Hi tiny"], finish_reason="stop", stop_reason="tiny")
+    assert turn.message(stop_shown=True)["content"] == "Hi tiny"
+    assert turn.message()["content"] == "Hi tinytiny"
+
+
 def test_a_continued_turn_starts_with_the_requests_own_text() -> None:
     turn = Turn(content=[" a tiny"], finish_reason="stop")
     assert turn.message("Hello! I am")["content"] == "Hello! I am a tiny"
