@@ -120,7 +120,7 @@ class _Gateway:
         self.response_ids = ResponseIds()
         self._plain_settings = replace(settings, nonstream_via_stream=False)
         self._ask_usage = settings.stream_usage is StreamUsage.ASK
-        self._sends_usage: set[str] = set()  # routes whose streams carried usage: no text kept to count
+        self._sends_usage: set[str] = set()  # routes whose streams carried usage: nothing kept to count
         self._upstream: Upstream | None = None
         self._readiness: Readiness | None = None
         self._counter: TokenCounter | None = None
