@@ -35,6 +35,7 @@ from sse_adapter.proxy.models import with_aliases
 from sse_adapter.proxy.nonstream import complete, keepalive_body
 from sse_adapter.proxy.relay import EventStream
 from sse_adapter.proxy.resend import Exchange, Refused
+from sse_adapter.proxy.templates import ThinkOpening
 from sse_adapter.proxy.tokens import TokenCounter
 from sse_adapter.proxy.upstream import (
     Upstream,
@@ -53,7 +54,14 @@ from sse_adapter.repair.responses import ResponseIds, ResponsesRepairer
 from sse_adapter.repair.stream import StreamRepairer
 from sse_adapter.repair.think import prompt_opens_think
 from sse_adapter.repair.turns import Turns
-from sse_adapter.settings import HeartbeatMode, MessagesHeartbeat, ResponsesHeartbeat, Settings, StreamUsage
+from sse_adapter.settings import (
+    HeartbeatMode,
+    MessagesHeartbeat,
+    ResponsesHeartbeat,
+    Settings,
+    StreamUsage,
+    Tags,
+)
 from sse_adapter.sse.encoder import comment, frame
 
 __all__ = ["create_app"]
@@ -124,6 +132,7 @@ class _Gateway:
         self._upstream: Upstream | None = None
         self._readiness: Readiness | None = None
         self._counter: TokenCounter | None = None
+        self._think_opening: ThinkOpening | None = None
 
     @asynccontextmanager
     async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
@@ -131,6 +140,7 @@ class _Gateway:
             self._upstream = upstream
             self._readiness = Readiness(upstream)
             self._counter = TokenCounter(upstream)
+            self._think_opening = ThinkOpening(upstream)
             # said once, without holding up the start: a model server may take minutes to load
             announcing = asyncio.ensure_future(self._announce())
             yield
@@ -226,7 +236,22 @@ class _Gateway:
             )
         self.streams += 1
         self.metrics.active_streams.inc()
-        return self._open_stream(exchange, form, stats)
+        try:
+            opened = await self._think_opened(form, exchange.outgoing)
+        except BaseException:
+            self.streams -= 1
+            self.metrics.active_streams.dec()
+            raise
+        return self._open_stream(exchange, form, stats, opened)
+
+    async def _think_opened(self, form: Format, outgoing: Outgoing) -> bool | None:
+        """Whether the prompt opens ``<think>``, for ``--think-tags split``: the request's
+        word, else the server's own on the model's template, else None (unsaid)."""
+        opened = prompt_opens_think({"chat_template_kwargs": outgoing.get("chat_template_kwargs")})
+        if opened is not None or self.settings.think_tags is not Tags.SPLIT or not form.is_chat:
+            return opened
+        assert self._think_opening is not None, "the app was started without its lifespan"
+        return await self._think_opening.opens(outgoing.model)
 
     def _stream_closed(self, route: str, repairer: StreamFormat) -> None:
         self.streams -= 1
@@ -236,10 +261,12 @@ class _Gateway:
         if isinstance(repairer, ResponsesRepairer) and (made := repairer.made_id) is not None:
             self.response_ids.add(*made)
 
-    def _open_stream(self, exchange: Exchange, form: Format, stats: RequestStats) -> Response:
+    def _open_stream(
+        self, exchange: Exchange, form: Format, stats: RequestStats, think_opened: bool | None
+    ) -> Response:
         outgoing, route = exchange.outgoing, exchange.request.route
         collect = self._ask_usage and route not in self._sends_usage
-        repairer, heartbeat, mode = self._stream_format(form, outgoing, collect)
+        repairer, heartbeat, mode = self._stream_format(form, outgoing, collect, think_opened)
         return EventStream(
             exchange,
             Pipeline(repairer, self.settings.max_event_bytes),
@@ -252,7 +279,7 @@ class _Gateway:
         )
 
     def _stream_format(
-        self, form: Format, outgoing: Outgoing, collect: bool
+        self, form: Format, outgoing: Outgoing, collect: bool, think_opened: bool | None
     ) -> tuple[StreamFormat, Callable[[], bytes] | None, str]:
         """The stream's repairer, its heartbeat and the heartbeat's name, in the route's format."""
         settings, alias = self.settings, outgoing.model if outgoing.aliased else None
@@ -275,7 +302,7 @@ class _Gateway:
             alias=alias,
             collect_text=collect,
             offers_tools=outgoing.offers_tools,
-            think_opened=prompt_opens_think({"chat_template_kwargs": outgoing.get("chat_template_kwargs")}),
+            think_opened=think_opened,
         )
         return repairer, self._heartbeat(identity), settings.heartbeat_mode.value
 

@@ -68,6 +68,39 @@ class EventStream(Response):
     Performance), and the frames are made here already.
     """
 
+    # Slots, not a __dict__: past 30 attributes CPython 3.11 stops sharing an
+    # instance dict's keys, and every attribute read on the per-event path slows.
+    __slots__ = (
+        "_answered",
+        "_beat_task",
+        "_beat_timer",
+        "_client_gone",
+        "_committed",
+        "_count_usage",
+        "_ended",
+        "_exchange",
+        "_format",
+        "_heartbeat",
+        "_heartbeat_mode",
+        "_hold",
+        "_interval",
+        "_last_write",
+        "_loop",
+        "_on_close",
+        "_pipeline",
+        "_refusal",
+        "_request_id",
+        "_response",
+        "_send",
+        "_settings",
+        "_shutting_down",
+        "_stats",
+        "_tail",
+        "_watch",
+        "_wire",
+        "_writing",
+    )
+
     _send: Send
     _loop: asyncio.AbstractEventLoop
     _watch: Watch

@@ -97,7 +97,7 @@ async def open_accepted(
     if response.status_code not in (400, 422, 500):
         return response
     body = await read_at_most(response, upstream.url(request), ERROR_BODY_LIMIT)
-    rejection = rejected_fields(response.status_code, body, outgoing.fields)
+    rejection = rejected_fields(response.status_code, body, outgoing.body)
     if not rejection.drop or not may_resend():
         return _replayed(response, body)
     retry = outgoing.without(rejection.drop)

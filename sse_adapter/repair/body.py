@@ -49,6 +49,11 @@ class Members:
         value = self._members.get(name)
         return value is not None and len(memoryview(value)) == 4 and bytes(value) == b"true"
 
+    def is_null(self, name: str) -> bool:
+        """Whether the value is ``null``, read without parsing it."""
+        value = self._members.get(name)
+        return value is not None and len(memoryview(value)) == 4 and bytes(value) == b"null"
+
     def get(self, name: str, default: Any = None) -> Any:
         """The value parsed (only this one), or ``default`` when it is absent.
         A value orjson cannot hold (a number past a double) reads as absent."""

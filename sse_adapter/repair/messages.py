@@ -76,6 +76,16 @@ class MessagesRepairer(TypedStream):
 
     def repair(self, event: Event) -> list[bytes]:
         body, kind = self._read(event)
+        if kind == "content_block_delta":
+            # The common event first: a text delta whose line fits goes out as it came.
+            delta = body.get("delta")
+            if type(delta) is dict and delta.get("type") == "text_delta":
+                text = delta.get("text")
+                payload = event.data.encode()
+                if type(text) is str and len(payload) + PREFIX <= self._limit:
+                    if self.turns is not None:
+                        self.turns.first.content.append(text)
+                    return [typed_frame(kind, payload)]
         changed = False
         if self.turns is not None and kind in ("content_block_start", "message_delta"):
             self._collect(body)
@@ -137,19 +147,23 @@ class MessagesRepairer(TypedStream):
         return False
 
     def _delta(self, body: dict[str, Any], data: str) -> list[bytes]:
+        """A content-block delta: as it came when its line fits (nothing in it
+        changes: byte for byte), else its text split over several."""
         delta = body.get("delta")
-        name = _DELTA_TEXT.get(delta.get("type")) if isinstance(delta, dict) else None  # type: ignore[arg-type]
-        text = delta.get(name) if name is not None and isinstance(delta, dict) else None
-        if not isinstance(text, str) or name is None or not isinstance(delta, dict):
-            return self._emit("content_block_delta", body, data)
+        kind = delta.get("type") if type(delta) is dict else None
+        name = _DELTA_TEXT.get(kind) if type(kind) is str else None
+        text = delta.get(name) if name is not None else None  # type: ignore[union-attr]
+        if type(text) is not str or name is None or type(delta) is not dict:
+            return self._emit("content_block_delta", body, data, False)
         if self.turns is not None:
             turn = self.turns.first
             if name == "partial_json":
                 turn.call(body.get("index")).arguments.append(text)
             else:
                 (turn.reasoning if name == "thinking" else turn.content).append(text)
-        if len(data) * 4 + PREFIX <= self._limit or len(data.encode()) + PREFIX <= self._limit:
-            return self._emit("content_block_delta", body, data)
+        payload = data.encode()
+        if len(payload) + PREFIX <= self._limit:
+            return [typed_frame("content_block_delta", payload)]
         delta[name] = ""
         room = self._limit - PREFIX - len(orjson.dumps(body)) - 8
         if room < 64:

@@ -124,6 +124,17 @@ class ResponsesRepairer(TypedStream):
 
     def repair(self, event: Event) -> list[bytes]:
         body, kind = self._read(event)
+        if kind in _DELTAS and "response" not in body:
+            # The common event first: a delta whose number is the one due, whose
+            # place is given and whose line fits goes out as it came.
+            text, number = body.get("delta"), body.get("sequence_number")
+            if type(text) is str and type(number) is int and number == self._next and "output_index" in body:
+                payload = event.data.encode()
+                if len(payload) + PREFIX <= self._limit:
+                    if self.turns is not None:
+                        self._keep(kind, body, text)
+                    self._next = number + 1
+                    return [typed_frame(kind, payload)]
         if kind == "response.failed":
             self.finished = True
             response = body.get("response")
@@ -176,7 +187,10 @@ class ResponsesRepairer(TypedStream):
             message += f" Please try again in {_RETRY_IN}s."
         response = self._response("failed") | {"error": {"code": code, "message": message}}
         return b"".join(
-            [*start, *self._emit("response.failed", {"type": "response.failed", "response": response})]
+            [
+                *start,
+                *self._emit("response.failed", {"type": "response.failed", "response": response}, own=True),
+            ]
         )
 
     def error_body(self, error: AdapterError) -> bytes:
@@ -188,7 +202,7 @@ class ResponsesRepairer(TypedStream):
         adapter's own goes first (the SDK's ``responses.stream()`` raises
         unless the first event is that)."""
         start = self._start() if not self._created else []
-        return b"".join([*start, *self._emit("keepalive", {"type": "keepalive"})])
+        return b"".join([*start, *self._emit("keepalive", {"type": "keepalive"}, own=True)])
 
     # -- the pieces ------------------------------------------------------------
 
@@ -198,7 +212,7 @@ class ResponsesRepairer(TypedStream):
         if not self._id:
             self._id, self._own_id = "resp_" + uuid.uuid4().hex, True
         created = {"type": "response.created", "response": self._response("in_progress")}
-        return self._emit("response.created", created)
+        return self._emit("response.created", created, own=True)
 
     def _response(self, status: str) -> dict[str, Any]:
         if not self._id:
@@ -261,11 +275,7 @@ class ResponsesRepairer(TypedStream):
         if not isinstance(text, str):
             return self._emit(kind, body, data, changed)
         if self.turns is not None:
-            turn = self.turns.first
-            if kind in _CALL_DELTAS:
-                turn.call(body.get("item_id")).arguments.append(text)
-            else:
-                (turn.reasoning if kind in _REASONING_DELTAS else turn.content).append(text)
+            self._keep(kind, body, text)
         units = self._emit(kind, body, data, changed)
         if len(data) * 4 + PREFIX <= self._limit or len(units[0]) - _frame_overhead(kind) <= self._limit:
             return units
@@ -276,7 +286,11 @@ class ResponsesRepairer(TypedStream):
         if room < 64:
             raise LineTooLong(f"a {kind} event cannot be split under --max-line-bytes ({self._limit})")
         self.repairs["long_line_split"] += 1
-        return [unit for piece in pieces(text, room) for unit in self._emit(kind, {**body, "delta": piece})]
+        return [
+            unit
+            for piece in pieces(text, room)
+            for unit in self._emit(kind, {**body, "delta": piece}, own=True)
+        ]
 
     def _collect(self, kind: str, body: dict[str, Any]) -> None:
         """A tool call's name, and how the answer ended, for its count (deltas: ``_delta``)."""
@@ -290,8 +304,20 @@ class ResponsesRepairer(TypedStream):
             incomplete = kind == "response.incomplete"
             turn.finish_reason = "length" if incomplete else "tool_calls" if turn.calls else "stop"
 
-    def _emit(self, kind: str, body: dict[str, Any], data: str = "", changed: bool = True) -> list[bytes]:
-        """The event as a frame, numbered: as it came when its number is the one due."""
+    def _keep(self, kind: str, body: dict[str, Any], text: str) -> None:
+        """A delta's text, into what its chat turn is counted from."""
+        assert self.turns is not None
+        turn = self.turns.first
+        if kind in _CALL_DELTAS:
+            turn.call(body.get("item_id")).arguments.append(text)
+        else:
+            (turn.reasoning if kind in _REASONING_DELTAS else turn.content).append(text)
+
+    def _emit(
+        self, kind: str, body: dict[str, Any], data: str = "", changed: bool = True, own: bool = False
+    ) -> list[bytes]:
+        """The event as a frame, numbered: as it came when its number is the one due.
+        ``own``: an event the adapter made, whose number is no repair of the upstream's."""
         number = body.get("sequence_number")
         due = self._next
         if due is None:
@@ -299,7 +325,7 @@ class ResponsesRepairer(TypedStream):
         if number != due or type(number) is not int:
             body["sequence_number"] = due
             changed = True
-            if self._next is not None:
+            if self._next is not None and not own:
                 self.repairs["sequence_renumbered"] += 1
         payload = dumps(body) if changed or not data else data.encode()
         if kind not in _DELTAS and len(payload) + PREFIX > self._limit and _WHOLE.search(kind) is None:

@@ -57,6 +57,41 @@ class StreamRepairer:
     ``--think-tags split``.
     """
 
+    # Slots, not a __dict__: past 30 attributes CPython 3.11 stops sharing an
+    # instance dict's keys, and every attribute read on the per-event path slows.
+    __slots__ = (
+        "_adopted",
+        "_alias",
+        "_both_reasoning",
+        "_events",
+        "_fill_fields",
+        "_finishing",
+        "_last_choice",
+        "_last_sent",
+        "_map_reasons",
+        "_normalise_tools",
+        "_other_reasoning",
+        "_reasoning_names",
+        "_ride",
+        "_sent",
+        "_split_thinking",
+        "_split_tool_tags",
+        "_think_opened",
+        "_thinking",
+        "_tool_tags",
+        "_tools",
+        "_unknown_reasons",
+        "_usage_chunk",
+        "_wrap_thinking",
+        "_wrappers",
+        "finished",
+        "identity",
+        "repairs",
+        "saw_usage",
+        "settings",
+        "turns",
+    )
+
     def __init__(
         self,
         identity: StreamIdentity,

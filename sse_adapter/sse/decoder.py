@@ -149,6 +149,12 @@ class SSEDecoder:
         body = chunk[:-2]
         if body.find(b"\r") >= 0 or len(body) > self.max_event_bytes:
             return None
+        if body.count(b"\n") == 1:  # one event, the common read: no split, no loop
+            at = body.find(b"\ndata: ")
+            if at < 0:
+                return None
+            kind = body[7:at].decode("utf-8", "replace") or "message"
+            return [Event(body[at + 7 :].decode("utf-8", "replace"), kind, self._last_event_id)]
         events = []
         for part in body.split(b"\n\n"):
             name, data_line, data = part.partition(b"\ndata: ")

@@ -30,14 +30,48 @@ from sse_adapter.tools.oneapi import accepts_stream, nonstream_error
 from sse_adapter.tools.probe_typed import TypedRouteReport, probe_typed, show_typed
 from sse_adapter.tools.quirks import LABELS, framing_quirks, no_text, read_as_relay, server_said, shown_text
 
-__all__ = ["ProbeRun", "RouteReport", "first_model", "probe", "probe_routes", "show"]
+__all__ = ["ProbeRun", "PromptReport", "RouteReport", "first_model", "probe", "probe_routes", "show"]
 
 CHAT = "/v1/chat/completions"
 _TIMEOUT = httpx.Timeout(10.0, read=600.0)  # a reasoning model may think for minutes
 _PROMPT = [{"role": "user", "content": "Say hello in five words."}]
+_WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather now in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+# Beside the short answer above, the shapes that break where a short one does not:
+# a long answer (lines and reads past the first few), and a tool call.
+_MORE_PROMPTS: dict[str, dict[str, Any]] = {
+    "long answer": {
+        "messages": [{"role": "user", "content": "Write about 300 words on the history of the bicycle."}],
+        "max_tokens": 600,
+    },
+    "tool call": {
+        "messages": [{"role": "user", "content": "What is the weather in Paris? Use the get_weather tool."}],
+        "tools": [_WEATHER],
+        "max_tokens": 200,
+    },
+}
 _OPENAI_CHUNK_KEYS = frozenset(
     {"id", "object", "created", "model", "choices", "usage", "system_fingerprint", "service_tier", "error"}
 )
+
+
+@dataclass
+class PromptReport:
+    """One more prompt's stream, judged as the first one is."""
+
+    status: int | None = None
+    relays: bool | None = None  # None: not judged (the server takes no tools)
+    text_chars: int = 0
+    tool_calls: list[str] = field(default_factory=list)  # the names the client gets
+    finish_reason: str | None = None
+    note: str = ""  # what came instead of a judgement
+    reasons: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -59,12 +93,14 @@ class RouteReport:
     server_error: str | None = None  # the server's own message, when its stream failed
     quirks: dict[str, int] = field(default_factory=dict)  # what the bytes show
     repairs: dict[str, int] = field(default_factory=dict)  # what sse-adapter would repair in them
-    one_api_relays: bool = False
+    one_api_relays: bool = False  # the first prompt's stream
     reasons: list[str] = field(default_factory=list)
+    prompts: dict[str, PromptReport] = field(default_factory=dict)  # the others, by name
 
     @property
     def relays(self) -> bool:
-        return self.one_api_relays
+        """Every prompt's stream relays (a tool call the server cannot make is no failure)."""
+        return self.one_api_relays and all(prompt.relays is not False for prompt in self.prompts.values())
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -151,8 +187,39 @@ async def probe(url: str, model: str, api_key: str | None) -> RouteReport:
         except httpx.HTTPError as error:
             report.reasons.append(f"the stream request failed: {why(error)}")
             return report
-    _judge(report, view)
+        _judge(report, view)
+        for name, prompt in _MORE_PROMPTS.items():
+            report.prompts[name] = await _prompt(client, report.url, {"model": model, **prompt})
     return report
+
+
+async def _prompt(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> PromptReport:
+    """One more prompt's stream, judged; a server that refuses tools is said to, not failed."""
+    try:
+        view = await read_through_one_api(client, url + CHAT, {**body, "stream": True})
+    except httpx.HTTPError as error:
+        return PromptReport(relays=False, reasons=[f"the stream request failed: {why(error)}"])
+    judged = RouteReport(url)
+    _judge(judged, view)
+    found = PromptReport(view.status, judged.one_api_relays, len(judged.text), reasons=judged.reasons)
+    if "tools" in body and not accepts_stream(view.status, view.headers.get("content-type", "")):
+        found.relays, found.reasons = None, []
+        found.note = f"the server takes no tools here (status {view.status}: {judged.server_error or '-'})"
+        return found
+    if found.relays is not False:
+        found.finish_reason = view.finish_reason()
+        found.tool_calls = [call["name"] for call in _judged_calls(view, found)]
+    return found
+
+
+def _judged_calls(view: EndClientView, report: PromptReport) -> list[dict[str, Any]]:
+    """The tool calls the client gets; a delta with no index fails the stream, as in the openai SDK."""
+    try:
+        return view.tool_calls()
+    except ValueError as error:
+        report.relays = False
+        report.reasons.append(f"the openai SDK cannot read its tool calls: {error}")
+        return []
 
 
 async def _nonstream(client: httpx.AsyncClient, report: RouteReport, body: dict[str, Any]) -> None:
@@ -207,9 +274,18 @@ def _judge(report: RouteReport, view: EndClientView) -> None:
         report.reasons.append(f"the stream ends in an error before any text: {report.errors[0]}")
     if view.dones() != 1:
         report.reasons.append(f"the client gets {view.dones()} [DONE]")
-    if not report.text and not report.reasons:
+    if not report.text and not report.reasons and not _calls_tools(view):
         report.reasons.append(no_text(report.reasoning, view.finish_reason() == "length"))
     report.one_api_relays = not report.reasons
+
+
+def _calls_tools(view: EndClientView) -> bool:
+    """Whether any chunk carries a tool call: an answer, though it has no text."""
+    return any(
+        isinstance(delta := choice.get("delta"), dict) and delta.get("tool_calls")
+        for chunk in view.chunks
+        for choice in chunk.get("choices") or []
+    )
 
 
 def _reasoning(view: EndClientView) -> str:
@@ -315,6 +391,11 @@ def show(reports: dict[str, RouteReport], console: Console) -> None:
         "One-API would relay this stream (simulated)",
         *(_verdict(report) for report in reports.values()),
     )
+    for name in _MORE_PROMPTS:
+        table.add_row(
+            f"a {name}: One-API would relay it (simulated)",
+            *(_prompt_verdict(report.prompts.get(name)) for report in reports.values()),
+        )
     console.print(table)
 
 
@@ -322,6 +403,18 @@ def _verdict(report: RouteReport) -> str:
     if report.one_api_relays:
         return "[green]yes[/]"
     return "[red]no[/], because " + escape("; ".join(report.reasons))
+
+
+def _prompt_verdict(prompt: PromptReport | None) -> str:
+    if prompt is None:
+        return "- (not tried: the first stream failed)"
+    if prompt.relays is None:
+        return escape(prompt.note)
+    if not prompt.relays:
+        return "[red]no[/], because " + escape("; ".join(prompt.reasons))
+    calls = f", tool calls: {', '.join(prompt.tool_calls)}" if prompt.tool_calls else ""
+    said = f"{prompt.text_chars:,} characters{calls}, finish: {prompt.finish_reason or '-'}"
+    return "[green]yes[/] (" + escape(said) + ")"
 
 
 def _nonstream_read(report: RouteReport) -> str:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from types import SimpleNamespace
+
 import orjson
 import pytest
 
@@ -222,7 +225,7 @@ def _raw(body: object) -> bytes:
 @pytest.mark.parametrize(("status", "body", "names"), REFUSALS)
 def test_each_servers_refusal_names_its_fields(status: int, body: object, names: set[str]) -> None:
     request = {**BASE, **dict.fromkeys(names, 1), "other": 2}
-    assert rejected_fields(status, _raw(body), request) == Rejection(frozenset(names), frozenset(names))
+    assert rejected_fields(status, _raw(body), _raw(request)) == Rejection(frozenset(names), frozenset(names))
 
 
 @pytest.mark.parametrize(
@@ -241,7 +244,7 @@ def test_each_servers_refusal_names_its_fields(status: int, body: object, names:
 )
 def test_what_names_no_top_level_field_drops_nothing(status: int, body: bytes) -> None:
     request = {**BASE, "best_of": 2, "model": "m"}
-    assert rejected_fields(status, body, request) == Rejection()
+    assert rejected_fields(status, body, _raw(request)) == Rejection()
 
 
 # A hostile client writes a refusal into a value; the server echoes the value in its error.
@@ -309,9 +312,10 @@ def test_a_refusal_the_server_only_echoes_from_the_request_is_not_heard(
     status: int, body: object, value: str
 ) -> None:
     tools = [{"type": "function", "function": {"name": "f"}}]
-    assert rejected_fields(status, _raw(body), {**BASE, "tools": tools, "max_tokens": value}) == Rejection()
+    echoed = _raw({**BASE, "tools": tools, "max_tokens": value})
+    assert rejected_fields(status, _raw(body), echoed) == Rejection()
     # the same words, not in the request: the server's own
-    heard = rejected_fields(status, _raw(body), {**BASE, "tools": tools, "max_tokens": 5})
+    heard = rejected_fields(status, _raw(body), _raw({**BASE, "tools": tools, "max_tokens": 5}))
     assert heard == Rejection(frozenset({"tools"}), frozenset({"tools"}))
 
 
@@ -320,13 +324,12 @@ def test_the_request_is_read_decoded_keys_and_nested_values_too() -> None:
     escaped = prepare(
         b'{"model":"m","tools":[1],"max_tokens":"Un\\u0073upported param: t\\u006fols"}', ask_usage=False
     )
-    assert rejected_fields(400, refusal, escaped.fields) == Rejection()
+    assert rejected_fields(400, refusal, escaped.body) == Rejection()
     in_a_key = {**BASE, "tools": [1], "metadata": {"x": [{POISON: 1}]}}
-    assert rejected_fields(400, refusal, in_a_key) == Rejection()
-    deep: object = POISON
-    for _ in range(5000):  # deeper than Python's recursion limit
-        deep = [deep]
-    assert rejected_fields(400, refusal, {**BASE, "tools": [1], "deep": deep}) == Rejection()
+    assert rejected_fields(400, refusal, _raw(in_a_key)) == Rejection()
+    deep = b"[" * 500 + orjson.dumps(POISON) + b"]" * 500  # as deep as a request may be
+    request = _raw({**BASE, "tools": [1]})[:-1] + b',"deep":' + deep + b"}"
+    assert rejected_fields(400, refusal, request) == Rejection()
 
 
 @pytest.mark.parametrize(
@@ -369,7 +372,7 @@ def test_the_request_is_read_decoded_keys_and_nested_values_too() -> None:
 def test_a_refused_null_is_dropped_from_its_request_and_never_learned(
     body: object, value: object, rejection: Rejection
 ) -> None:
-    assert rejected_fields(422, _raw(body), {**BASE, "seed": value}) == rejection
+    assert rejected_fields(422, _raw(body), _raw({**BASE, "seed": value})) == rejection
 
 
 def test_the_echo_check_is_linear_in_the_request(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -377,23 +380,22 @@ def test_the_echo_check_is_linear_in_the_request(monkeypatch: pytest.MonkeyPatch
     bounded number of times: twice the request, at most ~twice the work."""
     from sse_adapter.repair import request as module
 
-    reads: list[int] = []
-    absent = module._absent
+    decoded: list[int] = []
 
-    def counted(texts: set[str], strings: list[str]) -> set[str]:
-        reads.append(len(texts) * sum(map(len, strings)))
-        return absent(texts, strings)
+    def counted(text: bytes) -> object:
+        decoded.append(len(text))
+        return json.loads(text)
 
-    monkeypatch.setattr(module, "_absent", counted)
+    monkeypatch.setattr(module, "json", SimpleNamespace(loads=counted))
     names = [f"field_{number}" for number in range(1000)]
     refusal = orjson.dumps({"error": {"message": " ".join(f"Unsupported param: {name}" for name in names)}})
 
     def work(size: int) -> int:
-        reads.clear()
-        request = {**BASE, **dict.fromkeys(names, 1), "notes": [f"{number:0100}" for number in range(size)]}
-        heard = rejected_fields(400, refusal, request)
+        decoded.clear()
+        notes = [f"{number:0100}\n" for number in range(size)]  # an escape in each: each decoded
+        heard = rejected_fields(400, refusal, _raw({**BASE, **dict.fromkeys(names, 1), "notes": notes}))
         assert len(heard.learn) == 32  # the first 32 words the server said: the rest wait for its next answer
-        return sum(reads)
+        return sum(decoded)
 
     once = work(40_000)
     assert 0 < work(80_000) <= once * 2.2

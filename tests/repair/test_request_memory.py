@@ -10,7 +10,7 @@ import pytest
 
 from sse_adapter.errors import InvalidJSON
 from sse_adapter.repair.body import Members
-from sse_adapter.repair.request import prepare
+from sse_adapter.repair.request import Rejection, prepare, rejected_fields
 from sse_adapter.repair.toolcalls import offers_tools
 
 MiB = 1 << 20
@@ -125,3 +125,26 @@ def test_tools_offered_are_read_as_toolcalls_reads_them(request_: dict[str, obje
     assert outgoing.offers_tools == offers_tools(request_)
     spaced = prepare(orjson.dumps(request_).replace(b"[]", b"[ \n ]"), ask_usage=False)
     assert spaced.offers_tools == offers_tools(request_)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(_huge_string, id="one-huge-string"),
+        pytest.param(_small_messages, id="small-messages"),
+        pytest.param(_small_numbers, id="small-numbers"),
+    ],
+)
+def test_a_refusal_of_a_20_mib_request_is_read_without_parsing_it(make: Callable[[], bytes]) -> None:
+    # Each message's text with an escape in it: every string is decoded to be searched.
+    body = make().replace(b'"content":"', b'"content":"\\n', 1_000_000)
+    body = body[:-1] + b',"logit_bias":{"1":2}}'
+    refusal = b'{"error": {"message": "Unsupported param: logit_bias"}}'
+    tracemalloc.start()
+    try:
+        rejection = rejected_fields(400, refusal, body)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert rejection == Rejection(frozenset({"logit_bias"}), frozenset({"logit_bias"}))
+    assert peak <= 4 * len(body)  # no tree (parsed whole: 5 to 40 times)

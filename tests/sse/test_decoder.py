@@ -177,3 +177,32 @@ def test_typed_events_read_whole_decode_as_line_by_line(stream: bytes) -> None:
         for event in by_byte.feed(piece)
     ]
     assert got_whole == got_bytes
+
+
+# Typed streams' reads (Responses, Messages): an `event:` line and a `data:` line
+# each, which the decoder takes whole; any other shape goes line by line.
+_TYPED_BLOCKS = st.sampled_from(
+    [
+        b'event: response.output_text.delta\ndata: {"delta":"x"}\n\n',
+        b'event: content_block_delta\ndata: {"text":"\xe4\xbd\xa0"}\n\n',
+        b"event: \ndata: x\n\n",
+        b"event:  spaced\ndata: x\n\n",
+        b"event:nospace\ndata: x\n\n",
+        b"event: a\ndata:x\n\n",
+        b"event: a\ndata: \n\n",
+        b"event: a\nid: 4\ndata: x\n\n",
+        b"event: a\ndata: x\ndata: y\n\n",
+        b"event: a\r\ndata: x\r\n\r\n",
+        b"event: a\n\n",
+        b"event: a\ndata: \xff\n\n",
+        b"data: plain\n\n",
+        b": comment\n\n",
+        b"event: error\ndata: {}\n\n",
+    ]
+)
+
+
+@given(st.lists(_TYPED_BLOCKS, min_size=1, max_size=4))
+def test_a_whole_typed_read_decodes_as_its_bytes_one_by_one(blocks: list[bytes]) -> None:
+    stream = b"".join(blocks)
+    assert decode(b": start\n\n", stream) == decode(*(stream[i : i + 1] for i in range(len(stream))))

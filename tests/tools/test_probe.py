@@ -137,6 +137,8 @@ asyncio.run(main())
     assert report["via"]["repairs"] == {}  # what comes through the adapter needs nothing more
     assert report["via"]["one_api_relays"] is True
     assert report["via"]["text"] == "Hello from TGI!"
+    assert sorted(report["via"]["prompts"]) == ["long answer", "tool call"]
+    assert report["via"]["prompts"]["long answer"]["relays"] is True
     assert sorted(report["via"]) == [
         "errors",
         "first_byte_ms",
@@ -146,6 +148,7 @@ asyncio.run(main())
         "nonstream_status",
         "one_api_relays",
         "ping_interval_s",
+        "prompts",
         "quirks",
         "reasoning",
         "reasons",
@@ -448,3 +451,89 @@ def rows(console: Console) -> dict[str, str]:
         line.split("│") for line in console.export_text(clear=False).splitlines() if line.count("│") == 3
     ]
     return {cell[1].strip(): cell[2].strip() for cell in cells if cell[1].strip()}
+
+
+def by_prompt(short: bytes, long: bytes, tool: Handler | bytes) -> Handler:
+    """A server that streams each of the probe's prompts its own way."""
+
+    async def handler(request: Received, out: Writer) -> None:
+        body = request.json()
+        assert isinstance(body, dict)
+        if not body.get("stream"):
+            await answers(short)(request, out)
+            return
+        if "tools" in body and not isinstance(tool, bytes):
+            await tool(request, out)
+            return
+        stream = tool if "tools" in body else long if body.get("max_tokens") == 600 else short
+        await answers(stream)(request, out)
+
+    return handler
+
+
+def tool_call_frames(index: bool) -> bytes:
+    call: dict[str, Any] = {"id": "call_1", "type": "function"}
+    call |= {"index": 0} if index else {}
+    frames = [
+        {"tool_calls": [{**call, "function": {"name": "get_weather", "arguments": ""}}]},
+        {"tool_calls": [{**({"index": 0} if index else {}), "function": {"arguments": '{"city":"Paris"}'}}]},
+    ]
+    chunks = [
+        {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [choice]}
+        for choice in [
+            *({"index": 0, "delta": delta, "finish_reason": None} for delta in frames),
+            {"index": 0, "delta": {}, "finish_reason": "tool_calls"},
+        ]
+    ]
+    return b"".join(b"data: " + orjson.dumps(chunk) + b"\n\n" for chunk in chunks) + b"data: [DONE]\n\n"
+
+
+SHORT = content_frame("Hello there, friend!") + b"data: [DONE]\n\n"
+
+
+@pytest.mark.anyio
+async def test_a_long_answer_one_api_cannot_relay_makes_the_route_a_no() -> None:
+    long = content_frame("x" * 70_000) + b"data: [DONE]\n\n"  # one line past One-API's 64 KiB scanner
+    async with fake_upstream(by_prompt(SHORT, long, tool_call_frames(index=True))) as upstream:
+        async with run_adapter(Settings(upstream=upstream.url)) as adapter:
+            direct, through = await asyncio.gather(probe(upstream.url, "m", None), probe(adapter, "m", None))
+    assert direct.one_api_relays  # the short answer alone would have said yes
+    assert direct.prompts["long answer"].relays is False
+    assert not direct.relays
+    assert through.relays, through.prompts  # the adapter splits the line
+    assert through.prompts["long answer"].text_chars == 70_000
+    console = Console(record=True, width=400)
+    show({"direct": direct}, console)
+    assert rows(console)["a long answer: One-API would relay it (simulated)"].startswith("no, because")
+
+
+@pytest.mark.anyio
+async def test_a_tool_call_is_an_answer_and_one_the_sdk_cannot_read_is_a_no() -> None:
+    async with fake_upstream(by_prompt(SHORT, SHORT, tool_call_frames(index=False))) as upstream:
+        async with run_adapter(Settings(upstream=upstream.url)) as adapter:
+            direct, through = await asyncio.gather(probe(upstream.url, "m", None), probe(adapter, "m", None))
+    assert direct.prompts["tool call"].relays is False
+    assert "openai SDK cannot read its tool calls" in direct.prompts["tool call"].reasons[0]
+    tool = through.prompts["tool call"]  # the adapter numbers the deltas
+    assert (tool.relays, tool.tool_calls, tool.finish_reason, tool.text_chars) == (
+        True,
+        ["get_weather"],
+        "tool_calls",
+        0,
+    )
+    assert through.relays
+
+
+@pytest.mark.anyio
+async def test_a_server_that_takes_no_tools_is_said_so_and_no_failure() -> None:
+    refuses = json_answer(400, b'{"error":{"message":"tools param requires --jinja flag","code":400}}')
+    async with fake_upstream(by_prompt(SHORT, SHORT, refuses)) as upstream:
+        report = await probe(upstream.url, "m", None)
+    tool = report.prompts["tool call"]
+    assert tool.relays is None
+    assert "takes no tools" in tool.note
+    assert "requires --jinja" in tool.note
+    assert report.relays
+    console = Console(record=True, width=400)
+    show({"direct": report}, console)
+    assert "takes no tools" in rows(console)["a tool call: One-API would relay it (simulated)"]
