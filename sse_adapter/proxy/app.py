@@ -53,6 +53,7 @@ from sse_adapter.repair.request import Outgoing, prepare
 from sse_adapter.repair.responses import ResponseIds, ResponsesRepairer
 from sse_adapter.repair.stream import StreamRepairer
 from sse_adapter.repair.think import prompt_opens_think
+from sse_adapter.repair.turns import Turns
 from sse_adapter.settings import (
     HeartbeatMode,
     MessagesHeartbeat,
@@ -128,7 +129,7 @@ class _Gateway:
         self._plain_settings = replace(settings, nonstream_via_stream=False)
         self._ask_usage = settings.stream_usage.asks
         self._keep_client = settings.stream_usage is StreamUsage.ASK_KEEP_CLIENT
-        self._sends_usage: set[str] = set()  # routes whose streams carried usage: no text kept to count
+        self._sends_usage: set[str] = set()  # routes whose streams carried usage: nothing kept to count
         self._placeholders: set[str] = set()  # routes whose placeholder usage has been logged
         self._upstream: Upstream | None = None
         self._readiness: Readiness | None = None
@@ -324,7 +325,7 @@ class _Gateway:
         not counted when the server sends none."""
         return self._keep_client and outgoing.usage_refused
 
-    async def _count_usage(self, form: Format, outgoing: Outgoing, answer: str) -> dict[str, Any] | None:
+    async def _count_usage(self, form: Format, outgoing: Outgoing, answer: Turns) -> dict[str, Any] | None:
         assert self._counter is not None, "the app was started without its lifespan"
         if form.is_chat:
             return await self._counter.usage(_KINDS[form], outgoing.fields, answer)

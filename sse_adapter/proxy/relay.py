@@ -42,6 +42,7 @@ from sse_adapter.proxy.resend import Exchange
 from sse_adapter.proxy.timeouts import Watch
 from sse_adapter.proxy.upstream import map_errors
 from sse_adapter.repair.pipeline import Pipeline
+from sse_adapter.repair.turns import Turns
 from sse_adapter.settings import Settings
 
 __all__ = ["EventStream"]
@@ -113,7 +114,7 @@ class EventStream(Response):
         *,
         heartbeat: Callable[[], bytes] | None,
         heartbeat_mode: str,
-        count_usage: Callable[[str], Awaitable[dict[str, Any] | None]] | None = None,
+        count_usage: Callable[[Turns], Awaitable[dict[str, Any] | None]] | None = None,
         on_close: Callable[[], None] = lambda: None,
     ) -> None:
         self.status_code = 200  # what the route hands FastAPI; the real status is sent by __call__
@@ -254,11 +255,11 @@ class EventStream(Response):
         if repairer.saw_usage or self._count_usage is None:
             return None
         self._stats.without_usage = True
-        if repairer.texts is None:  # no text kept: the upstream sent usage before, and this once it did not
+        if repairer.turns is None:  # nothing kept: the upstream sent usage before, and this once it did not
             return None
         try:
             async with asyncio.timeout(_COUNT_WITHIN):
-                usage = await self._count_usage("".join(repairer.texts))
+                usage = await self._count_usage(repairer.turns)
         except TimeoutError:
             log.info("the upstream's tokenizer did not count this stream within %g s", _COUNT_WITHIN)
             return None

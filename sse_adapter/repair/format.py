@@ -16,6 +16,7 @@ from collections import Counter
 from typing import Any, Protocol
 
 from sse_adapter.errors import AdapterError
+from sse_adapter.repair.turns import Turns
 from sse_adapter.sse.decoder import Event
 
 __all__ = ["Format", "StreamFormat", "Usage"]
@@ -29,7 +30,7 @@ class StreamFormat(Protocol):
     """One stream's repairs in one format's shape.
 
     ``finished``: the upstream's last event came (``[DONE]``, a terminal
-    event): the relay reads no further. ``saw_usage`` and ``texts`` tell the
+    event): the relay reads no further. ``saw_usage`` and ``turns`` tell the
     relay whether usage must be counted, and from what. ``usage``: the one
     the stream ended with (the server's or counted, sent or not), in Chat
     Completions' names, for the access log.
@@ -38,7 +39,7 @@ class StreamFormat(Protocol):
     finished: bool
     saw_usage: bool
     usage: Usage | None
-    texts: list[str] | None
+    turns: Turns | None
     repairs: Counter[str]
 
     @property

@@ -40,6 +40,8 @@ PING = b'event: ping\ndata: {"type":"ping"}\n\n'
 
 # The text of each content-block delta, by the delta's type: what may be split.
 _DELTA_TEXT = {"text_delta": "text", "thinking_delta": "thinking", "input_json_delta": "partial_json"}
+# How a message ended, as the chat finish_reason it is counted as (repair/turns.py).
+_FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls"}
 
 
 def stream_error_type(error: AdapterError) -> str:
@@ -83,10 +85,12 @@ class MessagesRepairer(TypedStream):
                 text = delta.get("text")
                 payload = event.data.encode()
                 if type(text) is str and len(payload) + PREFIX <= self._limit:
-                    if self.texts is not None:
-                        self.texts.append(text)
+                    if self.turns is not None:
+                        self.turns.first.content.append(text)
                     return [typed_frame(kind, payload)]
         changed = False
+        if self.turns is not None and kind in ("content_block_start", "message_delta"):
+            self._collect(body)
         if kind == "message_start":
             changed = self._start(body)
         elif kind == "content_block_delta":
@@ -159,7 +163,7 @@ class MessagesRepairer(TypedStream):
         self._input_tokens = self._input_tokens or _prompt_tokens(usage)
         output = usage.get("output_tokens")
         output = output if isinstance(output, int) and not isinstance(output, bool) else None
-        generated = None if self.texts is None else any(self.texts)
+        generated = None if self.turns is None else self.turns.generated
         # Not known to be empty: zero output tokens is missing, as it always was here.
         self._output_real = output is not None and (output > 0 or (output == 0 and generated is False))
         if (output is not None and self._started and not self._input_tokens) or (output == 0 and generated):
@@ -175,8 +179,12 @@ class MessagesRepairer(TypedStream):
         text = delta.get(name) if name is not None else None  # type: ignore[union-attr]
         if type(text) is not str or name is None or type(delta) is not dict:
             return self._emit("content_block_delta", body, data, False)
-        if self.texts is not None:
-            self.texts.append(text)
+        if self.turns is not None:
+            turn = self.turns.first
+            if name == "partial_json":
+                turn.call(body.get("index")).arguments.append(text)
+            else:
+                (turn.reasoning if name == "thinking" else turn.content).append(text)
         payload = data.encode()
         if len(payload) + PREFIX <= self._limit:
             return [typed_frame("content_block_delta", payload)]
@@ -190,6 +198,18 @@ class MessagesRepairer(TypedStream):
             for piece in pieces(text, room)
             for unit in self._emit("content_block_delta", {**body, "delta": {**delta, name: piece}})
         ]
+
+    def _collect(self, body: dict[str, Any]) -> None:
+        """A tool use's name, and how the message ended, for its count (deltas: ``_delta``)."""
+        assert self.turns is not None
+        turn = self.turns.first
+        block, delta = body.get("content_block"), body.get("delta")
+        if isinstance(block, dict) and block.get("type") == "tool_use" and isinstance(block.get("name"), str):
+            turn.call(body.get("index")).name.append(block["name"])
+        elif isinstance(delta, dict) and isinstance(reason := delta.get("stop_reason"), str):
+            turn.finish_reason = _FINISH.get(reason, "stop")
+            sequence = delta.get("stop_sequence")
+            turn.stop_reason = sequence if isinstance(sequence, str) else None
 
     def _emit(self, kind: str, body: dict[str, Any], data: str = "", changed: bool = True) -> list[bytes]:
         payload = dumps(body) if changed or not data else data.encode()

@@ -63,6 +63,9 @@ _WHOLE = re.compile(r"\.done$|^response\.(completed|incomplete|failed|in_progres
 # Events about a content part of an item: these carry a content_index.
 _PARTS = re.compile(r"content_part|output_text|reasoning_text|refusal")
 _RETRY_IN = 10  # seconds a client is asked to wait when the server is full
+# Where each delta's text goes in the chat turn it is counted as (repair/turns.py).
+_REASONING_DELTAS = frozenset({"response.reasoning_text.delta", "response.reasoning_summary_text.delta"})
+_CALL_DELTAS = frozenset({"response.function_call_arguments.delta", "response.custom_tool_call_input.delta"})
 
 
 def failure_code(error: AdapterError) -> str:
@@ -129,8 +132,8 @@ class ResponsesRepairer(TypedStream):
             if type(text) is str and type(number) is int and number == self._next and "output_index" in body:
                 payload = event.data.encode()
                 if len(payload) + PREFIX <= self._limit:
-                    if self.texts is not None:
-                        self.texts.append(text)
+                    if self.turns is not None:
+                        self._keep(kind, body, text)
                     self._next = number + 1
                     return [typed_frame(kind, payload)]
         if kind == "response.failed":
@@ -150,6 +153,8 @@ class ResponsesRepairer(TypedStream):
             changed |= self._own_response(response)
         if "output_index" not in body:  # llama-server's: vLLM's and OpenAI's events carry it
             changed |= self._place(kind, body)
+        if self.turns is not None:
+            self._collect(kind, body)
         if kind in _TERMINAL:
             self.finished = True
             if not self._real_usage(response):
@@ -225,7 +230,7 @@ class ResponsesRepairer(TypedStream):
         output = response.get("output") if isinstance(response, dict) else None
         if isinstance(output, list) and output:
             return any(_has_text(item) for item in output)
-        return None if self.texts is None else any(self.texts)
+        return None if self.turns is None else self.turns.generated
 
     def _count(self, repair: str, applies: bool) -> bool:
         if applies:
@@ -300,8 +305,8 @@ class ResponsesRepairer(TypedStream):
         text = body.get("delta")
         if not isinstance(text, str):
             return self._emit(kind, body, data, changed)
-        if self.texts is not None:
-            self.texts.append(text)
+        if self.turns is not None:
+            self._keep(kind, body, text)
         units = self._emit(kind, body, data, changed)
         if len(data) * 4 + PREFIX <= self._limit or len(units[0]) - _frame_overhead(kind) <= self._limit:
             return units
@@ -317,6 +322,27 @@ class ResponsesRepairer(TypedStream):
             for piece in pieces(text, room)
             for unit in self._emit(kind, {**body, "delta": piece}, own=True)
         ]
+
+    def _collect(self, kind: str, body: dict[str, Any]) -> None:
+        """A tool call's name, and how the answer ended, for its count (deltas: ``_delta``)."""
+        assert self.turns is not None
+        turn = self.turns.first
+        item = body.get("item")
+        name = item.get("name") if isinstance(item, dict) else None
+        if kind == "response.output_item.added" and isinstance(item, dict) and isinstance(name, str):
+            turn.call(item.get("id")).name.append(name)
+        elif kind in _TERMINAL:
+            incomplete = kind == "response.incomplete"
+            turn.finish_reason = "length" if incomplete else "tool_calls" if turn.calls else "stop"
+
+    def _keep(self, kind: str, body: dict[str, Any], text: str) -> None:
+        """A delta's text, into what its chat turn is counted from."""
+        assert self.turns is not None
+        turn = self.turns.first
+        if kind in _CALL_DELTAS:
+            turn.call(body.get("item_id")).arguments.append(text)
+        else:
+            (turn.reasoning if kind in _REASONING_DELTAS else turn.content).append(text)
 
     def _emit(
         self, kind: str, body: dict[str, Any], data: str = "", changed: bool = True, own: bool = False

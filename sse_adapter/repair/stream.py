@@ -24,6 +24,7 @@ from sse_adapter.repair.dialects import (
 from sse_adapter.repair.fitting import fit
 from sse_adapter.repair.think import ThinkSplitter, ThinkWrapper
 from sse_adapter.repair.toolcalls import ToolCalls, ToolTagSplitter
+from sse_adapter.repair.turns import Turns
 from sse_adapter.repair.usage import Verdict, generated_text, timings_usage, usage_verdict, with_total
 from sse_adapter.settings import ReasoningField, Settings, Tags, ToolCallMode
 from sse_adapter.sse.decoder import Event
@@ -34,7 +35,6 @@ __all__ = ["StreamRepairer", "map_finish_reason", "reasoning_name", "reasoning_n
 log = logging.getLogger(__name__)
 
 _EXCERPT = 200
-_BILLED_TEXT = ("content", "text", "reasoning_content", "reasoning")
 _REASONING = ("reasoning_content", "reasoning")
 _MISSING = object()
 
@@ -47,8 +47,9 @@ class StreamRepairer:
     did), so the usage rides on the last chunk that has choices, held back
     until the usage comes or the stream ends, instead of a chunk of its own.
     ``alias``: the model name the client asked for, which every chunk
-    carries back. ``collect_text``: keep the answer's text, for counting
-    its tokens when the upstream sends no usage. ``offers_tools``: the
+    carries back. ``collect_text``: keep what each choice generated
+    (:class:`~sse_adapter.repair.turns.Turns`), for counting its tokens
+    when the upstream sends no usage. ``offers_tools``: the
     request let the model call tools (:func:`offers_tools`); without,
     ``<tool_call>`` text stays text. ``think_opened``: whether the request
     had the chat template open ``<think>`` in the prompt
@@ -99,7 +100,7 @@ class StreamRepairer:
         "repairs",
         "saw_usage",
         "settings",
-        "texts",
+        "turns",
         "usage",
     )
 
@@ -122,7 +123,7 @@ class StreamRepairer:
         self.repairs: Counter[str] = Counter()
         self.saw_usage = False
         self.usage: dict[str, Any] | None = None
-        self.texts: list[str] | None = [] if collect_text else None
+        self.turns: Turns | None = Turns() if collect_text else None
         self._ride = usage_on_last_choice and not hide_usage
         self._hide = hide_usage
         self._holds_usage = settings.final_usage_only or usage_on_last_choice or hide_usage
@@ -363,7 +364,7 @@ class StreamRepairer:
         (no text is kept once the route's streams carry usage)."""
         if generated_text(chunk):
             return True
-        return None if self.texts is None else any(self.texts)
+        return None if self.turns is None else self.turns.generated
 
     def _adopt(self, chunk: dict[str, Any]) -> None:
         """The upstream's first chunk names the model and the time that the
@@ -393,14 +394,15 @@ class StreamRepairer:
     def _repair_choice(self, choice: dict[str, Any]) -> bool:
         changed = False
         delta = choice.get("delta")
-        texts = self.texts
-        if texts is not None:
-            if type(delta) is not dict:
-                self._collect(texts, choice)  # a completion's choice holds its text itself
-            elif len(delta) == 1 and type(text := delta.get("content")) is str:
-                texts.append(text)  # the common delta, inline
+        turns = self.turns
+        if turns is not None:
+            if type(delta) is dict and len(delta) == 1 and type(text := delta.get("content")) is str:
+                if choice.get("index", 0) == 0:
+                    turns.first.content.append(text)  # the common delta, inline
+                else:
+                    turns.of(choice["index"]).content.append(text)
             else:
-                self._collect(texts, delta)
+                turns.add_chat(choice)
         finish = choice.get("finish_reason", _MISSING)
         if finish is _MISSING:
             if self._fill_fields:  # vLLM may leave it out
@@ -410,6 +412,8 @@ class StreamRepairer:
             self._finishing = True
             if type(finish) is str and self._map_reasons:
                 changed = self._map_finish_reason(choice)
+            if turns is not None:
+                turns.end(choice)  # after the mapping: TGI's eos_token is a stop
         if type(delta) is dict:
             if (self._other_reasoning is not None and self._other_reasoning in delta) or (
                 self._both_reasoning and "reasoning_content" in delta  # the other name, for both
@@ -426,20 +430,6 @@ class StreamRepairer:
         if self._tools and self._normalise_tools and choice.get("finish_reason") == "stop":
             changed |= self._finish_with_tool_calls(choice)
         return changed
-
-    @staticmethod
-    def _collect(texts: list[str], delta: dict[str, Any]) -> None:
-        """The text whose tokens the upstream bills: content, reasoning, tool-call arguments."""
-        for name in _BILLED_TEXT:
-            value = delta.get(name)
-            if isinstance(value, str) and value:
-                texts.append(value)
-        calls = delta.get("tool_calls")
-        for call in calls if isinstance(calls, list) else ():
-            function = call.get("function") if isinstance(call, dict) else None
-            arguments = function.get("arguments") if isinstance(function, dict) else None
-            if isinstance(arguments, str):
-                texts.append(arguments)
 
     def _wrap_think(self, choice: dict[str, Any], delta: dict[str, Any]) -> bool:
         """Reasoning into content, inside ``<think>...</think>``."""

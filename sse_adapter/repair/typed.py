@@ -15,6 +15,7 @@ import orjson
 
 from sse_adapter.errors import UpstreamDisconnected, UpstreamError, UpstreamReported
 from sse_adapter.repair.dialects import excerpt
+from sse_adapter.repair.turns import Turns
 from sse_adapter.sse.decoder import Event
 
 __all__ = ["PREFIX", "TypedStream", "dumps", "event_object", "event_type", "reported", "typed_frame"]
@@ -85,7 +86,8 @@ class TypedStream:
         self.finished = False
         self.saw_usage = False
         self.usage: dict[str, Any] | None = None  # the one the stream ended with, in chat's names
-        self.texts: list[str] | None = [] if collect_text else None
+        # What the answer generated, for counting it the way its chat equivalent is (tokens.py)
+        self.turns: Turns | None = Turns() if collect_text else None
         self.repairs: Counter[str] = Counter()
 
     def _read(self, event: Event) -> tuple[dict[str, Any], str]:

@@ -16,6 +16,7 @@ from sse_adapter.proxy import relay
 from sse_adapter.settings import Settings
 from tests.adapter_server import run_adapter
 from tests.proxy.test_drain import cli_adapter
+from tests.tokenize_fake import toy_answer
 from tests.upstream_fake import Received, Writer, content_frame, fake_upstream, json_answer
 
 pytestmark = pytest.mark.anyio
@@ -31,7 +32,7 @@ def server(tokenizer_stall: float) -> Any:
             body = orjson.loads(request.body)
             if "messages" in body or body.get("prompt") != "a":  # the search answers at once
                 await asyncio.sleep(tokenizer_stall)
-            await json_answer(200, b'{"count": 3, "tokens": [1, 2, 3]}')(request, out)
+            await json_answer(200, toy_answer(body))(request, out)
             return
         if request.target != "/v1/chat/completions":
             await json_answer(200, b"{}")(request, out)
@@ -64,7 +65,8 @@ async def test_a_slow_tokenizer_does_not_trip_the_upstreams_timeouts() -> None:
             chunks = await read(adapter)
     assert not [chunk for chunk in chunks if "error" in chunk]
     assert text_of(chunks) == "Hello, world"
-    assert chunks[-1]["usage"]["completion_tokens"] == 3
+    # "user hi <end> assistant"; "Hello," "world" (the stream has no finish_reason: no stop token)
+    assert chunks[-1]["usage"] == {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6}
 
 
 async def test_a_stuck_tokenizer_ends_the_stream_cleanly_without_usage(
@@ -99,3 +101,29 @@ async def test_sigterm_during_the_count_finishes_the_complete_answer() -> None:
     assert raw.endswith(b"data: [DONE]\n\n")
     assert b'"error"' not in raw
     assert b"shutting_down" not in raw
+
+
+def llama_cpp_python() -> Any:
+    """llama-cpp-python: no usage, no template endpoint; /extras/tokenize adds a BOS to every text."""
+
+    async def handler(request: Received, out: Writer) -> None:
+        if request.target == "/extras/tokenize":
+            words = orjson.loads(request.body)["input"].split()
+            await json_answer(200, orjson.dumps({"tokens": ["<s>", *words]}))(request, out)
+        elif request.target == "/v1/chat/completions":
+            await out.start(200, [("Content-Type", "text/event-stream")])
+            for part in ANSWER:
+                await out.chunk(part)
+            await out.end()
+        else:
+            await json_answer(404, b'{"detail": "Not Found"}')(request, out)
+
+    return handler
+
+
+async def test_llama_cpp_python_is_counted_from_its_text_without_a_template() -> None:
+    async with fake_upstream(llama_cpp_python(), handles_probes=True) as upstream:
+        async with run_adapter(Settings(upstream=upstream.url)) as adapter:
+            chunks = await read(adapter)
+    # the prompt: its BOS and "hi" (no chat markup: a lower bound); the answer "Hello," "world"
+    assert chunks[-1]["usage"] == {"prompt_tokens": 2, "completion_tokens": 2, "total_tokens": 4}

@@ -17,6 +17,7 @@ from sse_adapter.settings import Settings
 from tests.adapter_server import run_adapter
 from tests.formats_fake import messages_delta, messages_head, messages_stream, messages_tail, typed
 from tests.proxy.test_responses_wire import cut_after, frame_gaps, paced
+from tests.tokenize_fake import toy_answer
 from tests.upstream_fake import Received, Writer, fake_upstream, json_answer, sse
 
 pytestmark = pytest.mark.anyio
@@ -222,8 +223,7 @@ async def test_missing_output_usage_is_counted_with_the_servers_tokenizer() -> N
 
     async def server(request: Received, out: Writer) -> None:
         if request.target == "/tokenize":
-            count = 9 if "messages" in orjson.loads(request.body) else 4
-            await json_answer(200, orjson.dumps({"count": count, "tokens": [1] * count}))(request, out)
+            await json_answer(200, toy_answer(orjson.loads(request.body)))(request, out)
             return
         await sse(parts)(request, out)
 
@@ -232,7 +232,7 @@ async def test_missing_output_usage_is_counted_with_the_servers_tokenizer() -> N
             async with client(adapter) as sdk:
                 async with sdk.messages.stream(**ASK) as stream:
                     final = await stream.get_final_message()
-    assert final.usage.output_tokens == 4
+    assert final.usage.output_tokens == 3  # "Hello," "world." and the stop token of end_turn
     assert final.usage.input_tokens == 7  # the server's own, from message_start
 
 

@@ -122,8 +122,10 @@ async def test_pass_mode_asks_for_nothing() -> None:
 # of the text they are given; the chat template is "<role>: <content>\n" per message.
 
 
-def _template(messages: list[dict[str, str]]) -> str:
-    return "".join(f"{message['role']}: {message['content']}\n" for message in messages)
+def _template(messages: list[dict[str, str]], generation_prompt: bool = True) -> str:
+    """A chat template: each turn its role and content; the prompt ends in an open assistant turn."""
+    turns = "".join(f"{message['role']}: {message['content']}\n" for message in messages)
+    return turns + ("assistant:" if generation_prompt else "")
 
 
 def _tokens(text: str, special: bool = False) -> list[int]:
@@ -144,13 +146,16 @@ def tokenizer(kind: str, log: list[str]) -> Handler:
             log.append(path)
         reply: object = None
         if kind == "vllm" and path == "/tokenize" and ("prompt" in request or "messages" in request):
-            text = request.get("prompt") or _template(request["messages"])
+            text = request.get("prompt") or _template(
+                request["messages"], request.get("add_generation_prompt", True)
+            )
             special = request.get("add_special_tokens", "prompt" in request)  # vLLM's defaults
-            reply = {"count": len(_tokens(text, special)), "max_model_len": 9}
+            tokens = _tokens(text, special)
+            reply = {"count": len(tokens), "max_model_len": 9, "tokens": tokens}
         elif kind == "llama.cpp" and path == "/tokenize":
             reply = {"tokens": _tokens(request.get("content", ""), request.get("add_special", False))}
         elif kind == "llama.cpp" and path == "/apply-template":
-            reply = {"prompt": _template(request["messages"])}
+            reply = {"prompt": _template(request["messages"], request.get("add_generation_prompt", True))}
         elif kind == "tgi" and path == "/tokenize" and "inputs" in request:
             reply = [
                 {"id": token} for token in _tokens(request["inputs"], request.get("add_special_tokens", True))
@@ -166,8 +171,8 @@ def tokenizer(kind: str, log: list[str]) -> Handler:
     return handler
 
 
-# "user: two words\n" is 3 words; the templates with a BOS are 4; "Hello big world" is 3.
-@pytest.mark.parametrize(("kind", "prompt"), [("vllm", 3), ("llama.cpp", 4), ("tgi", 4)])
+# "user: two words\nassistant:" is 4 words; with a BOS, 5. "Hello big world" is 3, and its stop token.
+@pytest.mark.parametrize(("kind", "prompt"), [("vllm", 4), ("llama.cpp", 5), ("tgi", 5)])
 async def test_usage_is_counted_with_the_upstreams_own_tokenizer(kind: str, prompt: int) -> None:
     calls: list[str] = []
     async with fake_upstream(tokenizer(kind, calls), handles_probes=True) as upstream:
@@ -176,7 +181,7 @@ async def test_usage_is_counted_with_the_upstreams_own_tokenizer(kind: str, prom
             detected = len(calls)
             second = await stream(adapter, CHAT, {**ASK, "stream_options": {"include_usage": True}})
             page = await metrics(adapter)
-    expected = {"prompt_tokens": prompt, "completion_tokens": 3, "total_tokens": prompt + 3}
+    expected = {"prompt_tokens": prompt, "completion_tokens": 4, "total_tokens": prompt + 4}
     assert first.usage() == expected
     assert first.chunks[-1]["choices"]  # rides on the last chunk: the client did not ask
     assert second.usage() == expected

@@ -24,6 +24,7 @@ from tests.formats_fake import (
     responses_tail,
     typed,
 )
+from tests.tokenize_fake import toy_answer
 from tests.upstream_fake import Received, Writer, fake_upstream, json_answer, sse
 
 pytestmark = pytest.mark.anyio
@@ -282,9 +283,7 @@ async def test_missing_usage_is_counted_with_the_servers_tokenizer() -> None:
 
     async def server(request: Received, out: Writer) -> None:
         if request.target == "/tokenize":
-            body = orjson.loads(request.body)
-            count = 11 if "messages" in body else 4
-            await json_answer(200, orjson.dumps({"count": count, "tokens": [1] * count}))(request, out)
+            await json_answer(200, toy_answer(orjson.loads(request.body)))(request, out)
             return
         await sse(parts)(request, out)
 
@@ -292,9 +291,11 @@ async def test_missing_usage_is_counted_with_the_servers_tokenizer() -> None:
         async with run_adapter(settings(upstream.url)) as adapter:
             got = [event for _, event in await events_of(adapter)]
     usage = got[-1].response.usage
-    assert (usage.input_tokens, usage.output_tokens, usage.total_tokens) == (11, 4, 15)
-    tokenized = [request.json() for request in upstream.probes if request.target == "/tokenize"]
-    assert {"role": "user", "content": "hi"} in tokenized[-2]["messages"]  # type: ignore[index]
+    # the input as a chat turn: "user hi <end> assistant"; the answer "Hello," "world." and its stop token
+    assert (usage.input_tokens, usage.output_tokens, usage.total_tokens) == (4, 3, 7)
+    chats = [request.json() for request in upstream.probes if request.target == "/tokenize"]
+    prompts = [chat["messages"] for chat in chats if isinstance(chat, dict) and "messages" in chat]
+    assert [{"role": "user", "content": "hi"}] in prompts  # the input, as a chat turn
 
 
 async def test_a_delta_over_the_line_limit_is_split_into_deltas_of_the_same_item() -> None:

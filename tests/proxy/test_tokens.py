@@ -58,7 +58,7 @@ async def test_a_tokenizer_that_cannot_answer_yet_is_asked_again_later(
             retry_after(monkeypatch, 0)  # the delay has passed
             later = await stream(adapter, CHAT, ASK)
     assert first.text() == soon.text() == later.text() == "".join(WORDS)
-    assert later.usage() == {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}
+    assert later.usage() == {"prompt_tokens": 4, "completion_tokens": 4, "total_tokens": 8}
     assert first.usage() is None
     assert soon.usage() is None
     assert asked_soon == 1  # one failed call, then the search waited

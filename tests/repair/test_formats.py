@@ -107,7 +107,8 @@ def test_missing_usage_is_held_and_filled_from_the_count() -> None:
     repairer = ResponsesRepairer("m", 65000, collect_text=True)
     out = run(repairer, responses_stream(["ab", "c"], usage=None))
     assert "response.completed" not in [body["type"] for body in frames(out)]
-    assert repairer.texts == ["ab", "c"]
+    assert repairer.turns is not None
+    assert repairer.turns.first.content == ["ab", "c"]
     last = frames(repairer.finish(usage={"prompt_tokens": 5, "completion_tokens": 2}))
     assert last[0]["type"] == "response.completed"
     assert last[0]["response"]["usage"]["total_tokens"] == 7

@@ -14,7 +14,8 @@ def test_a_messages_text_delta_goes_out_byte_for_byte() -> None:
     assert repairer.repair(Event(data, "content_block_delta")) == [
         b"event: content_block_delta\ndata: " + data.encode() + b"\n\n"
     ]
-    assert repairer.texts == ["hi"]
+    assert repairer.turns is not None
+    assert repairer.turns.first.content == ["hi"]
 
 
 def test_a_messages_delta_of_an_unknown_shape_goes_out_as_it_came() -> None:
@@ -36,7 +37,8 @@ def test_a_responses_delta_whose_number_is_due_goes_out_byte_for_byte() -> None:
     late = '{"type": "response.output_text.delta", "sequence_number": 7, "delta": "ho"}'
     [renumbered] = repairer.repair(Event(late, "response.output_text.delta"))
     assert b'"sequence_number":2' in renumbered
-    assert repairer.texts == ["hi", "ho"]
+    assert repairer.turns is not None
+    assert repairer.turns.first.content == ["hi", "ho"]
     assert repairer.repairs["sequence_renumbered"] == 1
 
 
