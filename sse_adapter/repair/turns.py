@@ -116,7 +116,7 @@ class Turns:
     @property
     def generated(self) -> bool:
         """Whether any choice generated anything: text, reasoning or a tool call."""
-        return any(turn.content or turn.reasoning or turn.calls for turn in self.by_choice.values())
+        return any(any(turn.content) or any(turn.reasoning) or turn.calls for turn in self.by_choice.values())
 
     def add_chat(self, choice: dict[str, Any]) -> None:
         """A chat choice's delta (or a completion's text) into its turn."""

@@ -30,9 +30,11 @@ __all__ = ["exactness", "usage_source"]
 
 _TIMEOUT = httpx.Timeout(10.0, read=600.0)  # a reasoning model may think for minutes
 _PROMPT = [{"role": "user", "content": "Say hello in five words."}]
-# Tokenizers that apply the server's chat template to the request (the prompt as the
-# server renders it); any other (llama-cpp-python's /extras/tokenize: text only) is approximate.
-_TEMPLATE_AWARE = frozenset({"VLLM", "LLAMA_CPP", "TGI"})
+# Tokenizers that apply the server's chat template to the request and to the answer's turn
+# (both as the server renders them); any other is approximate.
+# TGI renders the prompt but cannot render an answer's turn back: its completion is the
+# visible text and the stop token, approximate too (README, Billing).
+_TEMPLATE_AWARE = frozenset({"VLLM", "LLAMA_CPP"})
 
 
 def exactness(tokenizer: Tokenizer) -> str:

@@ -14,6 +14,7 @@ import pytest
 from sse_adapter.settings import Settings, StreamUsage
 from tests.adapter_server import run_adapter
 from tests.end_client import assert_spec_clean, fixture, stream
+from tests.tokenize_fake import toy_answer
 from tests.upstream_fake import FakeUpstream, Received, Writer, fake_upstream, json_answer, sse
 
 pytestmark = pytest.mark.anyio
@@ -27,11 +28,19 @@ USAGE = {
     "total_tokens": 11,
     "completion_tokens_details": {"reasoning_tokens": 1},
 }
-COUNT = 4  # what the fake /tokenize answers: every text is 4 tokens
+# What the toy /tokenize counts for MESSAGES and the answer "Hi": the prompt is
+# user, hi, <end>, assistant; the completion is Hi and the stop token.
+PROMPT, COMPLETION = 4, 2
 
 
 def data(choices: list[dict[str, Any]], **fields: Any) -> bytes:
     return b"data: " + orjson.dumps({**HEAD, "choices": choices, **fields}) + b"\n\n"
+
+
+def tokenized(received: Received) -> bytes:
+    """A toy /tokenize of words (tests/tokenize_fake.py); anything else (health) answers ``{}``."""
+    body = received.json() if received.target == "/tokenize" else None
+    return toy_answer(body) if isinstance(body, dict) else b"{}"
 
 
 def delta(content: str, finish: str | None = None) -> dict[str, Any]:
@@ -42,8 +51,8 @@ def vllm(usage: dict[str, Any]) -> Any:
     """A vLLM-like server: ``usage`` as a ``choices: []`` chunk only when asked, and its /tokenize."""
 
     async def handler(received: Received, out: Writer) -> None:
-        if received.target != CHAT:  # its /tokenize, and its health the adapter checks
-            await json_answer(200, orjson.dumps({"count": COUNT}))(received, out)
+        if received.target != CHAT:  # its /tokenize (a toy one of words), and its health
+            await json_answer(200, tokenized(received))(received, out)
             return
         request = received.json()
         assert isinstance(request, dict)
@@ -142,7 +151,7 @@ async def test_a_placeholder_is_counted_with_the_servers_tokenizer_and_said_once
         run_adapter(Settings(upstream=upstream.url)) as adapter,
     ):
         runs = [await sdk_stream(adapter, stream_options={"include_usage": True}) for _ in range(2)]
-    counted = {"prompt_tokens": COUNT, "completion_tokens": COUNT, "total_tokens": 2 * COUNT}
+    counted = {"prompt_tokens": PROMPT, "completion_tokens": COMPLETION, "total_tokens": PROMPT + COMPLETION}
     assert [usages for _, usages in runs] == [[counted], [counted]]
     said = [r.getMessage() for r in caplog.records if "placeholder" in r.getMessage()]
     assert len(said) == 1, said
@@ -154,7 +163,7 @@ async def test_an_empty_answers_zero_completion_tokens_are_the_servers() -> None
 
     async def handler(received: Received, out: Writer) -> None:
         if received.target != CHAT:
-            await json_answer(200, orjson.dumps({"count": COUNT}))(received, out)
+            await json_answer(200, tokenized(received))(received, out)
             return
         frames = [
             data([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": "length"}])
@@ -197,7 +206,9 @@ async def test_llama_servers_timings_are_the_usage_when_it_sends_none() -> None:
             USAGE, {"prompt_tokens": 9, "completion_tokens": 2, "usage_from": "server"}, id="server"
         ),
         pytest.param(
-            {}, {"prompt_tokens": COUNT, "completion_tokens": COUNT, "usage_from": "counted"}, id="counted"
+            {},
+            {"prompt_tokens": PROMPT, "completion_tokens": COMPLETION, "usage_from": "counted"},
+            id="counted",
         ),
     ],
 )

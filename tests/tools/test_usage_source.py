@@ -3,7 +3,6 @@ one the adapter counted (exactly or approximately), or none."""
 
 from __future__ import annotations
 
-import enum
 from typing import Any
 
 import orjson
@@ -15,6 +14,7 @@ from sse_adapter.tools import usage_source as source
 from sse_adapter.tools.probe_typed import request
 from sse_adapter.tools.usage_source import chat_request, exactness, usage_source
 from tests.end_client import fixture
+from tests.tokenize_fake import toy_answer
 from tests.upstream_fake import Received, Writer, content_frame, fake_upstream, json_answer, sse
 
 pytestmark = pytest.mark.anyio
@@ -28,8 +28,9 @@ def server(usage: dict[str, Any] | None, tokenize: bool) -> Any:
 
     async def handler(received: Received, out: Writer) -> None:
         if received.target == "/tokenize":
-            answer = {"count": 3} if tokenize else {"detail": "Not Found"}
-            await json_answer(200 if tokenize else 404, orjson.dumps(answer))(received, out)
+            body = received.json()
+            answer = toy_answer(body) if tokenize and isinstance(body, dict) else b'{"detail":"Not Found"}'
+            await json_answer(200 if tokenize else 404, answer)(received, out)
             return
         if received.target != "/v1/chat/completions":
             await json_answer(200, b"{}")(received, out)
@@ -68,12 +69,10 @@ async def test_a_recorded_messages_stream_carries_the_servers_usage() -> None:
 
 
 def test_template_aware_tokenizers_are_exact_and_others_approximate() -> None:
-    assert {exactness(tokenizer) for tokenizer in Tokenizer} == {"exact"}  # vLLM, llama.cpp, TGI today
-
-    class Later(enum.Enum):  # a tokenizer without the template (llama-cpp-python's /extras/tokenize)
-        LLAMA_CPP_PYTHON = "llama-cpp-python /extras/tokenize"
-
-    assert exactness(Later.LLAMA_CPP_PYTHON) == "approximate"  # type: ignore[arg-type]
+    exact = {tokenizer for tokenizer in Tokenizer if exactness(tokenizer) == "exact"}
+    assert exact == {Tokenizer.VLLM, Tokenizer.LLAMA_CPP}  # both the prompt and the answer's turn rendered
+    # TGI renders no answer back; llama-cpp-python no template at all
+    assert exactness(Tokenizer.TGI) == exactness(Tokenizer.LLAMA_CPP_PYTHON) == "approximate"
 
 
 def test_metrics_are_read_for_the_route_only() -> None:
