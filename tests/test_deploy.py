@@ -504,8 +504,11 @@ def test_the_image_build_copies_every_file_the_package_needs() -> None:
 
 
 # What a request costs at most, in multiples of its body (README, "Reliability and
-# security": read whole, then written anew), and the adapter's own footprint.
+# security": read whole, then written anew), what all token counts hold at once, in
+# multiples of --max-request-bytes (tests/proxy/test_count_budget.py), and the
+# adapter's own footprint.
 REQUEST_COST = 3
+COUNTING_COST = 32
 BASELINE = 128 * 1024 * 1024
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30}
 
@@ -523,7 +526,7 @@ def _default(value: str) -> str:
 
 def _safe(limit: int, streams: int, request_bytes: int, workers: int = 1) -> None:
     assert streams > 0, "with no stream limit, no memory limit is safe"
-    assert limit >= workers * (streams * REQUEST_COST * request_bytes + BASELINE)
+    assert limit >= workers * ((streams * REQUEST_COST + COUNTING_COST) * request_bytes + BASELINE)
 
 
 @pytest.mark.parametrize("path", STACKS, ids=lambda path: path.name)

@@ -29,6 +29,7 @@ from sse_adapter.errors import (
 )
 from sse_adapter.ops.metrics import Metrics
 from sse_adapter.ops.observe import Observe, RequestStats, request_id
+from sse_adapter.proxy.budget import ByteBudget
 from sse_adapter.proxy.guard import Guard
 from sse_adapter.proxy.health import Readiness
 from sse_adapter.proxy.models import with_aliases
@@ -135,6 +136,7 @@ class _Gateway:
         self._readiness: Readiness | None = None
         self._counter: TokenCounter | None = None
         self._think_opening: ThinkOpening | None = None
+        self._counting = ByteBudget(settings.max_request_bytes)  # what all counts hold at once
 
     @asynccontextmanager
     async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
@@ -326,11 +328,14 @@ class _Gateway:
         return self._keep_client and outgoing.usage_refused
 
     async def _count_usage(self, form: Format, outgoing: Outgoing, answer: Turns) -> dict[str, Any] | None:
+        """The stream's usage counted with the server's tokenizer, within the counting budget:
+        the request is parsed whole for it, and the prompt's tokens held (budget.py)."""
         assert self._counter is not None, "the app was started without its lifespan"
-        if form.is_chat:
-            return await self._counter.usage(_KINDS[form], outgoing.fields, answer)
-        as_chat = responses.chat_request if form is Format.RESPONSES else messages.chat_request
-        return await self._counter.usage(Kind.CHAT, as_chat(outgoing.fields), answer)
+        async with self._counting.hold(len(outgoing.body)):
+            if form.is_chat:
+                return await self._counter.usage(_KINDS[form], outgoing.fields, answer)
+            as_chat = responses.chat_request if form is Format.RESPONSES else messages.chat_request
+            return await self._counter.usage(Kind.CHAT, as_chat(outgoing.fields), answer)
 
     async def _complete(self, exchange: Exchange, form: Format, stats: RequestStats) -> Response:
         # Only chat answers are assembled from a stream (--nonstream-via-stream).
