@@ -112,3 +112,14 @@ def replay(stem: str) -> Handler:
         await json_answer(status, body)(request, out)
 
     return handler
+
+
+async def chat_or_health(request: Received, out: Writer, stream: bytes) -> None:
+    """What a fake server with a tokenizer answers besides it: ``stream`` (a chat stream,
+    most often without usage) on the chat route, ``{}`` to the adapter's health checks."""
+    if request.target != "/v1/chat/completions":
+        await json_answer(200, b"{}")(request, out)
+        return
+    await out.start(200, [("Content-Type", "text/event-stream")])
+    await out.chunk(stream)
+    await out.end()

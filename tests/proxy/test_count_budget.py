@@ -18,7 +18,7 @@ from sse_adapter.repair.request import prepare
 from sse_adapter.repair.turns import Turns
 from sse_adapter.settings import Settings
 from tests.adapter_server import run_adapter
-from tests.tokenize_fake import toy_answer
+from tests.tokenize_fake import chat_or_health, toy_answer
 from tests.upstream_fake import Received, Writer, content_frame, fake_upstream, json_answer
 
 pytestmark = pytest.mark.anyio
@@ -67,12 +67,7 @@ def server(in_flight: dict[str, int], most: list[int]) -> Any:
                     del in_flight[tag]
             await json_answer(200, toy_answer(body))(request, out)
             return
-        if request.target != "/v1/chat/completions":
-            await json_answer(200, b"{}")(request, out)
-            return
-        await out.start(200, [("Content-Type", "text/event-stream")])
-        await out.chunk(content_frame("Hello") + b"data: [DONE]\n\n")
-        await out.end()
+        await chat_or_health(request, out, content_frame("Hello") + b"data: [DONE]\n\n")
 
     return handler
 

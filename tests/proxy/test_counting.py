@@ -16,7 +16,7 @@ from sse_adapter.proxy import relay
 from sse_adapter.settings import Settings
 from tests.adapter_server import run_adapter
 from tests.proxy.test_drain import cli_adapter
-from tests.tokenize_fake import toy_answer
+from tests.tokenize_fake import chat_or_health, toy_answer
 from tests.upstream_fake import Received, Writer, content_frame, fake_upstream, json_answer
 
 pytestmark = pytest.mark.anyio
@@ -34,13 +34,7 @@ def server(tokenizer_stall: float) -> Any:
                 await asyncio.sleep(tokenizer_stall)
             await json_answer(200, toy_answer(body))(request, out)
             return
-        if request.target != "/v1/chat/completions":
-            await json_answer(200, b"{}")(request, out)
-            return
-        await out.start(200, [("Content-Type", "text/event-stream")])
-        for part in ANSWER:
-            await out.chunk(part)
-        await out.end()
+        await chat_or_health(request, out, b"".join(ANSWER))
 
     return handler
 
