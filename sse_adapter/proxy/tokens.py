@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import hashlib
 import logging
 import math
 from collections.abc import Mapping
@@ -217,7 +218,9 @@ class TokenCounter:
         """How many tokens the template puts after a turn's content (``<|im_end|>\\n``, say;
         llama.cpp: and the user turn after it), measured once per model and tools: a turn of one
         token rendered back whole, less that token, past what it shares with a prompt."""
-        key = orjson.dumps([model, fields])  # the tools offered may change what a turn ends with
+        # The tools offered may change what a turn ends with. A digest, not the tools
+        # themselves: a client's tools may be megabytes, and _ENDS_KEPT of them are kept.
+        key = hashlib.blake2b(orjson.dumps([model, fields]), digest_size=16).digest()
         if key in self._ends:
             return self._ends[key]
         prompt, whole, content = await asyncio.gather(

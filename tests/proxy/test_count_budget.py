@@ -124,3 +124,24 @@ async def test_a_count_holds_at_most_32_times_its_request() -> None:
     assert usage is not None
     assert usage["prompt_tokens"] > len(body) // 8  # a token every few bytes: the lists are long
     assert peak <= 32 * len(body)
+
+
+async def test_what_a_count_keeps_of_a_requests_tools_is_a_digest() -> None:
+    """The template's end of a turn is kept per model and tools; a client's tools may be
+    megabytes, and many of them: what is kept of each is small."""
+    tools = [{"type": "function", "function": {"name": "f", "description": "x" * 1_000_000}}]
+    body = orjson.dumps({"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
+    turns = Turns()
+    turns.add_chat({"index": 0, "delta": {"content": "Hi"}})
+    turns.end({"index": 0, "finish_reason": "stop"})
+
+    class Tokenizer:
+        async def post_json(self, path: str, sent: Any, within: float, limit: int) -> tuple[int, bytes]:
+            return 200, toy_answer(sent)
+
+    counter = TokenCounter(Tokenizer())  # type: ignore[arg-type]
+    request = {**orjson.loads(body), "tools": tools}
+    assert await counter.usage(Kind.CHAT, request, turns) is not None
+    kept = counter._ends  # what the counter holds for later streams
+    assert len(kept) == 1
+    assert all(len(key) <= 64 for key in kept)
