@@ -28,7 +28,15 @@ from sse_adapter.sse.decoder import SSEDecoder
 from sse_adapter.tools.agentclient import FORMATS
 from sse_adapter.tools.endclient import EndClientView, read_through_one_api
 from sse_adapter.tools.oneapi import accepts_stream, nonstream_error
-from sse_adapter.tools.probe_typed import TypedRouteReport, probe_typed, request, show_typed
+from sse_adapter.tools.probe_typed import (
+    TypedRouteReport,
+    ms,
+    nonstream_read,
+    probe_typed,
+    request,
+    show_typed,
+    verdict,
+)
 from sse_adapter.tools.quirks import LABELS, framing_quirks, no_text, read_as_relay, server_said, shown_text
 from sse_adapter.tools.usage_source import chat_request, usage_source
 
@@ -384,9 +392,9 @@ def show(reports: dict[str, RouteReport], console: Console) -> None:
         table.add_row(label, *(escape(str(cell(report))) for report in reports.values()))
 
     row("non-stream status", lambda r: r.nonstream_status if r.nonstream_status is not None else "-")
-    row("non-stream, One-API reads", _nonstream_read)
+    row("non-stream, One-API reads", nonstream_read)
     row("stream status", lambda r: r.stream_status if r.stream_status is not None else "-")
-    row("first byte / first token", lambda r: f"{_ms(r.first_byte_ms)} / {_ms(r.first_token_ms)}")
+    row("first byte / first token", lambda r: f"{ms(r.first_byte_ms)} / {ms(r.first_token_ms)}")
     row("tokens per second", lambda r: f"{r.tokens_per_s:.1f}" if r.tokens_per_s else "-")
     row("comment pings every", lambda r: f"{r.ping_interval_s:.1f} s" if r.ping_interval_s else "-")
     row("text One-API's client gets (simulated)", lambda r: shown_text(r.text, r.reasoning))
@@ -403,7 +411,7 @@ def show(reports: dict[str, RouteReport], console: Console) -> None:
     row("usage, through sse-adapter", lambda r: r.usage)
     table.add_row(
         "One-API would relay this stream (simulated)",
-        *(_verdict(report) for report in reports.values()),
+        *(verdict(report.one_api_relays, report.reasons) for report in reports.values()),
     )
     for name in _MORE_PROMPTS:
         table.add_row(
@@ -413,30 +421,11 @@ def show(reports: dict[str, RouteReport], console: Console) -> None:
     console.print(table)
 
 
-def _verdict(report: RouteReport) -> str:
-    if report.one_api_relays:
-        return "[green]yes[/]"
-    return "[red]no[/], because " + escape("; ".join(report.reasons))
-
-
 def _prompt_verdict(prompt: PromptReport | None) -> str:
     if prompt is None:
         return "- (not tried: the first stream failed)"
     if prompt.relays is None:
         return escape(prompt.note)
-    if not prompt.relays:
-        return "[red]no[/], because " + escape("; ".join(prompt.reasons))
     calls = f", tool calls: {', '.join(prompt.tool_calls)}" if prompt.tool_calls else ""
     said = f"{prompt.text_chars:,} characters{calls}, finish: {prompt.finish_reason or '-'}"
-    return "[green]yes[/] (" + escape(said) + ")"
-
-
-def _nonstream_read(report: RouteReport) -> str:
-    if report.nonstream_status and not report.nonstream_error:
-        return "ok"
-    said = report.nonstream_server_error
-    return f"error: {report.nonstream_error}" + (f" (the server: {said})" if said else "")
-
-
-def _ms(value: float | None) -> str:
-    return f"{value:.0f} ms" if value is not None else "-"
+    return verdict(prompt.relays, prompt.reasons, said)

@@ -26,7 +26,7 @@ from sse_adapter.tools.agentclient import PATHS, AgentView, faults, read_through
 from sse_adapter.tools.newapi import nonstream_error
 from sse_adapter.tools.quirks import LABELS, no_text, read_typed, server_said, shown_text, typed_quirks
 
-__all__ = ["TypedRouteReport", "judge_route", "probe_typed", "show_typed"]
+__all__ = ["TypedRouteReport", "judge_route", "ms", "nonstream_read", "probe_typed", "show_typed", "verdict"]
 
 _TIMEOUT = httpx.Timeout(10.0, read=600.0)  # a reasoning model may think for minutes
 _PROMPT = "Say hello in five words."
@@ -158,9 +158,9 @@ def show_typed(reports: dict[str, TypedRouteReport], console: Console) -> None:
         table.add_row(label, *(escape(str(cell(report))) for report in reports.values()))
 
     row("non-stream status", lambda r: r.nonstream_status if r.nonstream_status is not None else "-")
-    row("non-stream, new-api reads", _nonstream_read)
+    row("non-stream, new-api reads", nonstream_read)
     row("stream status", lambda r: r.stream_status if r.stream_status is not None else "-")
-    row("first byte / first event", lambda r: f"{_ms(r.first_byte_ms)} / {_ms(r.first_event_ms)}")
+    row("first byte / first event", lambda r: f"{ms(r.first_byte_ms)} / {ms(r.first_event_ms)}")
     row(
         "longest silence",
         lambda r: f"{r.longest_silence_s:.1f} s" if r.longest_silence_s is not None else "-",
@@ -174,7 +174,8 @@ def show_typed(reports: dict[str, TypedRouteReport], console: Console) -> None:
     row("what sse-adapter repairs in them (simulated)", lambda r: _listed(r.repairs) or "nothing")
     row("usage, through sse-adapter", lambda r: r.usage)
     table.add_row(
-        "new-api would relay this stream (simulated)", *(_verdict(report) for report in reports.values())
+        "new-api would relay this stream (simulated)",
+        *(verdict(r.new_api_relays, r.reasons) for r in reports.values()),
     )
     console.print(table)
 
@@ -217,18 +218,20 @@ def _listed(found: dict[str, int]) -> str:
     return ", ".join(f"{LABELS.get(name, name)} ({count})" for name, count in found.items())
 
 
-def _verdict(report: TypedRouteReport) -> str:
-    if report.new_api_relays:
-        return "[green]yes[/]"
-    return "[red]no[/], because " + escape("; ".join(report.reasons))
+def verdict(relays: bool, reasons: list[str], said: str = "") -> str:
+    """A probe table's verdict cell: yes (with what was seen), or no and why."""
+    if relays:
+        return "[green]yes[/]" + (" (" + escape(said) + ")" if said else "")
+    return "[red]no[/], because " + escape("; ".join(reasons))
 
 
-def _nonstream_read(report: TypedRouteReport) -> str:
+def nonstream_read(report: Any) -> str:
+    """What the gateway makes of the non-stream answer, with the server's own words on an error."""
     if report.nonstream_status and not report.nonstream_error:
         return "ok"
     said = report.nonstream_server_error
     return f"error: {report.nonstream_error}" + (f" (the server: {said})" if said else "")
 
 
-def _ms(value: float | None) -> str:
+def ms(value: float | None) -> str:
     return f"{value:.0f} ms" if value is not None else "-"
