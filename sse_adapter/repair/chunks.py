@@ -16,7 +16,15 @@ import orjson
 
 from sse_adapter.errors import AdapterError
 
-__all__ = ["Kind", "StreamIdentity", "error_chunk", "heartbeat_chunk"]
+__all__ = ["REASONING", "Kind", "StreamIdentity", "error_chunk", "has_reasoning", "heartbeat_chunk"]
+
+# The names servers put a delta's or a message's reasoning under (vLLM now only the second).
+REASONING = ("reasoning_content", "reasoning")
+
+
+def has_reasoning(holder: dict[str, Any]) -> bool:
+    """Whether a delta or a message carries reasoning text, under either name."""
+    return any(isinstance(text := holder.get(name), str) and text for name in REASONING)
 
 
 class Kind(enum.Enum):

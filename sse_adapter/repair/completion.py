@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from sse_adapter.repair.chunks import Kind
+from sse_adapter.repair.chunks import REASONING, Kind, has_reasoning
 from sse_adapter.repair.stream import map_finish_reason, reasoning_names, rename_reasoning
 from sse_adapter.repair.think import ThinkSplitter, wrapped
 from sse_adapter.repair.toolcalls import new_call_id, normalise_message_calls, split_tool_tags
@@ -23,8 +23,6 @@ from sse_adapter.repair.usage import Verdict, generated_text, timings_usage, usa
 from sse_adapter.settings import ReasoningField, Settings, Tags, ToolCallMode
 
 __all__ = ["Assembler", "completion_object", "normalise_completion", "usage_of"]
-
-_REASONING = ("reasoning_content", "reasoning")
 
 
 def completion_object(kind: Kind) -> str:
@@ -96,7 +94,7 @@ def _split_think(message: dict[str, Any], settings: Settings, opened: bool | Non
         # The whole answer is here: no hold, a </think> before any <think> ends
         # a thought the prompt opened wherever it comes.
         splitter = ThinkSplitter(opened, hold=None)
-        if any(isinstance(text := message.get(name), str) and text for name in _REASONING):
+        if has_reasoning(message):
             splitter.settle()  # the server parses reasoning itself: its content is the answer
         thought, said = splitter.feed(content)
         held_thought, held_said = splitter.flush()
@@ -108,11 +106,11 @@ def _split_think(message: dict[str, Any], settings: Settings, opened: bool | Non
 
 def _wrap_think(message: dict[str, Any], repairs: Counter[str]) -> None:
     content = message.get("content")
-    thoughts = [message.get(name) for name in _REASONING]
+    thoughts = [message.get(name) for name in REASONING]
     thought = next((text for text in thoughts if isinstance(text, str) and text), "")
     if not thought or not (content is None or isinstance(content, str)):
         return  # parts, or no reasoning: left as they are
-    for name in _REASONING:
+    for name in REASONING:
         message.pop(name, None)
     message["content"] = wrapped(thought, content or "")
     repairs["reasoning_in_think_tags"] += 1
@@ -223,7 +221,7 @@ class Assembler:
             return
         if isinstance(delta.get("role"), str) and delta["role"]:
             into["message"]["role"] = delta["role"]
-        for key in ("content", *_REASONING):
+        for key in ("content", *REASONING):
             if text := _text(delta.get(key)):
                 texts.setdefault(key, []).append(text)
         for call in _list(delta.get("tool_calls")):

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from sse_adapter.errors import AdapterError, UpstreamError
-from sse_adapter.repair.chunks import StreamIdentity, error_chunk
+from sse_adapter.repair.chunks import REASONING, StreamIdentity, error_chunk, has_reasoning
 from sse_adapter.repair.dialects import (
     OPENAI_FINISH_REASONS,
     STOP_ALIASES,
@@ -35,7 +35,6 @@ __all__ = ["StreamRepairer", "map_finish_reason", "reasoning_name", "reasoning_n
 log = logging.getLogger(__name__)
 
 _EXCERPT = 200
-_REASONING = ("reasoning_content", "reasoning")
 _MISSING = object()
 
 
@@ -469,7 +468,7 @@ class StreamRepairer:
         splitter = self._thinking.get(index)
         if splitter is None:
             splitter = self._thinking[index] = ThinkSplitter(self._think_opened)
-        if ("reasoning_content" in delta or "reasoning" in delta) and _has_reasoning(delta):
+        if ("reasoning_content" in delta or "reasoning" in delta) and has_reasoning(delta):
             splitter.settle()  # the server parses reasoning itself: its content is the answer
         if content is None and finish is None:
             return False  # no text at all
@@ -557,10 +556,6 @@ class StreamRepairer:
         return fit(chunk, self.settings.max_line_bytes, self.repairs)
 
 
-def _has_reasoning(holder: dict[str, Any]) -> bool:
-    return any(isinstance(text := holder.get(name), str) and text for name in _REASONING)
-
-
 def _text_at(choice: dict[str, Any], delta: dict[str, Any]) -> tuple[int | str, str | None] | None:
     """A choice's index and its delta's text content (None: no content), or
     None when either is of a shape the text repairs leave alone (parts, say)."""
@@ -601,11 +596,11 @@ def rename_reasoning(holder: dict[str, Any], settings: Settings) -> bool:
 
 def _mirror_reasoning(holder: dict[str, Any]) -> bool:
     """The text one reasoning name carries, under the other name too."""
-    texts = [holder.get(name) for name in _REASONING]
+    texts = [holder.get(name) for name in REASONING]
     text = next((text for text in texts if isinstance(text, str)), None)
     if text is None or all(isinstance(each, str) for each in texts):
         return False  # none, or both already: servers that send both send the same text twice
-    for name in _REASONING:
+    for name in REASONING:
         if not isinstance(holder.get(name), str):
             holder[name] = text
     return True
@@ -630,7 +625,7 @@ def reasoning_name(settings: Settings) -> str:
 
 def reasoning_names(settings: Settings) -> tuple[str, ...]:
     """Every name reasoning split out of ``<think>`` goes under."""
-    return _REASONING if settings.reasoning_field is ReasoningField.BOTH else (reasoning_name(settings),)
+    return REASONING if settings.reasoning_field is ReasoningField.BOTH else (reasoning_name(settings),)
 
 
 def _not_an_object(data: str) -> UpstreamError:

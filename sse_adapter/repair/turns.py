@@ -19,10 +19,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from sse_adapter.repair.chunks import REASONING
+
 __all__ = ["MAX_CHOICES", "Call", "Turn", "Turns"]
 
 MAX_CHOICES = 128  # n is small in practice; an upstream's index is not trusted to be
-_REASONING = ("reasoning_content", "reasoning")
 
 
 @dataclass(slots=True)
@@ -126,7 +127,7 @@ class Turns:
         for name in ("content", "text"):
             if isinstance(text := holder.get(name), str) and text:
                 turn.content.append(text)
-        for name in _REASONING:
+        for name in REASONING:
             if isinstance(text := holder.get(name), str) and text:
                 turn.reasoning.append(text)
                 break  # servers that send both send the same text twice
