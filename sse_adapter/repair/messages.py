@@ -32,6 +32,7 @@ from sse_adapter.repair.typed import (
     dumps,
     typed_frame,
 )
+from sse_adapter.repair.usage import count_of
 from sse_adapter.sse.decoder import Event
 
 __all__ = ["PING", "MessagesRepairer", "stream_error_type"]
@@ -161,8 +162,7 @@ class MessagesRepairer(TypedStream):
         if not isinstance(usage, dict):
             return False
         self._input_tokens = self._input_tokens or _prompt_tokens(usage)
-        output = usage.get("output_tokens")
-        output = output if isinstance(output, int) and not isinstance(output, bool) else None
+        output = count_of(usage.get("output_tokens"))
         generated = None if self.turns is None else self.turns.generated
         # Not known to be empty: zero output tokens is missing, as it always was here.
         self._output_real = output is not None and (output > 0 or (output == 0 and generated is False))
@@ -226,9 +226,7 @@ def _prompt_tokens(usage: object) -> int:
     if not isinstance(usage, dict):
         return 0
     names = ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
-    return sum(
-        count for name in names if isinstance(count := usage.get(name), int) and not isinstance(count, bool)
-    )
+    return sum(count_of(usage.get(name)) or 0 for name in names)
 
 
 def chat_request(fields: dict[str, Any]) -> dict[str, Any]:

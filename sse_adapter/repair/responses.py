@@ -38,10 +38,10 @@ from sse_adapter.repair.typed import (
     reported,
     typed_frame,
 )
-from sse_adapter.repair.usage import RESPONSES_NAMES, Verdict, usage_verdict, with_total
+from sse_adapter.repair.usage import RESPONSES_NAMES, Verdict, count_of, usage_verdict, with_total
 from sse_adapter.sse.decoder import Event
 
-__all__ = ["ResponseIds", "ResponsesRepairer", "failure_code"]
+__all__ = ["REASONING_DELTAS", "ResponseIds", "ResponsesRepairer", "failure_code"]
 
 _TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
 # The deltas whose text may be split over several events of the same type and item.
@@ -64,7 +64,7 @@ _WHOLE = re.compile(r"\.done$|^response\.(completed|incomplete|failed|in_progres
 _PARTS = re.compile(r"content_part|output_text|reasoning_text|refusal")
 _RETRY_IN = 10  # seconds a client is asked to wait when the server is full
 # Where each delta's text goes in the chat turn it is counted as (repair/turns.py).
-_REASONING_DELTAS = frozenset({"response.reasoning_text.delta", "response.reasoning_summary_text.delta"})
+REASONING_DELTAS = frozenset({"response.reasoning_text.delta", "response.reasoning_summary_text.delta"})
 _CALL_DELTAS = frozenset({"response.function_call_arguments.delta", "response.custom_tool_call_input.delta"})
 
 
@@ -342,7 +342,7 @@ class ResponsesRepairer(TypedStream):
         if kind in _CALL_DELTAS:
             turn.call(body.get("item_id")).arguments.append(text)
         else:
-            (turn.reasoning if kind in _REASONING_DELTAS else turn.content).append(text)
+            (turn.reasoning if kind in REASONING_DELTAS else turn.content).append(text)
 
     def _emit(
         self, kind: str, body: dict[str, Any], data: str = "", changed: bool = True, own: bool = False
@@ -410,8 +410,7 @@ def _responses_usage(usage: Usage) -> dict[str, Any]:
 
 def _detail(usage: Usage, details: str, name: str) -> int:
     found = usage.get(details)
-    count = found.get(name) if isinstance(found, dict) else None
-    return count if isinstance(count, int) and not isinstance(count, bool) else 0
+    return (count_of(found.get(name)) if isinstance(found, dict) else None) or 0
 
 
 class ResponseIds:

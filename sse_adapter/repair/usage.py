@@ -24,6 +24,7 @@ __all__ = [
     "CHAT_NAMES",
     "RESPONSES_NAMES",
     "Verdict",
+    "count_of",
     "generated_text",
     "timings_usage",
     "usage_verdict",
@@ -62,7 +63,7 @@ def usage_verdict(
     """
     if not isinstance(usage, dict):
         return Verdict.EMPTY
-    prompt, completion, total = (_count(usage.get(name)) for name in names)
+    prompt, completion, total = (count_of(usage.get(name)) for name in names)
     if not (prompt or completion or total):
         return Verdict.EMPTY
     if not prompt or completion is None or completion < 0:
@@ -90,7 +91,7 @@ def timings_usage(timings: object) -> dict[str, Any] | None:
     its cache (its usage says ``prompt_tokens`` = ``prompt_n`` + ``cache_n``)."""
     if not isinstance(timings, dict):
         return None
-    evaluated, cached, predicted = (_count(timings.get(name)) for name in _TIMINGS)
+    evaluated, cached, predicted = (count_of(timings.get(name)) for name in _TIMINGS)
     prompt = (evaluated or 0) + (cached or 0)
     if evaluated is None or predicted is None or prompt <= 0:
         return None
@@ -117,5 +118,6 @@ def generated_text(chunk: dict[str, Any]) -> bool:
     return False
 
 
-def _count(value: object) -> int | None:
+def count_of(value: object) -> int | None:
+    """A count as JSON gives it: an int, never a bool (True is an int to Python)."""
     return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -21,6 +21,7 @@ from rich.table import Table
 
 from sse_adapter.proxy.upstream import why
 from sse_adapter.repair.format import Format
+from sse_adapter.repair.responses import REASONING_DELTAS
 from sse_adapter.settings import Settings
 from sse_adapter.tools.agentclient import PATHS, AgentView, faults, read_through_new_api
 from sse_adapter.tools.newapi import nonstream_error
@@ -180,15 +181,12 @@ def show_typed(reports: dict[str, TypedRouteReport], console: Console) -> None:
     console.print(table)
 
 
-_REASONING = frozenset({"response.reasoning_summary_text.delta", "response.reasoning_text.delta"})
-
-
 def _reasoning(view: AgentView) -> str:
     """Responses' reasoning deltas, or Messages' thinking deltas."""
     parts: list[str] = []
     for name, body in view.typed:
         delta = body.get("delta")
-        if name in _REASONING and isinstance(delta, str):
+        if name in REASONING_DELTAS and isinstance(delta, str):
             parts.append(delta)
         elif (
             name == "content_block_delta"
