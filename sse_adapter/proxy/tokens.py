@@ -181,20 +181,27 @@ class TokenCounter:
     async def _completion(
         self, tokenizer: Tokenizer, model: str, request: Mapping[str, Any], answer: list[Turn]
     ) -> tuple[int, int] | None:
-        """A text completion: the prompt with the tokens the server adds (BOS), each choice's
-        text with its matched stop string, and the stop token where the model generated one."""
+        """A text completion: the prompt with the tokens the server adds (BOS), and each
+        choice's text as :meth:`visible` counts it."""
         prompt = request.get("prompt")
         if not isinstance(prompt, str):
             return None
         prompt_tokens = await self._text(tokenizer, model, prompt, special=True)
-        completion = 0
+        completion = await self.visible(tokenizer, model, answer) if prompt_tokens is not None else None
+        return None if prompt_tokens is None or completion is None else (prompt_tokens, completion)
+
+    async def visible(self, tokenizer: Tokenizer, model: str, answer: list[Turn]) -> int | None:
+        """The tokens of the text each choice showed (a stop string matched included), its
+        reasoning and tool-call arguments, and the stop token where the model generated one."""
+        total = 0
         for turn in answer:
-            text = turn.message()["content"]
-            counted = await self._text(tokenizer, model, text, special=False) if text else 0
-            if counted is None or prompt_tokens is None:
+            text = turn.message()["content"] + "".join(turn.reasoning)
+            text += "".join(part for call in turn.calls.values() for part in call.arguments)
+            counted = await self.text(tokenizer, model, text) if text else 0
+            if counted is None:
                 return None
-            completion += counted + turn.ended_on_stop_token
-        return None if prompt_tokens is None else (prompt_tokens, completion)
+            total += counted + turn.ended_on_stop_token
+        return total
 
     async def render(self, tokenizer: Tokenizer, model: str, chat: Mapping[str, Any]) -> list[object] | None:
         """The tokens of a chat as the server's template renders it (``chat``: messages,
@@ -286,7 +293,9 @@ class _Chat:
             return None
         chat = {"messages": self._messages, **self._fields}
         if self._tokenizer in _NO_TURNS:  # its template cannot render a turn back: approximately
-            prompt, counted = await asyncio.gather(self._render(chat), self._visible(answer))
+            prompt, counted = await asyncio.gather(
+                self._render(chat), self._counter.visible(self._tokenizer, self._model, answer)
+            )
             return None if prompt is None or counted is None else (len(prompt), counted)
         chat.update(self._switches)  # TGI knows none: it renders the generation prompt always
         end, (prompt, *rendered) = await asyncio.gather(
@@ -313,18 +322,6 @@ class _Chat:
 
     async def _render(self, chat: Mapping[str, Any]) -> list[object] | None:
         return await self._counter.render(self._tokenizer, self._model, chat)
-
-    async def _visible(self, answer: list[Turn]) -> int | None:
-        """The tokens of the text each choice showed, and its stop token."""
-        total = 0
-        for turn in answer:
-            text = turn.message()["content"] + "".join(turn.reasoning)
-            text += "".join(part for call in turn.calls.values() for part in call.arguments)
-            counted = await self._counter.text(self._tokenizer, self._model, text) if text else 0
-            if counted is None:
-                return None
-            total += counted + turn.ended_on_stop_token
-        return total
 
     def _before_turn(self) -> tuple[list[Any], str]:
         """The messages before the answer's turn, and the text the request began that turn
