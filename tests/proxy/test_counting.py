@@ -121,3 +121,36 @@ async def test_llama_cpp_python_is_counted_from_its_text_without_a_template() ->
             chunks = await read(adapter)
     # the prompt: its BOS and "hi" (no chat markup: a lower bound); the answer "Hello," "world"
     assert chunks[-1]["usage"] == {"prompt_tokens": 2, "completion_tokens": 2, "total_tokens": 4}
+
+
+async def test_a_completion_without_usage_is_counted_as_its_prompt_and_visible_text() -> None:
+    """/v1/completions: the prompt's tokens, and each choice's text and its stop token."""
+
+    def chunk(text: str, finish: str | None) -> bytes:
+        choice = {"index": 0, "text": text, "finish_reason": finish}
+        body = {"id": "c", "object": "text_completion", "created": 1, "model": "m", "choices": [choice]}
+        return b"data: " + orjson.dumps(body) + b"\n\n"
+
+    stream = chunk("Hi there", None) + chunk(" friend", "stop") + b"data: [DONE]\n\n"
+
+    async def handler(request: Received, out: Writer) -> None:
+        if request.target == "/tokenize":
+            await json_answer(200, toy_answer(orjson.loads(request.body)))(request, out)
+        elif request.target == "/v1/completions":
+            await out.start(200, [("Content-Type", "text/event-stream")])
+            await out.chunk(stream)
+            await out.end()
+        else:
+            await json_answer(200, b"{}")(request, out)
+
+    body = {"model": "m", "prompt": "one two three", "stream": True}
+    async with fake_upstream(handler, handles_probes=True) as upstream:
+        async with (
+            run_adapter(Settings(upstream=upstream.url)) as adapter,
+            httpx.AsyncClient(timeout=30) as http,
+        ):
+            answer = await http.post(adapter + "/v1/completions", json=body)
+    payloads = [orjson.loads(line[6:]) for line in answer.content.split(b"\n") if line.startswith(b"data: {")]
+    [usage] = [chunk["usage"] for chunk in payloads if chunk.get("usage")]
+    # the toy tokenizer's words: three in the prompt; "Hi there friend" and the stop token
+    assert usage == {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
