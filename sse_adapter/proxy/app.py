@@ -53,7 +53,6 @@ from sse_adapter.repair.pipeline import Pipeline
 from sse_adapter.repair.request import Outgoing, prepare
 from sse_adapter.repair.responses import ResponseIds, ResponsesRepairer
 from sse_adapter.repair.stream import StreamRepairer
-from sse_adapter.repair.think import prompt_opens_think
 from sse_adapter.repair.turns import Turns
 from sse_adapter.settings import (
     HeartbeatMode,
@@ -251,7 +250,7 @@ class _Gateway:
     async def _think_opened(self, form: Format, outgoing: Outgoing) -> bool | None:
         """Whether the prompt opens ``<think>``, for ``--think-tags split``: the request's
         word, else the server's own on the model's template, else None (unsaid)."""
-        opened = prompt_opens_think({"chat_template_kwargs": outgoing.get("chat_template_kwargs")})
+        opened = outgoing.opens_think()
         if opened is not None or self.settings.think_tags is not Tags.SPLIT or not form.is_chat:
             return opened
         assert self._think_opening is not None, "the app was started without its lifespan"

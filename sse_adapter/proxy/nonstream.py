@@ -30,7 +30,6 @@ from sse_adapter.repair.dialects import body_error, excerpt
 from sse_adapter.repair.fitting import serialised
 from sse_adapter.repair.pipeline import Pipeline
 from sse_adapter.repair.stream import StreamRepairer
-from sse_adapter.repair.think import prompt_opens_think
 from sse_adapter.settings import Settings
 
 __all__ = ["Answer", "complete", "keepalive_body"]
@@ -69,7 +68,7 @@ async def complete(exchange: Exchange, kind: Kind, settings: Settings, stats: Re
     if not isinstance(parsed, dict) or not isinstance(parsed.get("choices"), list):
         return Answer(response.status_code, body, content_type or "application/json")  # not ours to repair
     outgoing = exchange.outgoing
-    opened = prompt_opens_think({"chat_template_kwargs": outgoing.get("chat_template_kwargs")})
+    opened = outgoing.opens_think()
     normalised = normalise_completion(
         parsed, kind, settings, int(time.time()), stats.repairs, alias, outgoing.offers_tools, opened
     )
@@ -92,7 +91,7 @@ async def _assembled(
             settings,
             alias=alias,
             offers_tools=outgoing.offers_tools,
-            think_opened=prompt_opens_think({"chat_template_kwargs": outgoing.get("chat_template_kwargs")}),
+            think_opened=outgoing.opens_think(),
         )
         pipeline = Pipeline(repairer, settings.max_event_bytes)
         assembler = Assembler(kind)

@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from sse_adapter.repair.body import Members, parse_lenient
+from sse_adapter.repair.think import prompt_opens_think
 
 __all__ = [
     "NEVER_DROPPED",
@@ -75,13 +76,18 @@ class Outgoing:
 
     @property
     def fields(self) -> dict[str, Any]:
-        """The whole body parsed, anew on each call: for the rare paths that
-        read all of it (a refusal's echo check, counting tokens)."""
+        """The whole body parsed, anew on each call: for the rare path that
+        reads all of it (counting tokens)."""
         return parse_lenient(self.body)
 
     def get(self, name: str) -> Any:
         """One top-level field's value (None when absent), the others left unparsed."""
         return Members(self.body).get(name)
+
+    def opens_think(self) -> bool | None:
+        """Whether the request says its chat template opens ``<think>`` in the
+        prompt (:func:`~sse_adapter.repair.think.prompt_opens_think`)."""
+        return prompt_opens_think({"chat_template_kwargs": self.get("chat_template_kwargs")})
 
     def with_fields(self, **values: Any) -> Outgoing:
         """The same request with these fields set (the rest of the body as it was)."""
