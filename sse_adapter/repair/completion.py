@@ -19,7 +19,7 @@ from sse_adapter.repair.chunks import REASONING, Kind, has_reasoning
 from sse_adapter.repair.stream import map_finish_reason, reasoning_names, rename_reasoning
 from sse_adapter.repair.think import ThinkSplitter, wrapped
 from sse_adapter.repair.toolcalls import new_call_id, normalise_message_calls, split_tool_tags
-from sse_adapter.repair.usage import Verdict, generated_text, timings_usage, usage_verdict, with_total
+from sse_adapter.repair.usage import Verdict, generated_text, timings_count, usage_verdict, with_total
 from sse_adapter.settings import ReasoningField, Settings, Tags, ToolCallMode
 
 __all__ = ["Assembler", "completion_object", "normalise_completion", "usage_of"]
@@ -146,8 +146,8 @@ def usage_of(body: dict[str, Any], repairs: Counter[str] | None = None) -> dict[
         return usage
     if verdict is Verdict.PLACEHOLDER:
         repairs["usage_placeholder"] += 1
-    timed = timings_usage(body.get("timings"))
-    if timed is not None and usage_verdict(timed, lambda: generated_text(body)) is Verdict.REAL:
+    timed = timings_count(body.get("timings"), lambda: generated_text(body))
+    if timed is not None:
         repairs["usage_from_timings"] += 1
         return timed
     details = body.get("details")

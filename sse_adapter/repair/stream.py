@@ -25,7 +25,7 @@ from sse_adapter.repair.fitting import fit
 from sse_adapter.repair.think import ThinkSplitter, ThinkWrapper
 from sse_adapter.repair.toolcalls import ToolCalls, ToolTagSplitter
 from sse_adapter.repair.turns import Turns
-from sse_adapter.repair.usage import Verdict, generated_text, timings_usage, usage_verdict, with_total
+from sse_adapter.repair.usage import Verdict, generated_text, timings_count, usage_verdict, with_total
 from sse_adapter.settings import ReasoningField, Settings, Tags, ToolCallMode
 from sse_adapter.sse.decoder import Event
 from sse_adapter.sse.encoder import DONE, frame, frames
@@ -337,8 +337,8 @@ class StreamRepairer:
 
     def _hold_timings(self, chunk: dict[str, Any]) -> None:
         """llama-server's own count, from its ``timings``, when it sent no usage."""
-        usage = timings_usage(chunk["timings"])
-        if usage is None or usage_verdict(usage, lambda: self._generated(chunk)) is not Verdict.REAL:
+        usage = timings_count(chunk["timings"], lambda: self._generated(chunk))
+        if usage is None:
             return
         self.saw_usage = True
         self.repairs["usage_from_timings"] += 1

@@ -26,6 +26,7 @@ __all__ = [
     "Verdict",
     "count_of",
     "generated_text",
+    "timings_count",
     "timings_usage",
     "usage_verdict",
     "with_total",
@@ -103,6 +104,12 @@ def timings_usage(timings: object) -> dict[str, Any] | None:
     if cached:
         usage["prompt_tokens_details"] = {"cached_tokens": cached}
     return usage
+
+
+def timings_count(timings: object, generated: Callable[[], bool | None]) -> dict[str, Any] | None:
+    """llama-server's ``timings`` as a usage, when that is a count to bill on (:func:`usage_verdict`)."""
+    usage = timings_usage(timings)
+    return usage if usage is not None and usage_verdict(usage, generated) is Verdict.REAL else None
 
 
 def generated_text(chunk: dict[str, Any]) -> bool:
