@@ -26,6 +26,7 @@ import math
 from typing import Any
 
 from sse_adapter.errors import AdapterError
+from sse_adapter.proxy.tokens import NotYet, settled
 from sse_adapter.proxy.upstream import Upstream
 from sse_adapter.repair.dialects import json_or_none
 
@@ -71,7 +72,7 @@ class ThinkOpening:
             asking = self._asking[model] = asyncio.ensure_future(self._ask(model))
         try:
             found = await asyncio.shield(asking)
-        except (TimeoutError, AdapterError, _NotYet) as error:
+        except (TimeoutError, AdapterError, NotYet) as error:
             self._failed_at[model] = now
             log.info(
                 "the upstream did not say whether %r's template opens <think>: %s", model, error or "late"
@@ -104,8 +105,7 @@ class ThinkOpening:
 
     async def _post(self, path: str, body: Any) -> tuple[int, bytes]:
         status, answer = await self._upstream.post_json(path, body, self._within, _LIMIT)
-        if status >= 500 or status in (408, 429):
-            raise _NotYet(f"{path} answered {status}")
+        settled(path, status)  # down, loading or overloaded: asked again later, as the tokenizer is
         return status, answer
 
     @staticmethod
@@ -114,7 +114,3 @@ class ThinkOpening:
             "the chat template of %r %s <think> in the prompt", model, "opens" if opened else "does not open"
         )
         return opened
-
-
-class _NotYet(Exception):
-    """The server could not render the template now; asked again later."""

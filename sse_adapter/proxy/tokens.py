@@ -57,7 +57,7 @@ from sse_adapter.repair.chunks import Kind
 from sse_adapter.repair.dialects import json_or_none
 from sse_adapter.repair.turns import Turn, Turns
 
-__all__ = ["TokenCounter", "Tokenizer"]
+__all__ = ["NotYet", "TokenCounter", "Tokenizer", "settled"]
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class Tokenizer(enum.Enum):
 _NO_TURNS = frozenset({Tokenizer.TGI, Tokenizer.LLAMA_CPP_PYTHON})
 
 
-class _NotYet(Exception):
+class NotYet(Exception):
     """The upstream could not say yet whether it has a tokenizer."""
 
 
@@ -132,14 +132,14 @@ class TokenCounter:
             self._found = asyncio.ensure_future(self._find(model))
         try:
             return await asyncio.shield(self._found)
-        except (TimeoutError, AdapterError, _NotYet):
+        except (TimeoutError, AdapterError, NotYet):
             self._failed_at = now
             return None  # not known yet (the server may be loading)
 
     async def _find(self, model: str) -> Tokenizer | None:
         try:
             return await self._search(model)
-        except (TimeoutError, AdapterError, _NotYet) as error:
+        except (TimeoutError, AdapterError, NotYet) as error:
             log.info(
                 "the upstream could not say yet whether it has a tokenizer (%s); streams without usage "
                 "go on without it, and a stream at least %g s later asks again",
@@ -150,18 +150,18 @@ class TokenCounter:
 
     async def _search(self, model: str) -> Tokenizer | None:
         status, body = await self._post("/tokenize", {"model": model, "prompt": "a"})
-        _settled(status)
+        settled("/tokenize", status)
         found = json_or_none(body) if status == 200 else None
         if isinstance(found, dict) and isinstance(found.get("count"), int):
             return self._say(Tokenizer.VLLM)
         if isinstance(found, dict) and isinstance(found.get("tokens"), list):
             return self._say(Tokenizer.LLAMA_CPP)  # it reads "content" and ignored "prompt"
         status, body = await self._post("/tokenize", {"inputs": "a", "add_special_tokens": False})
-        _settled(status)
+        settled("/tokenize", status)
         if status == 200 and isinstance(json_or_none(body), list):
             return self._say(Tokenizer.TGI)
         status, body = await self._post("/extras/tokenize", {"model": model, "input": "a"})
-        _settled(status)
+        settled("/extras/tokenize", status)
         found = json_or_none(body) if status == 200 else None
         if isinstance(found, dict) and isinstance(found.get("tokens"), list):
             return self._say(Tokenizer.LLAMA_CPP_PYTHON)
@@ -380,11 +380,11 @@ def _after(rendered: list[object], prompt: list[object]) -> int:
     return len(rendered) - shared
 
 
-def _settled(status: int) -> None:
+def settled(path: str, status: int) -> None:
     """Raise unless the status answers the search: a server that is down,
     loading or overloaded has not said that it has no tokenizer."""
     if status >= 500 or status in _NOT_YET:
-        raise _NotYet(f"/tokenize answered {status}")
+        raise NotYet(f"{path} answered {status}")
 
 
 def _tokens(tokenizer: Tokenizer, status: int, body: bytes) -> list[object] | None:
