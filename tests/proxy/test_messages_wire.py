@@ -15,7 +15,13 @@ import pytest
 
 from sse_adapter.settings import Settings
 from tests.adapter_server import run_adapter
-from tests.formats_fake import messages_delta, messages_head, messages_stream, messages_tail, typed
+from tests.formats_fake import (
+    messages_delta,
+    messages_head,
+    messages_stream,
+    messages_tail,
+    typed,
+)
 from tests.proxy.test_responses_wire import cut_after, frame_gaps, paced
 from tests.tokenize_fake import toy_answer
 from tests.upstream_fake import Received, Writer, fake_upstream, json_answer, sse
@@ -160,7 +166,9 @@ async def test_upfront_errors_keep_their_status_in_anthropics_shape(
     status: int, body: bytes, kind: str, raised: type[Exception], streaming: bool
 ) -> None:
     async with fake_upstream(json_answer(status, body)) as upstream:
-        async with run_adapter(settings(upstream.url)) as adapter:
+        # A hold the answer cannot outlast on a loaded machine: an error that came after a
+        # 200 went out would be in-band, and this test is about the status.
+        async with run_adapter(settings(upstream.url, status_hold=10.0)) as adapter:
             async with httpx.AsyncClient() as http:
                 answer = await http.post(adapter + "/v1/messages", json={**ASK, "stream": streaming})
             async with client(adapter) as sdk:

@@ -270,7 +270,8 @@ async def test_a_failure_before_any_event_still_starts_with_response_created() -
 async def test_upfront_errors_keep_their_status_in_openais_shape() -> None:
     body = b'{"object":"error","message":"model not found","type":"NotFoundError","code":404}'
     async with fake_upstream(json_answer(404, body)) as upstream:
-        async with run_adapter(settings(upstream.url)) as adapter:
+        # A hold the answer cannot outlast on a loaded machine: past it, the error would be in-band.
+        async with run_adapter(settings(upstream.url, status_hold=10.0)) as adapter:
             async with client(adapter) as sdk:
                 with pytest.raises(openai.NotFoundError) as raised:
                     await sdk.responses.create(model="m", input="hi", stream=True)
