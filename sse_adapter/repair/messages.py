@@ -147,11 +147,18 @@ class MessagesRepairer(TypedStream):
             self._id = message["id"]
         self._input_tokens = _prompt_tokens(message.get("usage"))
         self._started = True
+        changed = False
+        if not isinstance(message.get("usage"), dict):
+            # The anthropic SDK reads it and raises without one: zeros here, the
+            # last message_delta carries the count (the server's, or counted).
+            message["usage"] = {"input_tokens": 0, "output_tokens": 0}
+            self.repairs["start_usage_filled"] += 1
+            changed = True
         if self._alias is not None and message.get("model") != self._alias:
             message["model"] = self._alias
             self.repairs["model_renamed"] += 1
-            return True
-        return False
+            changed = True
+        return changed
 
     def _real_usage(self, usage: object) -> bool:
         """A ``message_delta``'s usage, with ``message_start``'s input, is the

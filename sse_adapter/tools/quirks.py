@@ -86,6 +86,7 @@ LABELS = {
     "usage_from_timings": "usage taken from llama-server's timings",
     "usage_total_filled": "usage's missing total_tokens filled in",
     "model_renamed": "model alias named in the answer",
+    "start_usage_filled": "usage filled into message_start (the SDK raises without)",
     "reasoning_in_think_tags": "reasoning put in content inside <think>",
     # requests, as prepared for the upstream
     "stream_usage_asked": "stream usage asked for",

@@ -16,6 +16,7 @@ import pytest
 from sse_adapter.settings import Settings
 from tests.adapter_server import run_adapter
 from tests.formats_fake import (
+    message_start,
     messages_delta,
     messages_head,
     messages_stream,
@@ -280,3 +281,26 @@ async def test_a_client_that_leaves_cancels_the_upstream_request() -> None:
             left = time.monotonic()
             hung_up = await asyncio.wait_for(upstream.hangups.get(), 10)
     assert hung_up - left < 5.0
+
+
+async def test_a_message_start_without_usage_gets_one_and_the_sdk_finishes() -> None:
+    """The anthropic SDK's stream raises on a message_start with no usage (seen live, behind a
+    proxy that strips usage): the adapter gives it one, and the count fills it in at the end."""
+    start = orjson.loads(message_start()[len(b"event: message_start\ndata: ") : -2])
+    del start["message"]["usage"]
+    parts = [typed(start), *messages_stream(WORDS, output_tokens=None)[1:]]
+
+    async def server(request: Received, out: Writer) -> None:
+        if request.target == "/tokenize":
+            await json_answer(200, toy_answer(orjson.loads(request.body)))(request, out)
+            return
+        await sse(parts)(request, out)
+
+    async with fake_upstream(server, handles_probes=True) as upstream:
+        async with run_adapter(settings(upstream.url)) as adapter:
+            async with client(adapter) as sdk:
+                async with sdk.messages.stream(**ASK) as stream:
+                    final = await stream.get_final_message()
+    assert "".join(block.text for block in final.content if block.type == "text") == "Hello, world."
+    assert final.usage.output_tokens == 3  # counted: "Hello," "world." and the stop token
+    assert final.usage.input_tokens == 4  # counted: the toy template's user, hi, <end>, assistant
