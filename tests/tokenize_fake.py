@@ -123,3 +123,15 @@ async def chat_or_health(request: Received, out: Writer, stream: bytes) -> None:
     await out.start(200, [("Content-Type", "text/event-stream")])
     await out.chunk(stream)
     await out.end()
+
+
+def with_toy_tokenizer(handler: Handler) -> Handler:
+    """``handler`` for every request but ``/tokenize``, which the toy tokenizer answers."""
+
+    async def serve(request: Received, out: Writer) -> None:
+        if request.target == "/tokenize":
+            await json_answer(200, toy_answer(orjson.loads(request.body)))(request, out)
+            return
+        await handler(request, out)
+
+    return serve

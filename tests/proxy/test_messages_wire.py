@@ -24,7 +24,7 @@ from tests.formats_fake import (
     typed,
 )
 from tests.proxy.test_responses_wire import cut_after, frame_gaps, paced
-from tests.tokenize_fake import toy_answer
+from tests.tokenize_fake import with_toy_tokenizer
 from tests.upstream_fake import Received, Writer, fake_upstream, json_answer, sse
 
 pytestmark = pytest.mark.anyio
@@ -230,13 +230,7 @@ async def test_count_tokens_is_relayed() -> None:
 async def test_missing_output_usage_is_counted_with_the_servers_tokenizer() -> None:
     parts = messages_stream(WORDS, output_tokens=None)
 
-    async def server(request: Received, out: Writer) -> None:
-        if request.target == "/tokenize":
-            await json_answer(200, toy_answer(orjson.loads(request.body)))(request, out)
-            return
-        await sse(parts)(request, out)
-
-    async with fake_upstream(server, handles_probes=True) as upstream:
+    async with fake_upstream(with_toy_tokenizer(sse(parts)), handles_probes=True) as upstream:
         async with run_adapter(settings(upstream.url)) as adapter:
             async with client(adapter) as sdk:
                 async with sdk.messages.stream(**ASK) as stream:
@@ -290,13 +284,7 @@ async def test_a_message_start_without_usage_gets_one_and_the_sdk_finishes() -> 
     del start["message"]["usage"]
     parts = [typed(start), *messages_stream(WORDS, output_tokens=None)[1:]]
 
-    async def server(request: Received, out: Writer) -> None:
-        if request.target == "/tokenize":
-            await json_answer(200, toy_answer(orjson.loads(request.body)))(request, out)
-            return
-        await sse(parts)(request, out)
-
-    async with fake_upstream(server, handles_probes=True) as upstream:
+    async with fake_upstream(with_toy_tokenizer(sse(parts)), handles_probes=True) as upstream:
         async with run_adapter(settings(upstream.url)) as adapter:
             async with client(adapter) as sdk:
                 async with sdk.messages.stream(**ASK) as stream:

@@ -11,7 +11,6 @@ from typing import Any
 
 import httpx
 import openai
-import orjson
 import pytest
 
 from sse_adapter.settings import Settings
@@ -24,7 +23,7 @@ from tests.formats_fake import (
     responses_tail,
     typed,
 )
-from tests.tokenize_fake import toy_answer
+from tests.tokenize_fake import with_toy_tokenizer
 from tests.upstream_fake import Received, Writer, fake_upstream, json_answer, sse
 
 pytestmark = pytest.mark.anyio
@@ -282,13 +281,7 @@ async def test_upfront_errors_keep_their_status_in_openais_shape() -> None:
 async def test_missing_usage_is_counted_with_the_servers_tokenizer() -> None:
     parts = responses_stream(WORDS, usage=None)
 
-    async def server(request: Received, out: Writer) -> None:
-        if request.target == "/tokenize":
-            await json_answer(200, toy_answer(orjson.loads(request.body)))(request, out)
-            return
-        await sse(parts)(request, out)
-
-    async with fake_upstream(server, handles_probes=True) as upstream:
+    async with fake_upstream(with_toy_tokenizer(sse(parts)), handles_probes=True) as upstream:
         async with run_adapter(settings(upstream.url)) as adapter:
             got = [event for _, event in await events_of(adapter)]
     usage = got[-1].response.usage
